@@ -1,0 +1,247 @@
+"""FineTuningJob: one supervised LoRA / QLoRA fine-tuning run of a catalog model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import Field
+
+from tuneforge.api.v1alpha1.common import (
+    DNS_LABEL_PATTERN,
+    FILE_REF_PATTERN,
+    ApiError,
+    ApiModel,
+    Condition,
+    CrdInfo,
+    Hardware,
+    Resource,
+    SecretKeyRef,
+    immutable,
+)
+
+AUTO_INT_RULE = "type(self) == string ? self == 'auto' : self >= 1"
+
+
+class Quantization(str, Enum):
+    none = "none"
+    nf4 = "nf4"
+
+
+class LoraConfig(ApiModel):
+    """LoRA adapter settings."""
+
+    rank: int = Field(default=8, ge=1, le=256)
+    """LoRA rank r."""
+    alpha: int = Field(default=16, ge=1, le=1024)
+    """LoRA scaling alpha (the update is scaled by alpha / rank)."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; empty means every linear layer except the output head."""
+    quantization: Quantization = Quantization.none
+    """nf4 loads the base model in 4-bit (QLoRA); needs a GPU."""
+
+
+class Method(ApiModel):
+    """The fine-tuning method."""
+
+    type: Literal["supervised"] = "supervised"
+    """Only supervised fine-tuning is offered."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    """Adapter settings."""
+
+
+class Hyperparameters(ApiModel):
+    """Training hyperparameters; each of the first three is a number or "auto"."""
+
+    n_epochs: int | Literal["auto"] = Field(default="auto", json_schema_extra={
+        "x-kubernetes-validations": [{"rule": AUTO_INT_RULE, "message": "nEpochs must be 'auto' or an integer >= 1"}]
+    })
+    """Passes over the training data; auto picks by dataset size (OpenAI's rule)."""
+    batch_size: int | Literal["auto"] = Field(default="auto", json_schema_extra={
+        "x-kubernetes-validations": [{"rule": AUTO_INT_RULE, "message": "batchSize must be 'auto' or an integer >= 1"}]
+    })
+    """Examples per optimizer step; auto is about 0.2% of the examples, 1 to 256."""
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    """Multiplier on the base learning rate (2e-4 for LoRA). A number or "auto" has no
+    structural schema type, so CEL cannot check it; the controller does, before training."""
+    warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5)
+    """Fraction of steps spent warming the learning rate up."""
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate decay after warmup."""
+    max_seq_length: int = Field(default=2048, ge=16, le=131072)
+    """Examples longer than this are truncated from the end."""
+    seed: int = Field(default=42, ge=0)
+    """Random seed; runs with the same seed on CPU are reproducible."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on long sequences."""
+
+
+class CheckpointPolicy(ApiModel):
+    """How often to checkpoint, and how many to keep."""
+
+    every_n_steps: int = Field(default=50, ge=1)
+    """Steps between checkpoints (one is also taken at each epoch end)."""
+    keep_last: int = Field(default=3, ge=1, le=100)
+    """Checkpoints kept; older ones are deleted."""
+
+
+class NotificationEvent(str, Enum):
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class Notifications(ApiModel):
+    """A webhook called when the job ends."""
+
+    webhook_url: str = Field(pattern=r"^https?://.+")
+    """URL that receives a JSON POST."""
+    signing_secret: SecretKeyRef | None = None
+    """Secret key whose value signs the payload (X-Tuneforge-Signature: sha256=<HMAC>)."""
+    events: list[NotificationEvent] = Field(default_factory=lambda: [NotificationEvent.succeeded, NotificationEvent.failed])
+    """Which endings to notify about."""
+
+
+class FineTuningJobSpec(ApiModel):
+    """Desired state of a fine-tuning job."""
+
+    base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253, json_schema_extra=immutable("baseModel is immutable"))
+    """Name of a BaseModel in the catalog."""
+    training_file: str = Field(pattern=FILE_REF_PATTERN, json_schema_extra=immutable("trainingFile is immutable"))
+    """Training data: a file id (file-...) uploaded through the gateway, or an s3://,
+    pvc:// or file:// URI of a JSONL file."""
+    validation_file: str | None = Field(default=None, pattern=FILE_REF_PATTERN)
+    """Optional validation data, same forms as trainingFile."""
+    method: Method = Field(default_factory=Method)
+    """Fine-tuning method and adapter settings."""
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    """Training hyperparameters."""
+    checkpoints: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    """Checkpoint policy."""
+    suffix: str | None = Field(default=None, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    """Up to 40 characters added to the fine-tuned model id."""
+    display_name: str | None = Field(default=None, max_length=200)
+    """Human-friendly name."""
+    description: str | None = Field(default=None, max_length=2000)
+    """Free text describing the job."""
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    """Up to 16 key-value pairs (the OpenAI metadata field)."""
+    hardware: Hardware | None = None
+    """Hardware to train on; defaults to the base model's defaultHardware."""
+    suspend: bool = False
+    """Pause: stop the trainer after its last checkpoint; set back to false to resume."""
+    cancel: bool = False
+    """Cancel the job. Final: a cancelled job cannot be resumed."""
+    queue_name: str | None = Field(default=None, max_length=253)
+    """Kueue LocalQueue; the trainer Job is created suspended for Kueue to admit."""
+    notifications: Notifications | None = None
+    """Webhook to call when the job ends."""
+    merge_adapter: bool = False
+    """Also write the base model merged with the adapter."""
+
+
+class FineTuningJobPhase(str, Enum):
+    validating_files = "ValidatingFiles"
+    queued = "Queued"
+    running = "Running"
+    paused = "Paused"
+    succeeded = "Succeeded"
+    failed = "Failed"
+    cancelled = "Cancelled"
+
+
+class TrainingProgressStatus(ApiModel):
+    """How far training has come."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int = 0
+    """Optimizer steps planned."""
+    epoch: float = 0.0
+    """Epochs done, fractional."""
+    estimated_finish: datetime | None = None
+    """Estimated finish time."""
+
+
+class TrainingMetrics(ApiModel):
+    """The latest training metrics."""
+
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    tokens_per_second: float | None = None
+
+
+class CheckpointSummary(ApiModel):
+    """Checkpoints taken so far."""
+
+    count: int = 0
+    latest_step: int | None = None
+    latest_uri: str | None = None
+
+
+class ResolvedHyperparameters(ApiModel):
+    """Hyperparameters after "auto" was resolved by the trainer."""
+
+    n_epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate_multiplier: float | None = None
+
+
+class FineTuningJobStatus(ApiModel):
+    """Observed state of a fine-tuning job."""
+
+    phase: FineTuningJobPhase | None = None
+    """ValidatingFiles, Queued, Running, Paused, Succeeded, Failed or Cancelled."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Validated, Running, Succeeded."""
+    observed_generation: int | None = None
+    """The generation this status describes."""
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    trained_tokens: int | None = None
+    """Tokens trained on, counted once even across restarts."""
+    progress: TrainingProgressStatus | None = None
+    metrics: TrainingMetrics | None = None
+    fine_tuned_model: str | None = None
+    """ft:<base-model>:<namespace>:<suffix>:<job-id>, set when the job succeeds."""
+    adapter_uri: str | None = None
+    """Where the trained adapter lives in the artifact store."""
+    result_files: list[str] = Field(default_factory=list)
+    """File ids of result files (the metrics CSV)."""
+    checkpoints: CheckpointSummary | None = None
+    hyperparameters: ResolvedHyperparameters | None = None
+    error: ApiError | None = None
+    """Why the job failed."""
+    trainer_job: str | None = None
+    """Name of the batch/v1 Job running the trainer."""
+    training_file_uri: str | None = None
+    """The training file resolved to a store URI."""
+    validation_file_uri: str | None = None
+
+
+class FineTuningJobResource(Resource):
+    """A FineTuningJob object."""
+
+    crd = CrdInfo(
+        kind="FineTuningJob",
+        plural="finetuningjobs",
+        short_names=["ftjob"],
+        scope="Namespaced",
+        printer_columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel"},
+            {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+            {"name": "Total", "type": "integer", "jsonPath": ".status.progress.totalSteps"},
+            {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.trainLoss"},
+            {"name": "Model", "type": "string", "jsonPath": ".status.fineTunedModel"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+    kind: str = "FineTuningJob"
+    spec: FineTuningJobSpec
+    status: FineTuningJobStatus | None = None

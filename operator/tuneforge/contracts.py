@@ -1,0 +1,220 @@
+"""Run specs the controllers hand to the images, and the reports the images write back.
+
+The controller renders a spec into a ConfigMap mounted at `/etc/tuneforge/run.json`; the
+image takes `--run /etc/tuneforge/run.json`. The images know nothing of Kubernetes: these
+models are their whole interface to the platform, so they are versioned with care (add
+optional fields; never repurpose one).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RUN_FILE = "/etc/tuneforge/run.json"
+
+
+class Contract(BaseModel):
+    """Strict base: an unknown field in a run spec is a bug on one side, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Contract":
+        return cls.model_validate_json(Path(path).read_text())
+
+    def dump(self) -> str:
+        return self.model_dump_json(indent=1)
+
+
+class Report(BaseModel):
+    """Lenient base for reports: a newer image may add fields an older reader ignores."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class ErrorInfo(Report):
+    """One error in OpenAI's shape; also the one-line termination message of an image."""
+
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+# -- training ----------------------------------------------------------------------------
+
+
+class LoraSettings(Contract):
+    rank: int = Field(default=8, ge=1, le=256)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    quantize_4bit: bool = Field(default=False, description="QLoRA: load the base in 4-bit.")
+
+
+class TrainingHyperparameters(Contract):
+    """Hyperparameters as the user gave them; `auto` is resolved by the trainer, which
+    alone knows the dataset size (the resolved values go into result.json)."""
+
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "linear"
+    max_seq_length: int = Field(default=2048, ge=16)
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, description="Rows per forward pass; gradient accumulation makes up the rest."
+    )
+
+
+class CheckpointSettings(Contract):
+    every_n_steps: int = Field(default=50, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+
+
+class TrainingRun(Contract):
+    """Everything one fine-tuning run needs."""
+
+    job_id: str
+    namespace: str
+    base_model: str = Field(description="Catalog name of the base model.")
+    base_model_uri: str = Field(description="Where the weights live (file://, pvc://, s3://, gguf://).")
+    training_file: str = Field(description="URI of the training JSONL.")
+    validation_file: str | None = None
+    output_uri: str = Field(description="The job's directory in the artifact store.")
+    fine_tuned_model: str = Field(description="The model id the adapter will be served as.")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
+    checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    merge_adapter: bool = Field(default=False, description="Also write a merged full model.")
+
+
+class TrainingProgress(Report):
+    """`progress.json`, rewritten atomically by the trainer at a bounded rate."""
+
+    status: Literal["validating_files", "running", "succeeded", "failed"] = "running"
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    trained_tokens: int = 0
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    tokens_per_second: float | None = None
+    estimated_finish: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class TrainingResult(Report):
+    """`result.json`, written once when the trainer exits successfully."""
+
+    fine_tuned_model: str
+    adapter_uri: str
+    trained_tokens: int
+    steps: int
+    epochs: int
+    hyperparameters: dict[str, float | int | str]
+    result_files: list[str] = Field(default_factory=list, description="URIs, e.g. the results CSV.")
+    merged_model_uri: str | None = None
+
+
+# -- serving -----------------------------------------------------------------------------
+
+
+class Engine(str, Enum):
+    vllm = "vllm"
+    cpu = "cpu"
+
+
+class AdapterSource(Contract):
+    name: str = Field(description="The model name clients use for this adapter.")
+    uri: str
+
+
+class ServingSpec(Contract):
+    """One base model and its LoRA adapters behind an OpenAI-compatible server."""
+
+    deployment: str
+    namespace: str
+    served_model_name: str = Field(description="The name clients use for the base model.")
+    base_model_uri: str
+    engine: Engine = Engine.cpu
+    adapters: list[AdapterSource] = Field(default_factory=list)
+    max_adapters: int = Field(default=8, ge=1)
+    max_adapter_rank: int = Field(default=64, ge=1)
+    max_model_length: int | None = Field(default=None, ge=16)
+    gpu_count: int = Field(default=0, ge=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_queue: int = Field(default=64, ge=1, description="CPU engine: waiting requests before 429.")
+    engine_args: list[str] = Field(default_factory=list, description="Passed through to the engine.")
+
+
+# -- batches -----------------------------------------------------------------------------
+
+
+class BatchRun(Contract):
+    """One OpenAI-style batch for the batch runner."""
+
+    batch_id: str
+    namespace: str
+    input_uri: str
+    endpoint: Literal["/v1/chat/completions"] = "/v1/chat/completions"
+    output_uri: str = Field(description="The batch's directory in the artifact store.")
+    store_root: str = Field(description="Store root, where output files are registered as Files.")
+    target_base_url: str = Field(description="OpenAI-compatible base URL ending in /v1.")
+    api_key_env: str = Field(default="TUNEFORGE_BATCH_API_KEY", description="Env var holding the key.")
+    expires_at: datetime
+    served_models: list[str] | None = Field(
+        default=None, description="Models the target serves; None skips that check."
+    )
+    output_file_id: str
+    error_file_id: str
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    max_retries: int = Field(default=5, ge=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    cancel_grace_s: float = Field(default=30.0, ge=0)
+
+
+class RequestCounts(Report):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class Usage(Report):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class BatchProgress(Report):
+    """`progress.json` of a batch, rewritten atomically by the runner."""
+
+    status: Literal[
+        "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"
+    ] = "validating"
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    usage: Usage = Field(default_factory=Usage)
+    errors: list[ErrorInfo] = Field(default_factory=list)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    updated_at: datetime | None = None
+    # When each status was entered, as the OpenAI Batch object reports them; only the runner
+    # knows these moments, so it records them here for the gateway.
+    in_progress_at: datetime | None = None
+    finalizing_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    expired_at: datetime | None = None
+    cancelling_at: datetime | None = None
+    cancelled_at: datetime | None = None
