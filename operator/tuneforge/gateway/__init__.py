@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: the OpenAI REST API over tuneforge's resources and store."""

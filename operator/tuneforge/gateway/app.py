@@ -1,0 +1,89 @@
+"""The gateway application: routers under /v1, OpenAI error handling, request ids.
+
+Stateless: the Kubernetes client, the artifact store handle, the HTTP client towards the
+serving Pods and a few seconds of caches are all it keeps, so any number of replicas can
+run behind one Service.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+from kubernetes import client
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tuneforge.gateway import batches, chat, errors, files, fine_tuning, models
+from tuneforge.gateway.auth import KeyResolver
+from tuneforge.gateway.kube import Kube, load_api_client
+from tuneforge.gateway.routing import Router
+from tuneforge.gateway.settings import gateway_settings
+from tuneforge.storage import ArtifactStore
+
+
+class RequestId:
+    """Pure ASGI middleware (no response buffering, so streams stay streams): takes the
+    caller's x-request-id or makes one, exposes it as request.state.request_id, and sets
+    it on every response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 200 else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message["headers"] = [*headers, (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore | None = None) -> FastAPI:
+    """The app; `api_client` and `store` default to the process configuration."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = gateway_settings()
+        kube = Kube(api_client or load_api_client())
+        timeout = httpx.Timeout(connect=5.0, read=config.upstream_timeout_seconds, write=60.0, pool=60.0)
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as http:
+            app.state.kube = kube
+            app.state.store = store or ArtifactStore()
+            app.state.keys = KeyResolver(kube)
+            app.state.router = Router(kube, http, config.route_cache_seconds)
+            yield
+
+    app = FastAPI(
+        title="tuneforge gateway",
+        version="v1",
+        description="The OpenAI-compatible API of tuneforge: files, fine-tuning, batches, models and chat.",
+        lifespan=lifespan,
+    )
+    for module in (files, fine_tuning, batches, models, chat):
+        app.include_router(module.router, prefix="/v1")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    errors.install(app)
+    app.add_middleware(RequestId)
+    return app
+
+
+def serve(host: str, port: int) -> None:
+    """Runs the gateway with uvicorn (`tuneforge gateway`)."""
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", proxy_headers=True)

@@ -1,0 +1,86 @@
+"""Authentication and tenancy: an API key maps to one namespace and a set of scopes.
+
+The key arrives as `Authorization: Bearer <key>` (what the openai client sends) or
+`X-API-Key: <key>`. Its Secret is found by name (derived from the key's hash) in the
+system namespace, with one GET; lookups are cached for a few seconds so the hot chat path
+does not hit the API server per request (a revoked key stops working within
+`key_cache_seconds`). Every handler receives a `Principal` and acts inside its tenant only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from tuneforge import apikeys
+from tuneforge.config import settings
+from tuneforge.gateway.errors import OpenAIError
+from tuneforge.gateway.kube import Kube
+from tuneforge.gateway.settings import gateway_settings
+
+_bearer = HTTPBearer(auto_error=False, description="An API key created with `tuneforge keys create`.")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same key, as a header.")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant namespace and the scopes granted."""
+
+    tenant: str
+    scopes: frozenset[str]
+
+
+class KeyResolver:
+    """Key -> Principal, with a short TTL cache keyed by the key's hash."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def resolve(self, key: str) -> Principal | None:
+        digest = apikeys.key_hash(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and cached[0] > now:
+            return cached[1]
+        secret = await self.kube.get_secret(settings().system_namespace, apikeys.secret_name(key))
+        principal = None
+        if secret is not None and (secret.get("metadata", {}).get("labels") or {}).get(apikeys.LABEL_API_KEY) == "true":
+            try:
+                grant = apikeys.parse_key_secret(secret, key)
+                principal = Principal(tenant=grant.tenant, scopes=grant.scopes)
+            except apikeys.ApiKeyError:
+                principal = None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + gateway_settings().key_cache_seconds, principal)
+        return principal
+
+
+async def authenticate(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    header_key: str | None = Depends(_header),
+) -> Principal:
+    key = header_key or (bearer.credentials if bearer else None)
+    if not key:
+        raise OpenAIError(401, "You didn't provide an API key. Use 'Authorization: Bearer <key>' or 'X-API-Key'.",
+                          code="missing_api_key")
+    principal = await request.app.state.keys.resolve(key)
+    if principal is None:
+        raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
+    return principal
+
+
+def require(scope: str):
+    """A dependency that authenticates and insists on `scope`."""
+
+    async def dependency(principal: Principal = Depends(authenticate)) -> Principal:
+        if not apikeys.has_scope(principal.scopes, scope):
+            raise OpenAIError(403, f"This API key lacks the '{scope}' scope.", code="insufficient_scope")
+        return principal
+
+    return dependency

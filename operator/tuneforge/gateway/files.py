@@ -1,0 +1,189 @@
+"""/v1/files: uploads go straight to the artifact store, validated on arrival.
+
+A file is `<store>/<ns>/files/<id>/` holding `content`, `validation.json` (the dataset
+error with its code, param and line, when validation failed) and `meta.json` (the OpenAI
+File object), written in that order, so a file whose meta.json exists is complete.
+
+The multipart body is parsed by Starlette, which spools file parts to a temporary file
+beyond 1 MB, so memory stays flat whatever the upload size; the Content-Length is checked
+against the limit before a byte is read, and the copy into the store enforces it again for
+uploads without one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from tuneforge import datasets
+from tuneforge.gateway.auth import Principal, require
+from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
+from tuneforge.gateway.ids import derived_id, new_id
+from tuneforge.gateway.openai_types import Limit, page
+from tuneforge.gateway.settings import gateway_settings
+from tuneforge.storage import ArtifactStore, StoreError
+
+router = APIRouter(tags=["files"])
+
+UPLOAD_PURPOSES = ("fine-tune", "batch")
+FILE_ID = re.compile(r"^file-[a-z0-9]{8,64}$")
+_MULTIPART_OVERHEAD = 64 * 1024
+
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def file_meta(store: ArtifactStore, namespace: str, file_id: str) -> dict | None:
+    """The File object of `file_id` in `namespace`, or None (also for malformed ids)."""
+    if not FILE_ID.match(file_id):
+        return None
+    return store.read_json(store.path(namespace, "files", file_id, "meta.json"))
+
+
+def validation_error(store: ArtifactStore, namespace: str, file_id: str) -> dict | None:
+    """The dataset error recorded at upload ({code, message, param, line}), if any."""
+    return store.read_json(store.path(namespace, "files", file_id, "validation.json"))
+
+
+async def _existing(store: ArtifactStore, principal: Principal, file_id: str) -> dict:
+    meta = await run_in_threadpool(file_meta, store, principal.tenant, file_id)
+    if meta is None:
+        raise not_found("file", file_id, param="file_id")
+    return meta
+
+
+def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: UploadFile, purpose: str) -> dict:
+    """Copies, validates and registers one upload (blocking; runs in the threadpool)."""
+    directory = store.file_dir(namespace, file_id)
+    content = f"{directory}/content"
+    try:
+        size = store.copy_stream(upload.file, content, limit=gateway_settings().max_upload_bytes)
+    except StoreError as exc:
+        raise OpenAIError(413, f"The file exceeds the upload limit: {exc}", param="file", code="file_too_large") from exc
+    status, details = "processed", None
+    try:
+        datasets.validate_file(purpose, store.iter_lines(content))
+    except datasets.DatasetError as exc:
+        status, details = "error", exc.message
+        store.write_json(f"{directory}/validation.json",
+                         {"code": exc.code, "message": exc.message, "param": exc.param, "line": exc.line})
+    meta = {
+        "id": file_id,
+        "object": "file",
+        "bytes": size,
+        "created_at": int(time.time()),
+        "filename": upload.filename or "upload.jsonl",
+        "purpose": purpose,
+        "status": status,
+        "status_details": details,
+        "expires_at": None,
+    }
+    store.write_json(f"{directory}/meta.json", meta)
+    return meta
+
+
+@router.post("/files", openapi_extra=_UPLOAD_SCHEMA, summary="Upload a file")
+async def upload_file(
+    request: Request,
+    principal: Principal = Depends(require("files:write")),
+    idempotency_key: str | None = Header(default=None),
+) -> dict:
+    limit = gateway_settings().max_upload_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + _MULTIPART_OVERHEAD:
+        raise OpenAIError(413, f"The file exceeds the upload limit of {limit} bytes.", param="file",
+                          code="file_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception as exc:  # Starlette raises several types for malformed multipart bodies.
+        raise bad_request(f"The body must be multipart/form-data with 'file' and 'purpose': {exc}",
+                          param="file", code="invalid_multipart") from exc
+    try:
+        purpose, upload = form.get("purpose"), form.get("file")
+        if not isinstance(purpose, str) or purpose not in UPLOAD_PURPOSES:
+            raise bad_request(f"Invalid purpose {purpose!r}; use one of {', '.join(UPLOAD_PURPOSES)}.",
+                              param="purpose", code="invalid_purpose")
+        if not isinstance(upload, UploadFile):
+            raise bad_request("The 'file' part is missing.", param="file", code="missing_required_parameter")
+        store: ArtifactStore = request.app.state.store
+        file_id = derived_id("file", principal.tenant, idempotency_key) if idempotency_key else new_id("file")
+        if idempotency_key and (meta := await run_in_threadpool(file_meta, store, principal.tenant, file_id)):
+            return meta
+        return await run_in_threadpool(_store_upload, store, principal.tenant, file_id, upload, purpose)
+    finally:
+        await form.close()
+
+
+def _all_files(store: ArtifactStore, namespace: str) -> list[dict]:
+    metas = (file_meta(store, namespace, name) for name in store.listdir(store.path(namespace, "files")))
+    return [meta for meta in metas if meta is not None]
+
+
+@router.get("/files", summary="List files")
+async def list_files(
+    request: Request,
+    principal: Principal = Depends(require("files:read")),
+    purpose: str | None = None,
+    limit: Limit = 10_000,
+    order: str = Query(default="desc", pattern="^(asc|desc)$"),
+    after: str | None = None,
+) -> dict:
+    files = await run_in_threadpool(_all_files, request.app.state.store, principal.tenant)
+    if purpose:
+        files = [meta for meta in files if meta["purpose"] == purpose]
+    files.sort(key=lambda meta: (meta["created_at"], meta["id"]), reverse=order == "desc")
+    return page(files, after=after, limit=limit)
+
+
+@router.get("/files/{file_id}", summary="Retrieve a file")
+async def retrieve_file(file_id: str, request: Request, principal: Principal = Depends(require("files:read"))) -> dict:
+    return await _existing(request.app.state.store, principal, file_id)
+
+
+@router.delete("/files/{file_id}", summary="Delete a file")
+async def delete_file(file_id: str, request: Request, principal: Principal = Depends(require("files:write"))) -> dict:
+    store: ArtifactStore = request.app.state.store
+    await _existing(store, principal, file_id)
+    # meta.json goes first: from then on the file is gone for every reader.
+    await run_in_threadpool(store.delete, store.path(principal.tenant, "files", file_id, "meta.json"))
+    await run_in_threadpool(store.delete, store.file_dir(principal.tenant, file_id))
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/files/{file_id}/content", summary="Download a file's content",
+            response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
+async def file_content(file_id: str, request: Request, principal: Principal = Depends(require("files:read"))):
+    store: ArtifactStore = request.app.state.store
+    meta = await _existing(store, principal, file_id)
+    path = store.path(principal.tenant, "files", file_id, "content")
+
+    def chunks() -> Iterator[bytes]:
+        with store.open_read(path) as handle:
+            while chunk := handle.read(1024 * 1024):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
+        "content-length": str(meta["bytes"]),
+        "content-disposition": f'attachment; filename="{meta["filename"]}"'.encode("latin-1", "replace").decode("latin-1"),
+    })

@@ -1,0 +1,348 @@
+"""/v1/fine_tuning/jobs: the OpenAI fine-tuning API over FineTuningJob resources.
+
+The resource name is the job id. The gateway writes only spec (desired state: cancel and
+suspend included) and reads status written by the controller, plus the trainer's reports
+(events.jsonl, metrics.jsonl, checkpoints/) from the artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi import APIRouter, Depends, Header, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from tuneforge.api.v1alpha1 import FineTuningJobResource, FineTuningJobSpec
+from tuneforge.gateway.auth import Principal, require
+from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
+from tuneforge.gateway.files import file_meta, validation_error
+from tuneforge.gateway.ids import body_hash, derived_id, new_id
+from tuneforge.gateway.kube import AlreadyExists
+from tuneforge.gateway.openai_types import FineTuningJobCreate, Hyperparameters, Limit, page, unix
+from tuneforge.storage import ArtifactStore
+
+router = APIRouter(tags=["fine-tuning"])
+
+PLURAL = "finetuningjobs"
+REQUEST_HASH = "tuneforge.io/request-hash"
+SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+STEP_DIR = re.compile(r"^step-(\d+)$")
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+_STATUS = {
+    "ValidatingFiles": "validating_files",
+    "Queued": "queued",
+    "Running": "running",
+    "Paused": "paused",
+    "Succeeded": "succeeded",
+    "Failed": "failed",
+    "Cancelled": "cancelled",
+}
+
+
+def _status(resource: dict) -> str:
+    """The OpenAI status: the controller's phase, with spec.cancel / spec.suspend shown
+    at once (they are final respectively immediate once the controller sees them)."""
+    spec, phase = resource["spec"], (resource.get("status") or {}).get("phase")
+    if phase in TERMINAL:
+        return _STATUS[phase]
+    if spec.get("cancel"):
+        return "cancelled"
+    if spec.get("suspend"):
+        return "paused"
+    if phase == "Paused":
+        return "queued"
+    return _STATUS.get(phase, "validating_files")
+
+
+def fine_tuned_model_id(resource: dict) -> str:
+    """`ft:<base>:<namespace>:<suffix>:<job>`, the id the controller assigns on success."""
+    meta, spec = resource["metadata"], resource["spec"]
+    return f"ft:{spec['baseModel']}:{meta['namespace']}:{spec.get('suffix') or ''}:{meta['name']}"
+
+
+def job_object(resource: dict) -> dict:
+    """A complete `fine_tuning.job` object."""
+    meta, spec, status = resource["metadata"], resource["spec"], resource.get("status") or {}
+    wanted = spec.get("hyperparameters") or {}
+    resolved = status.get("hyperparameters") or {}
+    hyperparameters = {
+        "n_epochs": resolved.get("nEpochs") or wanted.get("nEpochs", "auto"),
+        "batch_size": resolved.get("batchSize") or wanted.get("batchSize", "auto"),
+        "learning_rate_multiplier": resolved.get("learningRateMultiplier") or wanted.get("learningRateMultiplier", "auto"),
+    }
+    error = status.get("error")
+    progress = status.get("progress") or {}
+    return {
+        "object": "fine_tuning.job",
+        "id": meta["name"],
+        "created_at": unix(meta["creationTimestamp"]),
+        "model": spec["baseModel"],
+        "organization_id": meta["namespace"],
+        "status": _status(resource),
+        "fine_tuned_model": status.get("fineTunedModel"),
+        "finished_at": unix(status.get("finishedAt")),
+        "error": {"code": error["code"], "message": error["message"], "param": error.get("param")} if error else None,
+        "hyperparameters": hyperparameters,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        "result_files": status.get("resultFiles") or [],
+        "seed": wanted.get("seed", 42),
+        "trained_tokens": status.get("trainedTokens"),
+        "training_file": spec["trainingFile"],
+        "validation_file": spec.get("validationFile"),
+        "estimated_finish": unix(progress.get("estimatedFinish")),
+        "integrations": None,
+        "metadata": spec.get("metadata"),
+        "user_provided_suffix": spec.get("suffix"),
+    }
+
+
+def _check_file(store: ArtifactStore, namespace: str, file_id: str, param: str) -> None:
+    """A training or validation file must be an upload of this tenant, purpose fine-tune,
+    that passed validation; URIs are refused here (they would let a tenant point a job at
+    any path the trainer can read)."""
+    meta = file_meta(store, namespace, file_id)
+    if meta is None:
+        raise bad_request(f"File '{file_id}' does not exist.", param=param, code="invalid_file")
+    if meta["purpose"] != "fine-tune":
+        raise bad_request(f"File '{file_id}' has purpose '{meta['purpose']}', not 'fine-tune'.", param=param,
+                          code="invalid_file_purpose")
+    if meta["status"] != "processed":
+        error = validation_error(store, namespace, file_id) or {}
+        raise bad_request(f"File '{file_id}' is not a valid fine-tuning file: {meta.get('status_details')}",
+                          param=param, code=error.get("code", "invalid_file"))
+
+
+def _hyperparameters(body: FineTuningJobCreate) -> Hyperparameters:
+    method = body.method.supervised.hyperparameters if body.method and body.method.supervised else None
+    if method is not None and body.hyperparameters is not None and method != body.hyperparameters:
+        raise bad_request("Give hyperparameters either at the top level or in method.supervised, not both.",
+                          param="hyperparameters", code="conflicting_parameters")
+    return method or body.hyperparameters or Hyperparameters()
+
+
+async def _build(request: Request, principal: Principal, body: FineTuningJobCreate, name: str) -> dict:
+    kube = request.app.state.kube
+    base = await kube.get_cluster("basemodels", body.model)
+    if base is None:
+        raise bad_request(f"Model '{body.model}' is not in the catalog.", param="model", code="model_not_available")
+    if not base["spec"].get("fineTunable", True):
+        raise bad_request(f"Model '{body.model}' cannot be fine-tuned.", param="model", code="model_not_available")
+    suffix = body.suffix if body.suffix is not None else body.nickname
+    if suffix is not None and not SUFFIX.match(suffix):
+        raise bad_request("suffix must be lowercase letters, digits and dashes, starting with a letter or digit.",
+                          param="suffix" if body.suffix is not None else "nickname", code="invalid_suffix")
+    store = request.app.state.store
+    await run_in_threadpool(_check_file, store, principal.tenant, body.training_file, "training_file")
+    if body.validation_file:
+        await run_in_threadpool(_check_file, store, principal.tenant, body.validation_file, "validation_file")
+    hyper = _hyperparameters(body)
+    try:
+        spec = FineTuningJobSpec(
+            base_model=body.model,
+            training_file=body.training_file,
+            validation_file=body.validation_file,
+            suffix=suffix,
+            metadata=body.metadata,
+            hyperparameters={
+                "n_epochs": hyper.n_epochs,
+                "batch_size": hyper.batch_size,
+                "learning_rate_multiplier": hyper.learning_rate_multiplier,
+                **({"seed": body.seed} if body.seed is not None else {}),
+            },
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise bad_request(f"{first['msg']}", param=".".join(map(str, first["loc"])), code="invalid_value") from exc
+    resource = FineTuningJobResource(
+        metadata={"name": name, "namespace": principal.tenant, "annotations": {}}, spec=spec
+    ).to_wire()
+    return resource
+
+
+@router.post("/fine_tuning/jobs", summary="Create a fine-tuning job")
+async def create_job(
+    body: FineTuningJobCreate,
+    request: Request,
+    principal: Principal = Depends(require("fine-tuning:write")),
+    idempotency_key: str | None = Header(default=None),
+) -> dict:
+    kube = request.app.state.kube
+    name = derived_id("ftjob", principal.tenant, idempotency_key) if idempotency_key else new_id("ftjob")
+    digest = body_hash(body.model_dump())
+    if idempotency_key and (existing := await kube.get(PLURAL, principal.tenant, name)):
+        return _replayed(existing, digest)
+    resource = await _build(request, principal, body, name)
+    resource["metadata"]["annotations"][REQUEST_HASH] = digest
+    try:
+        return job_object(await kube.create(PLURAL, principal.tenant, resource))
+    except AlreadyExists:
+        return _replayed(await kube.get(PLURAL, principal.tenant, name), digest)
+
+
+def _replayed(existing: dict, digest: str) -> dict:
+    if (existing["metadata"].get("annotations") or {}).get(REQUEST_HASH) != digest:
+        raise OpenAIError(422, "This Idempotency-Key was already used with a different request.",
+                          param="Idempotency-Key", code="idempotency_key_reused")
+    return job_object(existing)
+
+
+async def _job(request: Request, principal: Principal, job_id: str) -> dict:
+    resource = await request.app.state.kube.get(PLURAL, principal.tenant, job_id) if job_id.startswith("ftjob-") else None
+    if resource is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return resource
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """`metadata[key]=value` query parameters, as the OpenAI API takes them."""
+    filters = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("metadata[") and key.endswith("]"):
+            filters[key[len("metadata[") : -1]] = value
+    return filters
+
+
+def newest_first(resources: list[dict]) -> list[dict]:
+    return sorted(resources, key=lambda r: (r["metadata"]["creationTimestamp"], r["metadata"]["name"]), reverse=True)
+
+
+@router.get("/fine_tuning/jobs", summary="List fine-tuning jobs")
+async def list_jobs(
+    request: Request,
+    principal: Principal = Depends(require("fine-tuning:read")),
+    after: str | None = None,
+    limit: Limit = 20,
+) -> dict:
+    filters = _metadata_filter(request)
+    jobs = newest_first(await request.app.state.kube.list(PLURAL, principal.tenant))
+    if filters:
+        jobs = [job for job in jobs if all((job["spec"].get("metadata") or {}).get(k) == v for k, v in filters.items())]
+    return page([job_object(job) for job in jobs], after=after, limit=limit)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}", summary="Retrieve a fine-tuning job")
+async def retrieve_job(fine_tuning_job_id: str, request: Request,
+                       principal: Principal = Depends(require("fine-tuning:read"))) -> dict:
+    return job_object(await _job(request, principal, fine_tuning_job_id))
+
+
+async def _set(request: Request, principal: Principal, job_id: str, field: str, value: bool, allowed) -> dict:
+    resource = await _job(request, principal, job_id)
+    reason = allowed(resource)
+    if reason:
+        raise bad_request(reason, param="fine_tuning_job_id", code="invalid_job_state")
+    patched = await request.app.state.kube.patch(PLURAL, principal.tenant, job_id, {"spec": {field: value}})
+    return job_object(patched)
+
+
+def _finished(resource: dict) -> str | None:
+    status = _status(resource)
+    if status in ("succeeded", "failed", "cancelled"):
+        return f"The job has already {'been cancelled' if status == 'cancelled' else status}."
+    return None
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/cancel", summary="Cancel a fine-tuning job")
+async def cancel_job(fine_tuning_job_id: str, request: Request,
+                     principal: Principal = Depends(require("fine-tuning:write"))) -> dict:
+    return await _set(request, principal, fine_tuning_job_id, "cancel", True, _finished)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/pause", summary="Pause a fine-tuning job")
+async def pause_job(fine_tuning_job_id: str, request: Request,
+                    principal: Principal = Depends(require("fine-tuning:write"))) -> dict:
+    return await _set(request, principal, fine_tuning_job_id, "suspend", True, _finished)
+
+
+@router.post("/fine_tuning/jobs/{fine_tuning_job_id}/resume", summary="Resume a paused fine-tuning job")
+async def resume_job(fine_tuning_job_id: str, request: Request,
+                     principal: Principal = Depends(require("fine-tuning:write"))) -> dict:
+    def not_paused(resource: dict) -> str | None:
+        return None if _status(resource) == "paused" else "Only a paused job can be resumed."
+
+    return await _set(request, principal, fine_tuning_job_id, "suspend", False, not_paused)
+
+
+def _events(store: ArtifactStore, namespace: str, job: str) -> list[dict]:
+    path = store.path(namespace, "fine-tuning", job, "events.jsonl")
+    if not store.exists(path):
+        return []
+    events = []
+    for number, line in enumerate(store.iter_lines(path), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being appended right now; it is complete on the next read
+        events.append({
+            "object": "fine_tuning.job.event",
+            "id": record.get("id") or f"ftevent-{job.removeprefix('ftjob-')}-{number}",
+            "created_at": int(record.get("created_at") or 0),
+            "level": record.get("level", "info"),
+            "message": record.get("message", ""),
+            "type": record.get("type", "message"),
+            "data": record.get("data") or {},
+        })
+    events.reverse()
+    return events
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/events", summary="List a job's events, newest first")
+async def list_events(fine_tuning_job_id: str, request: Request,
+                      principal: Principal = Depends(require("fine-tuning:read")),
+                      after: str | None = None, limit: Limit = 20) -> dict:
+    await _job(request, principal, fine_tuning_job_id)
+    events = await run_in_threadpool(_events, request.app.state.store, principal.tenant, fine_tuning_job_id)
+    return page(events, after=after, limit=limit)
+
+
+def _checkpoints(store: ArtifactStore, resource: dict) -> list[dict]:
+    namespace, job = resource["metadata"]["namespace"], resource["metadata"]["name"]
+    root = store.fine_tuning_dir(namespace, job)
+    steps = sorted(
+        (int(match.group(1)) for entry in store.listdir(f"{root}/checkpoints") if (match := STEP_DIR.match(entry))
+         if store.exists(f"{root}/checkpoints/{entry}/COMPLETE")),
+        reverse=True,
+    )
+    if not steps:
+        return []
+    metrics: dict[int, dict] = {}
+    if store.exists(f"{root}/metrics.jsonl"):
+        for line in store.iter_lines(f"{root}/metrics.jsonl"):
+            try:
+                record = json.loads(line)
+                metrics[int(record["step"])] = record
+            except (ValueError, KeyError, TypeError):
+                continue
+    model = (resource.get("status") or {}).get("fineTunedModel") or fine_tuned_model_id(resource)
+    result = []
+    for step in steps:
+        marker = store.fs.info(f"{root}/checkpoints/step-{step}/COMPLETE")
+        record = metrics.get(step, {})
+        result.append({
+            "object": "fine_tuning.job.checkpoint",
+            "id": f"ftckpt-{job.removeprefix('ftjob-')}-{step}",
+            "created_at": int(marker.get("mtime") or marker.get("created") or 0),
+            "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{step}",
+            "fine_tuning_job_id": job,
+            "step_number": step,
+            "metrics": {
+                "step": step,
+                **{key: record.get(key) for key in (
+                    "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                    "full_valid_loss", "full_valid_mean_token_accuracy") if record.get(key) is not None},
+            },
+        })
+    return result
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints", summary="List a job's checkpoints, newest first")
+async def list_checkpoints(fine_tuning_job_id: str, request: Request,
+                           principal: Principal = Depends(require("fine-tuning:read")),
+                           after: str | None = None, limit: Limit = 10) -> dict:
+    resource = await _job(request, principal, fine_tuning_job_id)
+    checkpoints = await run_in_threadpool(_checkpoints, request.app.state.store, resource)
+    return page(checkpoints, after=after, limit=limit)
+
+

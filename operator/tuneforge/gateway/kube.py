@@ -1,0 +1,133 @@
+"""The gateway's only door to Kubernetes: the official (blocking) client, run in a
+threadpool so a slow API server never stalls the event loop.
+
+Objects come back as plain dicts (the custom resources are dicts anyway), and API server
+errors become OpenAIErrors: 404 stays 404, an object refused by the CRD schema is the
+caller's bad input (400), anything else is the platform's fault.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from starlette.concurrency import run_in_threadpool
+
+from tuneforge.api.v1alpha1 import GROUP, VERSION
+from tuneforge.gateway.errors import OpenAIError
+
+T = TypeVar("T")
+
+
+def load_api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a Pod, else $KUBECONFIG / ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+class AlreadyExists(Exception):
+    """A create hit an existing name (an idempotent retry)."""
+
+
+def _json(response: Any) -> dict:
+    return json.loads(response.data)
+
+
+class Kube:
+    """Custom resources, Pods, Deployments and Secrets as dicts."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+
+    async def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
+        """Runs one client call in the threadpool, returning the raw JSON as a dict
+        (`_preload_content=False` skips the client's slow model deserialisation)."""
+        try:
+            response = await run_in_threadpool(func, *args, _preload_content=False, **kwargs)
+        except ApiException as exc:
+            raise _translate(exc) from exc
+        return _json(response)
+
+    # -- custom resources --------------------------------------------------------------
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict | None:
+        try:
+            return await self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+        except OpenAIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_cluster(self, plural: str, name: str) -> dict | None:
+        try:
+            return await self._call(self.custom.get_cluster_custom_object, GROUP, VERSION, plural, name)
+        except OpenAIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list(self, plural: str, namespace: str, label_selector: str | None = None) -> list[dict]:
+        kwargs = {"label_selector": label_selector} if label_selector else {}
+        result = await self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, **kwargs)
+        return result.get("items", [])
+
+    async def list_cluster(self, plural: str) -> list[dict]:
+        result = await self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, plural)
+        return result.get("items", [])
+
+    async def create(self, plural: str, namespace: str, body: dict) -> dict:
+        try:
+            return await self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body)
+        except OpenAIError as exc:
+            if exc.status == 409:
+                raise AlreadyExists(body["metadata"]["name"]) from exc
+            raise
+
+    async def patch(self, plural: str, namespace: str, name: str, patch: dict) -> dict:
+        """A JSON merge patch (the client sends a dict body as merge-patch+json)."""
+        return await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, patch)
+
+    # -- core objects ------------------------------------------------------------------
+
+    async def get_secret(self, namespace: str, name: str) -> dict | None:
+        try:
+            return await self._call(self.core.read_namespaced_secret, name, namespace)
+        except OpenAIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def get_deployment(self, namespace: str, name: str) -> dict | None:
+        try:
+            return await self._call(self.apps.read_namespaced_deployment, name, namespace)
+        except OpenAIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
+        result = await self._call(self.core.list_namespaced_pod, namespace, label_selector=label_selector)
+        return result.get("items", [])
+
+
+def _translate(exc: ApiException) -> OpenAIError:
+    try:
+        message = json.loads(exc.body or "{}").get("message") or exc.reason
+    except ValueError:
+        message = exc.reason
+    if exc.status == 404:
+        return OpenAIError(404, message, code="not_found")
+    if exc.status == 409:
+        return OpenAIError(409, message, code="conflict")
+    if exc.status in (400, 422):
+        return OpenAIError(400, f"rejected by the API server: {message}", code="invalid_request")
+    return OpenAIError(502, f"the Kubernetes API server failed: {message}", code="upstream_error", type="server_error")

@@ -1,0 +1,201 @@
+"""Where a chat request goes: model name -> ModelDeployment -> one of its ready Pods.
+
+Pods are addressed by pod IP and the container port declared in the Pod spec (as KubeAI
+does), not through a Service: that needs no kube-proxy, works on the local platform where
+pod IPs are loopback addresses, and lets the gateway pick the replica that already holds
+the requested LoRA adapter.
+
+A fine-tuned model (`ft:...`) is served by a ModelDeployment of the tenant that lists it,
+or else by its base model's shared multi-LoRA deployment in the system namespace, where
+the adapter is loaded on first use through vLLM's `/v1/load_lora_adapter` (the CPU engine
+speaks the same endpoint). The gateway remembers, per Pod, which adapters it loaded (an
+LRU bounded by the deployment's maxAdapters, mirroring the engine's own eviction); if an
+engine has forgotten one anyway (restart, eviction), the chat path reloads it and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import httpx
+
+from tuneforge.config import settings
+from tuneforge.gateway.catalog import catalog_model, fine_tuned_job, job_name_of
+from tuneforge.gateway.errors import OpenAIError
+from tuneforge.gateway.kube import Kube
+from tuneforge.storage import StoreError, resolve_uri
+
+LABEL_BASE_MODEL = "tuneforge.io/base-model"
+LABEL_SHARED = "tuneforge.io/shared"
+DEFAULT_MAX_ADAPTERS = 8
+DEFAULT_PORT = 8000
+
+
+@dataclass(frozen=True)
+class Pod:
+    uid: str
+    name: str
+    url: str
+    """Base URL of the OpenAI API on the Pod, e.g. http://10.1.2.3:8000."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    path: str
+
+
+@dataclass
+class Route:
+    """A resolved model: the deployment's ready Pods and, for runtime-loaded adapters,
+    the adapter to make sure of."""
+
+    deployment: str
+    pods: list[Pod]
+    adapter: Adapter | None
+    max_adapters: int
+    expires: float = 0.0
+    counter: itertools.count = field(default_factory=itertools.count)
+
+
+def _ready_pods(pods: list[dict]) -> list[Pod]:
+    ready = []
+    for pod in pods:
+        status, spec = pod.get("status") or {}, pod.get("spec") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        if (pod["metadata"].get("deletionTimestamp") or status.get("phase") != "Running"
+                or conditions.get("Ready") != "True" or not status.get("podIP")):
+            continue
+        ports = [port for container in spec.get("containers", []) for port in container.get("ports") or []]
+        named = [port for port in ports if port.get("name") == "http"]
+        port = (named or ports or [{"containerPort": DEFAULT_PORT}])[0]["containerPort"]
+        ready.append(Pod(uid=pod["metadata"]["uid"], name=pod["metadata"]["name"],
+                         url=f"http://{status['podIP']}:{port}"))
+    return sorted(ready, key=lambda pod: pod.name)
+
+
+def adapter_path(uri: str) -> str:
+    """The path the serving engine loads the adapter from: a local path for file:// and
+    pvc:// URIs (the Pods mount the store), the URI itself for object stores."""
+    try:
+        resolved = resolve_uri(uri)
+    except StoreError as exc:
+        raise OpenAIError(502, f"the adapter location {uri!r} cannot be resolved: {exc}", code="adapter_unavailable",
+                          type="server_error") from exc
+    return resolved.removeprefix("file://") if resolved.startswith("file://") else resolved
+
+
+class Router:
+    """Resolves models to routes (cached briefly) and tracks adapters loaded per Pod."""
+
+    def __init__(self, kube: Kube, http: httpx.AsyncClient, cache_seconds: float) -> None:
+        self.kube = kube
+        self.http = http
+        self.cache_seconds = cache_seconds
+        self._routes: dict[tuple[str, str], Route] = {}
+        self._loaded: dict[str, OrderedDict[str, None]] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # -- resolution --------------------------------------------------------------------
+
+    async def route(self, tenant: str, model: str) -> Route:
+        key = (tenant, model)
+        cached = self._routes.get(key)
+        if cached and cached.expires > time.monotonic():
+            return cached
+        route = await self._resolve(tenant, model)
+        route.expires = time.monotonic() + self.cache_seconds
+        if len(self._routes) > 10_000:
+            self._routes.clear()
+        self._routes[key] = route
+        return route
+
+    def forget(self, tenant: str, model: str) -> None:
+        """Drops a cached route, e.g. after a Pod refused connections."""
+        self._routes.pop((tenant, model), None)
+
+    async def _resolve(self, tenant: str, model: str) -> Route:
+        adapter = None
+        base = model
+        if job_name_of(model) is not None:
+            job = await fine_tuned_job(self.kube, tenant, model)
+            if job is None:
+                raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
+            base = job["spec"]["baseModel"]
+            adapter = Adapter(name=model, path=adapter_path(job["status"].get("adapterUri") or ""))
+        for deployment in await self.kube.list("modeldeployments", tenant):
+            if model in ((deployment.get("status") or {}).get("servedModels") or []):
+                return await self._route_for(deployment, None)
+        shared = await self.kube.list("modeldeployments", settings().system_namespace,
+                                      label_selector=f"{LABEL_BASE_MODEL}={base},{LABEL_SHARED}=true")
+        if not shared:
+            if adapter is None and await catalog_model(self.kube, base) is None:
+                raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
+            raise OpenAIError(503, f"No deployment serves '{base}' yet.", param="model", code="model_not_ready",
+                              type="server_error")
+        return await self._route_for(shared[0], adapter)
+
+    async def _route_for(self, deployment: dict, adapter: Adapter | None) -> Route:
+        meta, spec = deployment["metadata"], deployment["spec"]
+        name = (deployment.get("status") or {}).get("deployment") or meta["name"]
+        apps = await self.kube.get_deployment(meta["namespace"], name)
+        selector = ((apps or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+        pods = []
+        if selector:
+            labels = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            pods = _ready_pods(await self.kube.list_pods(meta["namespace"], labels))
+        if not pods:
+            raise OpenAIError(503, f"The deployment '{meta['name']}' has no ready replicas.", param="model",
+                              code="model_not_ready", type="server_error")
+        return Route(deployment=meta["name"], pods=pods, adapter=adapter,
+                     max_adapters=spec.get("maxAdapters") or DEFAULT_MAX_ADAPTERS)
+
+    # -- pod choice and adapters -------------------------------------------------------
+
+    def choose(self, route: Route, exclude: set[str] = frozenset()) -> Pod | None:
+        """Round robin over the ready Pods, restricted to those already holding the
+        adapter when any does."""
+        candidates = [pod for pod in route.pods if pod.uid not in exclude]
+        if route.adapter is not None:
+            holding = [pod for pod in candidates if route.adapter.name in self._loaded.get(pod.uid, ())]
+            candidates = holding or candidates
+        if not candidates:
+            return None
+        return candidates[next(route.counter) % len(candidates)]
+
+    def holds(self, pod: Pod, adapter: Adapter) -> bool:
+        return adapter.name in self._loaded.get(pod.uid, ())
+
+    def forget_adapter(self, pod: Pod, adapter: Adapter) -> None:
+        self._loaded.get(pod.uid, OrderedDict()).pop(adapter.name, None)
+
+    async def ensure_adapter(self, pod: Pod, route: Route, request_id: str) -> None:
+        """Loads the route's adapter on `pod` unless it is known to be there; concurrent
+        first requests for one adapter on one Pod load it once."""
+        adapter = route.adapter
+        if adapter is None:
+            return
+        loaded = self._loaded.setdefault(pod.uid, OrderedDict())
+        if adapter.name in loaded:
+            loaded.move_to_end(adapter.name)
+            return
+        lock = self._locks.setdefault((pod.uid, adapter.name), asyncio.Lock())
+        async with lock:
+            if adapter.name in loaded:
+                return
+            response = await self.http.post(
+                f"{pod.url}/v1/load_lora_adapter",
+                json={"lora_name": adapter.name, "lora_path": adapter.path},
+                headers={"x-request-id": request_id},
+            )
+            if response.status_code >= 400 and "already" not in response.text.lower():
+                raise OpenAIError(502, f"Loading adapter '{adapter.name}' on {pod.name} failed: "
+                                       f"{response.status_code} {response.text[:500]}",
+                                  code="adapter_load_failed", type="server_error")
+            loaded[adapter.name] = None
+            while len(loaded) > route.max_adapters:
+                loaded.popitem(last=False)

@@ -1,0 +1,31 @@
+"""Gateway-only settings (`TUNEFORGE_GATEWAY_*`), next to the shared `tuneforge.config`.
+
+They live here rather than in the shared Settings because only the gateway reads them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEFORGE_GATEWAY_", extra="ignore")
+
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest file accepted by POST /v1/files; larger uploads get 413."""
+    key_cache_seconds: float = Field(default=5.0, ge=0)
+    """How long a key lookup is reused; a revoked key stops working within this time."""
+    route_cache_seconds: float = Field(default=2.0, ge=0)
+    """How long the ready Pods of a deployment are reused for routing chat requests."""
+    upstream_timeout_seconds: float = Field(default=600.0, gt=0)
+    """Read timeout towards the serving Pods (long generations)."""
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+@lru_cache(maxsize=1)
+def gateway_settings() -> GatewaySettings:
+    """Process-wide gateway settings; tests call `gateway_settings.cache_clear()`."""
+    return GatewaySettings()

@@ -1,0 +1,106 @@
+"""Test data for the gateway tests, and a minimal OpenAI-compatible model server for the
+chat proxy tests: answers chat
+completions (plain and SSE), implements vLLM's /v1/load_lora_adapter, and records what it
+received so tests can assert what the gateway sent.
+
+It answers only models it serves (the base model and loaded adapters), with vLLM's 404
+otherwise, so a gateway that skipped loading the adapter fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import uvicorn
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+
+def make_upstream(base_model: str) -> FastAPI:
+    app = FastAPI()
+    app.state.loads = []
+    app.state.requests = []
+    app.state.adapters = {}
+
+    @app.post("/v1/load_lora_adapter")
+    async def load(request: Request):
+        body = await request.json()
+        app.state.loads.append(body)
+        app.state.adapters[body["lora_name"]] = body["lora_path"]
+        return JSONResponse(f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        app.state.requests.append({"body": body, "request_id": request.headers.get("x-request-id")})
+        model = body["model"]
+        if model != base_model and model not in app.state.adapters:
+            return JSONResponse({"error": {"message": f"The model `{model}` does not exist.", "type": "NotFoundError",
+                                           "param": "model", "code": 404}}, status_code=404)
+        if body.get("max_tokens") == 0:
+            return JSONResponse({"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError",
+                                           "param": "max_tokens", "code": "invalid_value"}}, status_code=400)
+        words = ["hello", " from", f" {model}"]
+        if not body.get("stream"):
+            return {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "".join(words)}}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+            }
+
+        async def events():
+            for word in words:
+                chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                         "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+                # A pause between chunks: a proxy that buffered would deliver them together.
+                await asyncio.sleep(0.2)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def training_lines(n: int = 10) -> bytes:
+    rows = [
+        '{"messages": [{"role": "user", "content": "Say %d"}, {"role": "assistant", "content": "%d"}]}' % (i, i)
+        for i in range(n)
+    ]
+    return ("\n".join(rows) + "\n").encode()
+
+
+def batch_lines(n: int = 3, model: str = "tiny") -> bytes:
+    rows = [
+        '{"custom_id": "r%d", "method": "POST", "url": "/v1/chat/completions", '
+        '"body": {"model": "%s", "messages": [{"role": "user", "content": "hi"}]}}' % (i, model)
+        for i in range(n)
+    ]
+    return ("\n".join(rows) + "\n").encode()
+
+
+class ServerThread:
+    """A uvicorn server in a daemon thread, started and stopped deterministically."""
+
+    def __init__(self, app, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

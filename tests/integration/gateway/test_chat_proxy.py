@@ -1,0 +1,129 @@
+"""The chat proxy against a loopback model server standing in for a serving Pod.
+
+The Pod object is real (created in the API server, its status patched to Running/Ready
+with pod IP 127.0.0.1 and the server's port), so routing goes through exactly what a
+kubelet would report: ModelDeployment -> Deployment selector -> ready Pods -> IP:port.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import httpx
+import openai
+import pytest
+from kubernetes import client
+
+from gateway_testkit import ServerThread, make_upstream, training_lines
+from tuneforge.config import settings
+from tuneforge.local.controlplane import free_port
+
+pytestmark = pytest.mark.integration
+GROUP, VERSION = "tuneforge.io", "v1alpha1"
+
+
+@pytest.fixture
+def shared_deployment(api_client, base_model):
+    """The base model's shared ModelDeployment with one ready Pod: the loopback upstream."""
+    system = settings().system_namespace
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    labels = {"app": name}
+    custom, apps, core = client.CustomObjectsApi(api_client), client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+        "metadata": {"name": name, "labels": {"tuneforge.io/base-model": base_model, "tuneforge.io/shared": "true"}},
+        "spec": {"baseModel": base_model, "maxAdapters": 4},
+    })
+    container = {"name": "engine", "image": "tuneforge/inference:test"}
+    apps.create_namespaced_deployment(system, {
+        "metadata": {"name": name},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+    })
+    upstream = make_upstream(base_model)
+    port = free_port()
+    pod = f"{name}-pod"
+    core.create_namespaced_pod(system, {
+        "metadata": {"name": pod, "labels": labels},
+        "spec": {"containers": [{**container, "ports": [{"name": "http", "containerPort": port}]}]},
+    })
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    core.patch_namespaced_pod_status(pod, system, {"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+    }})
+    with ServerThread(upstream, port):
+        yield upstream
+    core.delete_namespaced_pod(pod, system, grace_period_seconds=0)
+    apps.delete_namespaced_deployment(name, system)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", name)
+
+
+def _fine_tuned_model(api: openai.OpenAI, api_client, namespace: str, base_model: str) -> str:
+    """A succeeded job's model, with status as the controller would write it."""
+    train = api.files.create(file=("t.jsonl", io.BytesIO(training_lines())), purpose="fine-tune")
+    job = api.fine_tuning.jobs.create(model=base_model, training_file=train.id, suffix="chat")
+    model = f"ft:{base_model}:{namespace}:chat:{job.id}"
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "finetuningjobs", job.id,
+        {"status": {"phase": "Succeeded", "fineTunedModel": model, "adapterUri": f"file:///store/{job.id}/adapter"}})
+    return model
+
+
+def test_base_model_chat_plain_and_streamed(tenant, base_model, shared_deployment) -> None:
+    _, api = tenant
+    messages = [{"role": "user", "content": "hi"}]
+    reply = api.chat.completions.with_raw_response.create(model=base_model, messages=messages,
+                                                          extra_headers={"x-request-id": "req-abc"})
+    assert reply.headers["x-request-id"] == "req-abc"
+    assert reply.parse().choices[0].message.content == f"hello from {base_model}"
+    assert shared_deployment.state.requests[-1]["request_id"] == "req-abc"
+
+    arrivals, text = [], ""
+    for chunk in api.chat.completions.create(model=base_model, messages=messages, stream=True):
+        arrivals.append(time.monotonic())
+        text += chunk.choices[0].delta.content or ""
+    assert text == f"hello from {base_model}"
+    # The upstream pauses 0.2 s between chunks; a buffering proxy would deliver them at once.
+    assert arrivals[-1] - arrivals[0] > 0.3
+    assert shared_deployment.state.loads == []
+
+
+def test_fine_tuned_model_loads_adapter_once(tenant, api_client, base_model, shared_deployment) -> None:
+    namespace, api = tenant
+    model = _fine_tuned_model(api, api_client, namespace, base_model)
+    messages = [{"role": "user", "content": "hi"}]
+    first = api.chat.completions.create(model=model, messages=messages)
+    assert first.choices[0].message.content == f"hello from {model}"
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       api.chat.completions.create(model=model, messages=messages, stream=True))
+    assert streamed == f"hello from {model}"
+    assert [load["lora_name"] for load in shared_deployment.state.loads] == [model]
+    assert shared_deployment.state.loads[0]["lora_path"].endswith("/adapter")
+
+    # The engine forgets the adapter (restart): the gateway reloads it and the request succeeds.
+    shared_deployment.state.adapters.clear()
+    api.chat.completions.create(model=model, messages=messages)
+    assert len(shared_deployment.state.loads) == 2
+
+
+def test_chat_errors(tenant, gateway, base_model, shared_deployment) -> None:
+    namespace, api = tenant
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as exc:
+        api.chat.completions.create(model=base_model, messages=messages, max_tokens=0)
+    assert exc.value.param == "max_tokens" and exc.value.code == "invalid_value"  # the upstream's own error
+    with pytest.raises(openai.NotFoundError) as exc:
+        api.chat.completions.create(model=f"ft:{base_model}:{namespace}:x:ftjob-0000deadbeef", messages=messages)
+    assert exc.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        api.chat.completions.create(model="no-such-model", messages=messages)
+    key = gateway.key(namespace, ["chat"])
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          content=b"{not json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": base_model})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"

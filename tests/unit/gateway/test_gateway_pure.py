@@ -1,0 +1,100 @@
+"""Pure pieces of the gateway: pagination, error mapping, pod readiness, object rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneforge.gateway.batches import batch_object
+from tuneforge.gateway.chat import upstream_error
+from tuneforge.gateway.errors import OpenAIError, _param
+from tuneforge.gateway.fine_tuning import job_object
+from tuneforge.gateway.ids import derived_id, new_id
+from tuneforge.gateway.openai_types import page
+from tuneforge.gateway.routing import _ready_pods
+
+
+def test_page_walks_with_cursor_and_refuses_unknown_cursor() -> None:
+    items = [{"id": f"x{i}"} for i in range(5)]
+    first = page(items, after=None, limit=2)
+    assert [o["id"] for o in first["data"]] == ["x0", "x1"] and first["has_more"]
+    assert (first["first_id"], first["last_id"]) == ("x0", "x1")
+    last = page(items, after="x3", limit=2)
+    assert [o["id"] for o in last["data"]] == ["x4"] and not last["has_more"]
+    with pytest.raises(OpenAIError) as exc:
+        page(items, after="nope", limit=2)
+    assert exc.value.status == 400 and exc.value.param == "after"
+
+
+def test_ids_are_time_ordered_and_idempotent_ids_deterministic() -> None:
+    a, b = new_id("file"), new_id("file")
+    assert a.startswith("file-") and len(a) == 29 and a[:17] <= b[:17]
+    assert derived_id("batch", "ns", "k") == derived_id("batch", "ns", "k") != derived_id("batch", "other", "k")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, b'{"error": {"message": "bad", "type": "BadRequestError", "param": "n", "code": "x"}}', (400, "x", "n")),
+        (404, b'{"detail": "no such model"}', (404, None, None)),
+        (429, b'{"error": {"message": "busy"}}', (429, None, None)),
+        (418, b"teapot", (400, "upstream_rejected", None)),
+        (500, b"boom", (502, "upstream_error", None)),
+    ],
+)
+def test_upstream_errors_are_mapped(status: int, body: bytes, expected: tuple) -> None:
+    error = upstream_error(status, body)
+    assert (error.status, error.code, error.param) == expected
+    assert set(error.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_validation_param_drops_union_noise() -> None:
+    assert _param(("body", "method", "supervised", "hyperparameters", "n_epochs", "int")) == (
+        "method.supervised.hyperparameters.n_epochs")
+
+
+def _pod(name: str, *, ready: bool = True, phase: str = "Running", ip: str | None = "10.0.0.1",
+         ports: list | None = None, deleting: bool = False) -> dict:
+    return {
+        "metadata": {"name": name, "uid": name, **({"deletionTimestamp": "x"} if deleting else {})},
+        "spec": {"containers": [{"ports": ports if ports is not None else [{"containerPort": 9000}]}]},
+        "status": {"phase": phase, "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_only_ready_pods_route_with_declared_port() -> None:
+    pods = _ready_pods([
+        _pod("b", ports=[{"containerPort": 9100, "name": "metrics"}, {"containerPort": 8001, "name": "http"}]),
+        _pod("a"), _pod("c", ready=False), _pod("d", phase="Pending"), _pod("e", ip=None), _pod("f", deleting=True),
+        _pod("g", ports=[]),
+    ])
+    assert [(p.name, p.url) for p in pods] == [
+        ("a", "http://10.0.0.1:9000"), ("b", "http://10.0.0.1:8001"), ("g", "http://10.0.0.1:8000")]
+
+
+def _job(**status) -> dict:
+    return {
+        "metadata": {"name": "ftjob-1", "namespace": "team", "creationTimestamp": "2030-01-01T00:00:00Z"},
+        "spec": {"baseModel": "smol", "trainingFile": "file-12345678", "hyperparameters": {"nEpochs": 3, "seed": 9}},
+        "status": status,
+    }
+
+
+def test_job_object_prefers_resolved_hyperparameters_and_maps_phase() -> None:
+    job = job_object(_job(phase="Running", hyperparameters={"batchSize": 4}))
+    assert job["status"] == "running" and job["created_at"] == 1893456000 and job["seed"] == 9
+    assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": "auto"}
+    assert job_object(_job())["status"] == "validating_files"
+    failed = job_object(_job(phase="Failed", error={"code": "invalid_n_examples", "message": "m"}))
+    assert failed["error"] == {"code": "invalid_n_examples", "message": "m", "param": None}
+
+
+def test_batch_object_timestamps_are_integers() -> None:
+    batch = batch_object({
+        "metadata": {"name": "batch-1", "creationTimestamp": "2030-01-01T00:00:00Z"},
+        "spec": {"inputFile": "file-12345678", "cancel": True},
+        "status": {"phase": "InProgress", "expiresAt": "2030-01-02T00:00:00Z",
+                   "errors": [{"code": "invalid_json_line", "message": "m", "line": 3}]},
+    })
+    assert batch["status"] == "cancelling" and batch["expires_at"] == 1893542400
+    assert batch["errors"]["data"][0]["line"] == 3 and batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
