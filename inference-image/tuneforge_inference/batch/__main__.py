@@ -1,0 +1,52 @@
+"""`tuneforge-batch --run batch.json`: the batch runner's command line.
+
+Exit codes (the controller reads them from the Job's Pod):
+  0  the batch reached a final status: completed, cancelled, expired, or failed because
+     its input is invalid. The outcome is in progress.json, not in the exit code, so the
+     Job succeeds and Kubernetes does not retry a batch that is already decided.
+  1  the runner itself failed (unreadable spec, missing API key, store unreachable, a
+     bug). The message goes to the termination log as one line of JSON (ErrorInfo with
+     code `runner_error`), and a retried Pod resumes from the journal.
+  2  bad command-line usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import traceback
+
+from tuneforge.config import settings
+from tuneforge.contracts import RUN_FILE, BatchRun, ErrorInfo
+
+from tuneforge_inference.batch.runner import run_batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneforge-batch", description="Run one OpenAI-style batch.")
+    parser.add_argument("--run", default=RUN_FILE, help="path of the BatchRun spec (JSON)")
+    args = parser.parse_args(argv)
+    try:
+        spec = BatchRun.load(args.run)
+        status = asyncio.run(run_batch(spec))
+    except Exception as exc:  # noqa: BLE001 - any failure must reach the termination log
+        traceback.print_exc()
+        _write_termination_log(ErrorInfo(code="runner_error", message=f"{type(exc).__name__}: {exc}"))
+        return 1
+    print(f"batch {spec.batch_id}: {status}", file=sys.stderr)
+    return 0
+
+
+def _write_termination_log(error: ErrorInfo) -> None:
+    line = error.model_dump_json(exclude_none=True)
+    try:
+        with open(settings().termination_log, "w") as handle:
+            handle.write(line + "\n")
+    except OSError:
+        print(f"cannot write the termination log {settings().termination_log}", file=sys.stderr)
+    print(line, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

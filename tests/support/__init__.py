@@ -1,0 +1,1 @@
+"""Test helpers shared by unit tests and benchmarks (imported as `tests.support`)."""

@@ -1,0 +1,60 @@
+"""Exactly-once under SIGKILL: the runner is killed at random moments (start-up,
+validation, mid-execution) many times over one batch and restarted with the
+same spec each time; in the end every custom_id has exactly one result line."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from tests.support.batches import request_line
+
+KILLS = 20
+N = 400
+
+
+def _recorded(batch) -> int:
+    path = batch.batch_dir / "journal" / "output.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_sigkill_at_random_moments_then_finish_exactly_once(batch, upstream):
+    seed = int(os.environ.get("BATCH_CRASH_SEED", time.time_ns() % 2**32))
+    rng = random.Random(seed)
+    upstream.app.config.latency_s = 0.1
+    ids = [f"req-{i:05d}" for i in range(N)]
+    batch.write_input([request_line(i, f"content of {i}") for i in ids])
+    spec_path = batch.write_spec(batch.spec(upstream, concurrency=2))
+    command = [sys.executable, "-m", "tuneforge_inference.batch", "--run", str(spec_path)]
+
+    kills = 0
+    recorded: list[int] = []
+    while kills < KILLS:
+        proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.1, 2.5))
+        assert proc.poll() is None, f"the batch finished after {kills} kills (seed {seed}); make it longer"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        recorded.append(_recorded(batch))
+
+    # The kills hit the execution phase, not only start-up.
+    assert 0 < max(recorded) < N, f"seed {seed}: recorded {recorded}"
+    upstream.app.config.latency_s = 0.0
+    assert subprocess.run(command, stderr=subprocess.DEVNULL, timeout=120).returncode == 0, f"seed {seed}"
+
+    output, errors = batch.lines("output.jsonl"), batch.lines("errors.jsonl")
+    assert errors == [], f"seed {seed}"
+    assert Counter(line["custom_id"] for line in output) == Counter(ids), f"seed {seed}"
+    for line in output:
+        assert line["response"]["body"]["choices"][0]["message"]["content"] == f"echo: content of {line['custom_id']}"
+    progress = batch.progress()
+    assert progress["status"] == "completed"
+    assert progress["request_counts"] == {"total": N, "completed": N, "failed": 0}
+    # Requests in flight at a kill were sent again, and yet recorded once.
+    assert upstream.stats()["requests"] >= N
