@@ -21,6 +21,29 @@ def _dev(args: argparse.Namespace) -> int:
     return run_dev(Path(args.state_dir))
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from tuneforge.config import settings
+    from tuneforge.gateway.app import serve
+    from tuneforge.gateway.settings import gateway_settings
+
+    serve(args.host or settings().bind_host, args.port or gateway_settings().port)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from tuneforge.gateway import keys
+    from tuneforge.gateway.kube import load_api_client
+
+    return keys.main(load_api_client(), args.action, namespace=args.namespace, scopes=args.scopes,
+                     description=args.description, key=args.key)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from tuneforge.controllers.cli import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tuneforge", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run the platform locally")
     dev.add_argument("--state-dir", default=".dev", help="where the local platform keeps its state")
     dev.set_defaults(func=_dev)
+
+    gateway = commands.add_parser("gateway", help="serve the OpenAI-compatible API")
+    gateway.add_argument("--host", help="bind address (default: TUNEFORGE_BIND_HOST)")
+    gateway.add_argument("--port", type=int, help="port (default: TUNEFORGE_GATEWAY_PORT or 8000)")
+    gateway.set_defaults(func=_gateway)
+
+    keys = commands.add_parser("keys", help="create, revoke or list API keys")
+    keys.add_argument("action", choices=["create", "revoke", "list"])
+    keys.add_argument("--namespace", help="tenant namespace the key acts in (create; filters list)")
+    keys.add_argument("--scopes", default="*", help="comma-separated scopes, e.g. files:*,fine-tuning:read,chat")
+    keys.add_argument("--description", default="", help="what the key is for")
+    keys.add_argument("--key", help="the key, or its Secret name (revoke)")
+    keys.set_defaults(func=_keys)
+    from tuneforge.controllers.cli import add_arguments
+
+    operator = commands.add_parser("operator", help="run the controllers (kopf)")
+    add_arguments(operator)
+    operator.set_defaults(func=_operator)
     return parser
 
 

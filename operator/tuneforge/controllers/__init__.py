@@ -1,0 +1,7 @@
+"""The tuneforge operator: kopf controllers for the four tuneforge.io kinds.
+
+One module per kind holds the thin kopf handlers (I/O only); `builders` turns specs into
+the Kubernetes objects they create (pure, unit-tested), `status` holds the condition and
+phase rules every kind shares, `metrics` the Prometheus instruments, and `run` wires it
+all into one kopf operator (`tuneforge operator`).
+"""

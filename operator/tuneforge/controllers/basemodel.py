@@ -1,0 +1,116 @@
+"""BaseModel controller: validate the catalog entry and keep its shared deployment.
+
+A BaseModel is Ready when its source URI resolves: the syntax of every scheme is checked,
+and sources the operator can see itself (file://, and gguf:// weights shipped in an
+installed Python package) must exist. pvc:// and s3:// are only visible to the Pods
+that mount or fetch them, so a wrong path there surfaces as a failing Pod, not here.
+
+With spec.sharedDeployment, the controller keeps one multi-LoRA ModelDeployment of the
+model in the system namespace, named after it, which the gateway loads fine-tuned
+adapters into; turning the flag off deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource
+from tuneforge.config import settings
+from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers.children import first
+from tuneforge.controllers.status import diff, set_condition
+from tuneforge.storage import StoreError, filesystem
+
+KIND = "BaseModel"
+PLURAL = "basemodels"
+
+
+def check_source(uri: str) -> str | None:
+    """Why the source URI is unusable, or None when it is fine."""
+    scheme, _, rest = uri.partition("://")
+    if scheme in ("pvc", "s3"):
+        head, _, path = rest.partition("/")
+        if not head or not path:
+            return f"{uri!r} must name a {'claim' if scheme == 'pvc' else 'bucket'} and a path"
+        return None
+    try:
+        fs, path = filesystem(uri)
+    except StoreError as exc:
+        return str(exc)
+    if not fs.exists(path):
+        return f"nothing exists at {uri!r}"
+    return None
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    raw = json.loads(json.dumps(dict(body), default=dict))
+    status = raw.get("status") or {}
+    with metrics.reconcile(KIND):
+        desired = _reconcile(raw, status, kwargs["tf_modeldeployments"])
+    changed = diff(status, desired)
+    if changed:
+        patch.status.update(changed)
+    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired["phase"])
+
+
+def _reconcile(raw: dict, status: dict, deployments: Any) -> dict[str, Any]:
+    base = BaseModelResource.model_validate(raw)
+    generation = raw["metadata"].get("generation")
+    desired = dict(status)
+    desired["observedGeneration"] = generation
+    problem = check_source(base.spec.source.uri)
+    phase = "Failed" if problem else "Ready"
+    desired["conditions"] = set_condition(
+        status.get("conditions"), "Ready", problem is None,
+        "InvalidSource" if problem else "SourceResolved",
+        problem or f"weights at {base.spec.source.uri}", generation=generation,
+    )
+    desired["phase"] = phase
+    if phase != status.get("phase"):
+        if problem:
+            kopf.warn(raw, reason="InvalidSource", message=problem)
+        else:
+            kopf.info(raw, reason="Ready", message="catalog entry is ready")
+    if not problem:
+        _shared_deployment(raw, base, deployments)
+    return desired
+
+
+def _shared_deployment(raw: dict, base: BaseModelResource, deployments: Any) -> None:
+    """Creates, updates or deletes the shared ModelDeployment to match the spec. The
+    index tells whether it exists and whether its spec already matches (no API call)."""
+    namespace = settings().system_namespace
+    name = builders.shared_deployment_name(base.metadata["name"])
+    existing = first(deployments.get((namespace, name)))
+    if not base.spec.shared_deployment:
+        if existing is not None and existing["shared"]:
+            kube.delete_custom(namespace, "ModelDeployment", name)
+            kopf.info(raw, reason="SharedDeploymentDeleted", message=f"deleted {namespace}/{name}")
+        return
+    desired = builders.shared_deployment(raw, base, namespace)
+    if existing is not None and all(existing["spec"].get(k) == v for k, v in desired["spec"].items()):
+        return
+    try:
+        kube.apply(desired)
+    except ApiException as exc:
+        if exc.status == 404:
+            kopf.warn(raw, reason="SharedDeploymentFailed", message=f"namespace {namespace} does not exist")
+            return
+        raise
+    kopf.info(raw, reason="SharedDeployment", message=f"applied shared deployment {namespace}/{name}")
+
+
+def index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    """BaseModels by name, for the other controllers' validation."""
+    return {name: {"body": json.loads(json.dumps(dict(body), default=dict))}}
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_basemodels")(index)
+    kopf.timer(
+        GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=kube.OPTIONS.poll_interval * 5
+    )(reconcile)

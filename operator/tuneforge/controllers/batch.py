@@ -1,0 +1,300 @@
+"""BatchJob controller: validate the input, run the batch runner Job, mirror its progress.
+
+    Validating -> InProgress -> Finalizing -> Completed
+         \\-> Failed          \\-> Expired (completion window passed; partial results kept)
+    any -> Cancelling -> Cancelled (spec.cancel)
+
+The runner owns the batch's lifecycle once it runs (it records the status strings and
+their timestamps in progress.json and registers the output and error Files); the
+controller validates before anything runs, starts the runner with a chat-scoped API key
+made for this batch, copies progress into status, and enforces what the runner cannot
+when it is not running: cancel before it started, the completion window when it is
+stuck, and revoking the key when the batch ends. Cancel writes the `cancel` marker into
+the batch's store directory; the runner sees it, finishes in-flight requests and
+finalizes partial results.
+
+The key's hash lives in the system namespace, which a namespaced BatchJob cannot own by
+ownerReference, so BatchJobs carry kopf's finalizer: deleting a batch first revokes its key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from typing import Any
+
+import kopf
+
+from tuneforge import apikeys
+from tuneforge.api.v1alpha1 import GROUP, VERSION, BatchJobResource
+from tuneforge.config import settings
+from tuneforge.contracts import BatchProgress, BatchRun
+from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers.children import first, termination_error
+from tuneforge.controllers.status import (
+    BATCH_PHASE_FROM_OPENAI,
+    BATCH_TERMINAL,
+    Throttle,
+    diff,
+    find_condition,
+    parse_timestamp,
+    set_condition,
+    timestamp,
+    utcnow,
+)
+from tuneforge.controllers.store import open_lines, resolve_file, store
+from tuneforge.datasets import DatasetError, validate_batch_file
+from tuneforge.storage import StoreError
+
+KIND = "BatchJob"
+PLURAL = "batchjobs"
+RUNNER_EXIT_GRACE = timedelta(seconds=60)
+"""Time the runner gets beyond its own cancel grace to finalize, before the controller
+stops it and finishes the batch itself."""
+
+_throttle = Throttle(kube.OPTIONS.status_interval)
+
+
+def _key_revoked(status: dict) -> bool:
+    return find_condition(status.get("conditions"), "KeyRevoked") is not None
+
+
+def active(status: dict, **_: Any) -> bool:
+    """Timer filter: reconcile until finished and the key is revoked."""
+    return status.get("phase") not in BATCH_TERMINAL or not _key_revoked(status)
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    raw = json.loads(json.dumps(dict(body), default=dict))
+    status = raw.get("status") or {}
+    with metrics.reconcile(KIND):
+        desired = _reconcile(raw, status, kwargs)
+    changed = diff(status, desired)
+    if changed:
+        patch.status.update(changed)
+    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired.get("phase"))
+
+
+class _State:
+    def __init__(self, raw: dict, status: dict) -> None:
+        self.raw = raw
+        self.status = dict(status)
+        self.generation = raw["metadata"].get("generation")
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    def condition(self, type_: str, value: bool | str, reason: str, message: str = "") -> None:
+        self.status["conditions"] = set_condition(
+            self.status.get("conditions"), type_, value, reason, message, generation=self.generation
+        )
+
+    def transition(self, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
+        if self.phase == phase:
+            return
+        self.status["phase"] = phase
+        field = {"InProgress": "inProgressAt"}.get(phase, phase[0].lower() + phase[1:] + "At")
+        if field in ("inProgressAt", "finalizingAt", "completedAt", "failedAt", "expiredAt", "cancellingAt", "cancelledAt"):
+            self.status.setdefault(field, timestamp())
+        if phase in BATCH_TERMINAL:
+            self.condition("Complete", phase == "Completed", phase, message)
+        (kopf.warn if warning else kopf.info)(self.raw, reason=reason, message=message)
+
+
+def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, Any]:
+    batch = BatchJobResource.model_validate(raw)
+    name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
+    state = _State(raw, status)
+    state.status["observedGeneration"] = state.generation
+    created = parse_timestamp(raw["metadata"].get("creationTimestamp")) or utcnow()
+    state.status.setdefault("createdAt", timestamp(created))
+    expires = builders.expires_at(created, batch.spec.completion_window.value)
+    state.status.setdefault("expiresAt", timestamp(expires))
+    job = first(indexes["tf_jobs"].get(("batch-runner", namespace, name)))
+
+    if state.phase in BATCH_TERMINAL:
+        _revoke_key(state, namespace, name)
+        return state.status
+
+    if state.phase in (None, "Validating") and job is None and "runnerJob" not in state.status:
+        if batch.spec.cancel:
+            state.transition("Cancelled", "Cancelled", "cancelled before it started")
+            return state.status
+        state.transition("Validating", "Validating", "validating the input file")
+        _validate_and_start(batch, raw, state, indexes, expires)
+        return state.status
+
+    directory = store().batch_dir(namespace, name)
+    progress_data = store().read_json(f"{directory}/progress.json")
+    progress = BatchProgress.model_validate(progress_data) if progress_data is not None else None
+    runner_phase = BATCH_PHASE_FROM_OPENAI.get(progress.status) if progress else None
+    finished = job is not None and (job["complete"] or job["failed"])
+    if progress is not None and (finished or runner_phase != state.phase or _throttle.ready(raw["metadata"]["uid"])):
+        _copy_progress(state, progress)
+
+    now = utcnow()
+    if batch.spec.cancel and state.phase != "Cancelling":
+        store().write_bytes(f"{directory}/cancel", b"")
+        state.transition("Cancelling", "Cancelling", "cancel requested; the runner finalizes partial results")
+        if progress is None:  # the runner never started: nobody to finalize
+            if job is not None:
+                kube.delete_job(namespace, job["name"])
+            state.transition("Cancelled", "Cancelled", "cancelled before the runner started")
+        return state.status
+
+    if job is not None and job["complete"]:
+        final = BATCH_PHASE_FROM_OPENAI.get(progress.status) if progress else None
+        if final in BATCH_TERMINAL:
+            state.transition(final, final, f"batch {final.lower()}", warning=final == "Failed")
+        else:
+            state.status["errors"] = [{"code": "runner_exited_early", "message": "the batch runner exited before finishing"}]
+            state.transition("Failed", "RunnerFailed", "the batch runner exited before finishing", warning=True)
+        return state.status
+    if job is not None and job["failed"]:
+        error = termination_error(
+            indexes["tf_pods"].get(("batch-runner", namespace, name)),
+            default_code="batch_runner_failed",
+            fallback=job["failure_message"] or "the batch runner failed",
+        )
+        state.status["errors"] = [error.to_wire()]
+        state.transition("Failed", "RunnerFailed", f"{error.code}: {error.message}", warning=True)
+        return state.status
+
+    deadline = now - timedelta(seconds=_cancel_grace()) - RUNNER_EXIT_GRACE
+    if state.phase == "Cancelling":
+        cancelling = parse_timestamp(state.status.get("cancellingAt")) or now
+        if cancelling < deadline:
+            if job is not None:
+                kube.delete_job(namespace, job["name"])
+            state.transition("Cancelled", "Cancelled", "the runner did not finish in time; partial results kept")
+        return state.status
+    if expires < deadline:
+        if job is not None:
+            kube.delete_job(namespace, job["name"])
+        state.transition("Expired", "Expired", "the completion window passed; partial results kept", warning=True)
+        return state.status
+    if runner_phase in ("InProgress", "Finalizing"):
+        state.transition(runner_phase, runner_phase, f"the runner reports {progress.status}")
+    return state.status
+
+
+def _cancel_grace() -> float:
+    return float(BatchRun.model_fields["cancel_grace_s"].default)
+
+
+def _served_models(namespace: str, indexes: dict[str, Any]) -> list[str]:
+    """Models a batch in `namespace` can use: every model a ModelDeployment in the
+    namespace or the system namespace serves, their base models, and this namespace's
+    fine-tuned models of those bases (loaded into the base's deployment on demand)."""
+    deployments = [
+        *indexes["tf_modeldeployments"].get(namespace, ()),
+        *indexes["tf_modeldeployments"].get(settings().system_namespace, ()),
+    ]
+    bases = {d["base"] for d in deployments}
+    served = set(bases)
+    for deployment in deployments:
+        served.update(deployment["served"])
+    for model in indexes["tf_finetuned"].get(namespace, ()):
+        if model.split(":")[1] in bases:
+            served.add(model)
+    return sorted(served)
+
+
+def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, indexes: dict, expires: Any) -> None:
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    served = _served_models(namespace, indexes)
+    try:
+        input_uri = resolve_file(namespace, batch.spec.input_file)
+        summary = validate_batch_file(open_lines(input_uri), endpoint=batch.spec.endpoint.value, served_models=served)
+    except StoreError:
+        error = {"code": "file_not_found", "message": f"input file {batch.spec.input_file!r} does not exist", "param": "input_file_id"}
+    except DatasetError as exc:
+        error = exc.to_error_info().model_dump(exclude_none=True)
+    else:
+        error = None
+    if error is not None:
+        state.status["errors"] = [error]
+        state.condition("Validated", False, "Invalid", error["message"])
+        state.transition("Failed", "ValidationFailed", f"{error['code']}: {error['message']}", warning=True)
+        return
+    config = settings()
+    run = builders.batch_run(batch, input_uri=input_uri, expires=expires, served=served, settings=config)
+    _ensure_key(raw)
+    kube.create(builders.runner_configmap(raw, run))
+    kube.create(builders.runner_job(raw, run, settings=config))
+    state.status["inputFileUri"] = input_uri
+    state.status["runnerJob"] = builders.runner_job_name(name)
+    state.status["requestCounts"] = {"total": summary.n_requests, "completed": 0, "failed": 0}
+    state.condition("Validated", True, "InputValid", f"{summary.n_requests} requests")
+    kopf.info(raw, reason="RunnerCreated", message=f"created batch runner Job {builders.runner_job_name(name)}")
+
+
+def _ensure_key(raw: dict) -> None:
+    """The runner's chat-scoped key: kept in the batch's namespace (read by the runner),
+    its hash registered in the system namespace. Re-running reuses the stored key."""
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    secret = kube.read_secret(namespace, builders.batch_key_secret_name(name))
+    if secret is None:
+        kube.create(builders.batch_key_secret(raw, apikeys.generate_key()))
+        secret = kube.read_secret(namespace, builders.batch_key_secret_name(name))
+    key = base64.b64decode(secret.data[builders.BATCH_KEY_ENV]).decode()
+    kube.create(
+        apikeys.key_secret(
+            key,
+            tenant=namespace,
+            scopes=["chat"],
+            description=f"batch runner of {namespace}/{name}",
+            labels={builders.LABEL_BATCH_JOB: name},
+        )
+    )
+
+
+def _revoke_key(state: _State, namespace: str, name: str) -> None:
+    if _key_revoked(state.status):
+        return
+    revoke(namespace, name)
+    state.condition("KeyRevoked", True, "BatchEnded", "the runner's API key was deleted")
+
+
+def revoke(namespace: str, name: str) -> None:
+    """Deletes the batch's key: its hash in the system namespace and the copy for the runner."""
+    system = settings().system_namespace
+    selector = f"{builders.LABEL_BATCH_JOB}={name},{apikeys.LABEL_TENANT}={namespace}"
+    for secret in kube.core().list_namespaced_secret(system, label_selector=selector).items:
+        kube.delete_secret(system, secret.metadata.name)
+    kube.delete_secret(namespace, builders.batch_key_secret_name(name))
+
+
+def _copy_progress(state: _State, progress: BatchProgress) -> None:
+    state.status["requestCounts"] = progress.request_counts.model_dump()
+    state.status["usage"] = {
+        "inputTokens": progress.usage.input_tokens,
+        "outputTokens": progress.usage.output_tokens,
+        "totalTokens": progress.usage.total_tokens,
+    }
+    if progress.output_file_id:
+        state.status["outputFile"] = progress.output_file_id
+    if progress.error_file_id:
+        state.status["errorFile"] = progress.error_file_id
+    if progress.errors:
+        state.status["errors"] = [e.model_dump(exclude_none=True) for e in progress.errors[:100]]
+    for field in ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at"):
+        value = getattr(progress, field)
+        if value is not None:
+            camel = "".join(part.capitalize() if i else part for i, part in enumerate(field.split("_")))
+            state.status[camel] = timestamp(value)
+
+
+def on_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
+    """Revokes the key of a deleted batch (kopf then removes its finalizer)."""
+    revoke(namespace, name)
+    metrics.PHASES.forget(KIND, uid)
+    _throttle.forget(uid)
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    _throttle.interval = kube.OPTIONS.status_interval
+    kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=kube.OPTIONS.poll_interval, when=active)(reconcile)
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="revoke-key")(on_delete)

@@ -1,0 +1,721 @@
+"""Pure functions that turn tuneforge resources into the Kubernetes objects they own.
+
+Nothing here talks to the API server or the artifact store, so every rendered object is
+unit-tested without a cluster and the handlers stay thin: they gather the inputs (the
+resource, its BaseModel, resolved URIs), call a builder, and create what it returns.
+
+Names are deterministic (derived from the owner's name only), so an operator that
+restarts half-way through a reconcile finds what it already created instead of creating
+a duplicate; a create that answers 409 means "already done".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from tuneforge.api.v1alpha1 import (
+    API_VERSION,
+    BaseModelResource,
+    BatchJobResource,
+    FineTuningJobResource,
+    ModelDeploymentResource,
+)
+from tuneforge.api.v1alpha1.common import Hardware
+from tuneforge.config import Settings
+from tuneforge.contracts import (
+    RUN_FILE,
+    AdapterSource,
+    BatchRun,
+    CheckpointSettings,
+    Engine,
+    LoraSettings,
+    ServingSpec,
+    TrainingHyperparameters,
+    TrainingRun,
+)
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+COMPONENT = "app.kubernetes.io/component"
+OPERATOR_NAME = "tuneforge"
+LABEL_FINE_TUNING_JOB = "tuneforge.io/fine-tuning-job"
+LABEL_BATCH_JOB = "tuneforge.io/batch-job"
+LABEL_MODEL_DEPLOYMENT = "tuneforge.io/model-deployment"
+LABEL_BASE_MODEL = "tuneforge.io/base-model"
+LABEL_SHARED = "tuneforge.io/shared"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SPEC_HASH_ANNOTATION = "tuneforge.io/spec-hash"
+
+TRAINER_CONTAINER = "trainer"
+SERVER_CONTAINER = "server"
+RUNNER_CONTAINER = "runner"
+RUN_VOLUME = "run"
+RUN_DIR = posixpath.dirname(RUN_FILE)
+RUN_KEY = posixpath.basename(RUN_FILE)
+SERVING_PORT = 8000
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+STORE_CREDENTIALS_SECRET = "tuneforge-store-credentials"
+BATCH_KEY_ENV = "TUNEFORGE_BATCH_API_KEY"
+
+FATAL_EXIT_CODES = (1, 2)
+"""Exit codes of the images' own errors (a TrainerError or a bad run spec exits 1,
+argparse usage errors 2): retrying cannot fix bad data or a bad spec, so the Job fails at
+once. Other exits (OOM kill 137, node trouble) count against `backoffLimit`, and a Pod
+evicted by a disruption (preemption, drain) is retried without counting at all."""
+TRAINER_BACKOFF_LIMIT = 3
+BATCH_BACKOFF_LIMIT = 3
+TRAINER_GRACE_SECONDS = 120
+"""SIGTERM to SIGKILL: time for the trainer to write a last checkpoint when paused."""
+
+MODEL_LOAD_TIMEOUT_SECONDS = 1800
+"""How long a serving Pod may take to load its weights before it counts as failed: big
+models on vLLM take minutes (download, dequantize, CUDA graphs), so the startup probe
+allows half an hour while readiness and liveness stay quick once it has started."""
+
+COMPLETION_WINDOWS = {"1h": 1, "3h": 3, "6h": 6, "12h": 12, "24h": 24}
+
+_MAX_NAME = 63
+
+
+# -- names -------------------------------------------------------------------------------
+
+
+def child_name(owner: str, suffix: str) -> str:
+    """`<owner>-<suffix>`, shortened with a hash when it would exceed 63 characters (the
+    limit of label values such as the `job-name` label the Job controller adds)."""
+    name = f"{owner}-{suffix}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
+    keep = _MAX_NAME - len(suffix) - len(digest) - 2
+    return f"{owner[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def trainer_job_name(ftjob: str) -> str:
+    return child_name(ftjob, "trainer")
+
+
+def trainer_configmap_name(ftjob: str) -> str:
+    return child_name(ftjob, "run")
+
+
+def serving_configmap_name(mdep: str) -> str:
+    return child_name(mdep, "serving")
+
+
+def runner_job_name(batch: str) -> str:
+    return child_name(batch, "runner")
+
+
+def runner_configmap_name(batch: str) -> str:
+    return child_name(batch, "run")
+
+
+def batch_key_secret_name(batch: str) -> str:
+    return child_name(batch, "api-key")
+
+
+def shared_deployment_name(base_model: str) -> str:
+    """The shared multi-LoRA ModelDeployment of a BaseModel is named after it."""
+    return base_model
+
+
+def fine_tuned_model_id(base_model: str, namespace: str, suffix: str | None, job: str) -> str:
+    """OpenAI's shape `ft:<base>:<namespace>:<suffix>:<job-id>`; the suffix segment is empty
+    when none was given, so the id always has five parts and parses one way."""
+    return f"ft:{base_model}:{namespace}:{suffix or ''}:{job}"
+
+
+def batch_file_ids(namespace: str, batch: str) -> tuple[str, str]:
+    """The output and error file ids a batch's runner registers its results under.
+
+    Derived from the batch alone, so a restarted runner (or controller) names the same
+    Files and never leaves orphans behind.
+    """
+    digest = hashlib.sha256(f"{namespace}/{batch}".encode()).hexdigest()
+    return f"file-{digest[:24]}", f"file-{digest[24:48]}"
+
+
+def expires_at(created: datetime, completion_window: str) -> datetime:
+    return created + timedelta(hours=COMPLETION_WINDOWS[completion_window])
+
+
+# -- shared pieces -----------------------------------------------------------------------
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The controller ownerReference to `body`: garbage collection deletes the child with
+    its owner, and `kubectl get` shows who made it."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels_for(component: str, owner_label: str, owner: str) -> dict[str, str]:
+    return {MANAGED_BY: OPERATOR_NAME, COMPONENT: component, owner_label: owner}
+
+
+def spec_hash(*objects: Any) -> str:
+    """A short stable hash of JSON-able objects, to tell whether a child is out of date."""
+    data = json.dumps(objects, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def store_uri(root: str, *parts: str) -> str:
+    return posixpath.join(root.rstrip("/"), *parts)
+
+
+def _pvc_claims(uris: Iterable[str | None]) -> list[str]:
+    claims = []
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = uri[len("pvc://"):].partition("/")[0]
+            if claim and claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def _volume_name(prefix: str, value: str) -> str:
+    clean = re.sub(r"[^a-z0-9-]", "-", value.lower()).strip("-")
+    name = f"{prefix}-{clean}"
+    if len(name) > _MAX_NAME:
+        name = f"{prefix}-{hashlib.sha256(value.encode()).hexdigest()[:16]}"
+    return name
+
+
+def store_access(settings: Settings, uris: Iterable[str | None]) -> dict[str, Any]:
+    """Volumes, mounts and environment that give a Pod the artifact store and the URIs it
+    reads: each PVC named by a pvc:// URI is mounted where `pvc_mount_root` expects it;
+    s3:// needs credentials, taken from an optional Secret in the workload's namespace (or
+    from the node's / service account's identity when it is absent)."""
+    all_uris = [settings.store_root, *uris]
+    volumes, mounts = [], []
+    for claim in _pvc_claims(all_uris):
+        name = _volume_name("pvc", claim)
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": name, "mountPath": str(settings.pvc_mount_root / claim)})
+    env = [
+        {"name": "TUNEFORGE_STORE_ROOT", "value": settings.store_root},
+        {"name": "TUNEFORGE_PVC_MOUNT_ROOT", "value": str(settings.pvc_mount_root)},
+    ]
+    env_from = []
+    if any(uri and uri.startswith("s3://") for uri in all_uris):
+        env_from.append({"secretRef": {"name": STORE_CREDENTIALS_SECRET, "optional": True}})
+    return {"volumes": volumes, "mounts": mounts, "env": env, "env_from": env_from}
+
+
+def placement(hardware: Hardware | None) -> dict[str, Any]:
+    """Container resources, node selector and tolerations for a hardware request: GPUs
+    become `nvidia.com/gpu` limits, the GPU type a node-selector on the GPU operator's
+    product label, and GPU nodes' usual taint is tolerated."""
+    hardware = hardware or Hardware()
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if hardware.requests:
+        requests.update(hardware.requests.to_wire())
+    if hardware.limits:
+        limits.update(hardware.limits.to_wire())
+    node_selector = dict(hardware.node_selector or {})
+    tolerations = [t.to_wire() for t in hardware.tolerations or []]
+    gpus = hardware.gpu_count or 0
+    if gpus:
+        limits[GPU_RESOURCE] = str(gpus)
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        if hardware.gpu_type:
+            node_selector[GPU_PRODUCT_LABEL] = hardware.gpu_type
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return {"resources": resources, "node_selector": node_selector, "tolerations": tolerations}
+
+
+def run_configmap(
+    name: str, namespace: str, owner: Mapping[str, Any], labels: dict[str, str], contract_json: str
+) -> dict[str, Any]:
+    """A ConfigMap holding one run spec under the key the images read (`run.json`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "data": {RUN_KEY: contract_json},
+    }
+
+
+def _pod_spec(
+    *,
+    container: dict[str, Any],
+    configmap: str,
+    access: dict[str, Any],
+    place: dict[str, Any],
+    restart_policy: str,
+    grace_seconds: int,
+) -> dict[str, Any]:
+    container = {
+        **container,
+        "volumeMounts": [{"name": RUN_VOLUME, "mountPath": RUN_DIR, "readOnly": True}, *access["mounts"]],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if place["resources"]:
+        container["resources"] = place["resources"]
+    if access["env_from"]:
+        container["envFrom"] = access["env_from"]
+    pod: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "terminationGracePeriodSeconds": grace_seconds,
+        "containers": [container],
+        "volumes": [{"name": RUN_VOLUME, "configMap": {"name": configmap}}, *access["volumes"]],
+    }
+    if place["node_selector"]:
+        pod["nodeSelector"] = place["node_selector"]
+    if place["tolerations"]:
+        pod["tolerations"] = place["tolerations"]
+    return pod
+
+
+def _pod_failure_policy(container: str) -> dict[str, Any]:
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": container, "operator": "In", "values": list(FATAL_EXIT_CODES)},
+            },
+        ]
+    }
+
+
+# -- fine-tuning -------------------------------------------------------------------------
+
+
+def training_run(
+    ftjob: FineTuningJobResource,
+    base: BaseModelResource,
+    *,
+    training_uri: str,
+    validation_uri: str | None,
+    store_root: str,
+) -> TrainingRun:
+    """The TrainingRun contract for a validated FineTuningJob."""
+    name, namespace = ftjob.metadata["name"], ftjob.metadata["namespace"]
+    spec = ftjob.spec
+    lora = spec.method.lora
+    hp = spec.hyperparameters
+    return TrainingRun(
+        job_id=name,
+        namespace=namespace,
+        base_model=spec.base_model,
+        base_model_uri=base.spec.source.uri,
+        training_file=training_uri,
+        validation_file=validation_uri,
+        output_uri=store_uri(store_root, namespace, "fine-tuning", name),
+        fine_tuned_model=fine_tuned_model_id(spec.base_model, namespace, spec.suffix, name),
+        lora=LoraSettings(
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            target_modules=lora.target_modules or "all-linear",
+            quantize_4bit=lora.quantization.value == "nf4",
+        ),
+        hyperparameters=TrainingHyperparameters(
+            n_epochs=hp.n_epochs,
+            batch_size=hp.batch_size,
+            learning_rate_multiplier=hp.learning_rate_multiplier,
+            warmup_ratio=hp.warmup_ratio,
+            lr_scheduler=hp.lr_scheduler,
+            max_seq_length=hp.max_seq_length,
+            seed=hp.seed,
+            gradient_checkpointing=hp.gradient_checkpointing,
+        ),
+        checkpoints=CheckpointSettings(
+            every_n_steps=spec.checkpoints.every_n_steps, keep_last=spec.checkpoints.keep_last
+        ),
+        merge_adapter=spec.merge_adapter,
+    )
+
+
+def training_hardware(ftjob: FineTuningJobResource, base: BaseModelResource) -> Hardware | None:
+    """The job's own hardware, else the base model's serving hardware (which names the
+    model's GPU needs), else none (CPU)."""
+    return ftjob.spec.hardware or base.spec.serving.hardware
+
+
+def trainer_labels(ftjob: str) -> dict[str, str]:
+    return labels_for("trainer", LABEL_FINE_TUNING_JOB, ftjob)
+
+
+def trainer_configmap(body: Mapping[str, Any], run: TrainingRun) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return run_configmap(
+        trainer_configmap_name(name), body["metadata"]["namespace"], body, trainer_labels(name), run.dump()
+    )
+
+
+def trainer_job(
+    body: Mapping[str, Any],
+    run: TrainingRun,
+    *,
+    hardware: Hardware | None,
+    queue_name: str | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The batch/v1 Job that runs `tuneforge-train` on the run spec.
+
+    One Pod, never restarted in place (restartPolicy Never, which podFailurePolicy needs);
+    the Job retries a Pod lost to a disruption without counting it, fails at once on the
+    trainer's own errors. With a Kueue queue the Job starts suspended and labelled, and
+    Kueue unsuspends it on admission. Resuming after a pause is a new Pod of a new Job with
+    the same name; the trainer continues from the newest checkpoint in its output dir.
+    """
+    name = body["metadata"]["name"]
+    namespace = body["metadata"]["namespace"]
+    labels = trainer_labels(name)
+    job_labels = dict(labels)
+    if queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = queue_name
+    access = store_access(settings, [run.base_model_uri, run.training_file, run.validation_file, run.output_uri])
+    container = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.trainer_image,
+        "command": ["tuneforge-train"],
+        "args": ["--run", RUN_FILE],
+        "env": access["env"],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": trainer_job_name(name),
+            "namespace": namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "suspend": bool(queue_name),
+            "backoffLimit": TRAINER_BACKOFF_LIMIT,
+            "completions": 1,
+            "parallelism": 1,
+            "podFailurePolicy": _pod_failure_policy(TRAINER_CONTAINER),
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(
+                    container=container,
+                    configmap=trainer_configmap_name(name),
+                    access=access,
+                    place=placement(hardware),
+                    restart_policy="Never",
+                    grace_seconds=TRAINER_GRACE_SECONDS,
+                ),
+            },
+        },
+    }
+
+
+# -- serving -----------------------------------------------------------------------------
+
+
+def adapter_uri(store_root: str, namespace: str, source: str) -> str:
+    """An adapter source as a URI: a FineTuningJob name is its adapter directory in the
+    store (where the trainer writes it), any other value is already a URI."""
+    if source.startswith("ftjob-"):
+        return store_uri(store_root, namespace, "fine-tuning", source, "adapter")
+    return source
+
+
+def serving_hardware(mdep: ModelDeploymentResource, base: BaseModelResource) -> Hardware | None:
+    return mdep.spec.hardware or base.spec.serving.hardware
+
+
+def serving_spec(mdep: ModelDeploymentResource, base: BaseModelResource, *, store_root: str) -> ServingSpec:
+    """The ServingSpec of a ModelDeployment, with the BaseModel's serving defaults filled in."""
+    spec = mdep.spec
+    defaults = base.spec.serving
+    namespace = mdep.metadata["namespace"]
+    hardware = serving_hardware(mdep, base)
+    engine = spec.engine or defaults.engine
+    return ServingSpec(
+        deployment=mdep.metadata["name"],
+        namespace=namespace,
+        served_model_name=spec.base_model,
+        base_model_uri=base.spec.source.uri,
+        engine=Engine(engine.value),
+        adapters=[
+            AdapterSource(name=a.name, uri=adapter_uri(store_root, namespace, a.source)) for a in spec.adapters
+        ],
+        max_adapters=spec.max_adapters or defaults.max_adapters,
+        max_adapter_rank=spec.max_adapter_rank or defaults.max_adapter_rank,
+        max_model_length=spec.max_model_length or defaults.max_model_length or base.spec.max_context_length,
+        gpu_count=(hardware.gpu_count or 0) if hardware else 0,
+        port=SERVING_PORT,
+        engine_args=spec.engine_args or defaults.engine_args,
+    )
+
+
+def served_models(serving: ServingSpec) -> list[str]:
+    return [serving.served_model_name, *(a.name for a in serving.adapters)]
+
+
+def serving_labels(mdep: str) -> dict[str, str]:
+    return labels_for("inference", LABEL_MODEL_DEPLOYMENT, mdep)
+
+
+def serving_endpoint(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc:{SERVING_PORT}/v1"
+
+
+def serving_configmap(body: Mapping[str, Any], serving: ServingSpec) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return run_configmap(
+        serving_configmap_name(name), body["metadata"]["namespace"], body, serving_labels(name), serving.dump()
+    )
+
+
+def _http_probe(path: str, *, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def serving_deployment(
+    body: Mapping[str, Any], serving: ServingSpec, *, replicas: int, hardware: Hardware | None, settings: Settings
+) -> dict[str, Any]:
+    """The apps/v1 Deployment running `tuneforge-serve` on the serving spec.
+
+    The spec's hash is a Pod-template annotation, so any change of the serving spec (which
+    lives in a ConfigMap the Deployment controller does not watch) rolls the Pods. Rolling
+    updates bring a new Pod up before an old one goes (maxUnavailable 0), so a model
+    change never drops capacity. The startup probe allows MODEL_LOAD_TIMEOUT_SECONDS for
+    loading weights; liveness only starts after it, so a slow load is not a crash loop.
+    """
+    name = body["metadata"]["name"]
+    namespace = body["metadata"]["namespace"]
+    labels = serving_labels(name)
+    adapters = [a.uri for a in serving.adapters]
+    access = store_access(settings, [serving.base_model_uri, *adapters])
+    container = {
+        "name": SERVER_CONTAINER,
+        "image": settings.inference_image,
+        "command": ["tuneforge-serve"],
+        "args": ["--run", RUN_FILE],
+        "env": access["env"],
+        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "startupProbe": _http_probe("/health", period=10, failures=MODEL_LOAD_TIMEOUT_SECONDS // 10),
+        "readinessProbe": _http_probe("/health", period=5, failures=3),
+        "livenessProbe": _http_probe("/health", period=15, failures=4, timeout=10),
+    }
+    pod = _pod_spec(
+        container=container,
+        configmap=serving_configmap_name(name),
+        access=access,
+        place=placement(hardware),
+        restart_policy="Always",
+        grace_seconds=60,
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(serving.model_dump(mode="json"), replicas, pod)},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "progressDeadlineSeconds": MODEL_LOAD_TIMEOUT_SECONDS + 600,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {SPEC_HASH_ANNOTATION: spec_hash(serving.model_dump(mode="json"))},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def serving_service(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The Service in front of the serving Pods (the in-cluster endpoint in status; the
+    gateway itself routes to Pod IPs)."""
+    name = body["metadata"]["name"]
+    labels = serving_labels(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "selector": labels,
+            "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def shared_deployment(base_body: Mapping[str, Any], base: BaseModelResource, namespace: str) -> dict[str, Any]:
+    """The shared multi-LoRA ModelDeployment of a catalog model: fine-tuned models of this
+    base are loaded into it at runtime by the gateway, so they serve with no deploy step.
+    Owned by the (cluster-scoped) BaseModel, so removing the catalog entry removes it."""
+    name = base.metadata["name"]
+    serving = base.spec.serving
+    spec: dict[str, Any] = {
+        "baseModel": name,
+        "engine": serving.engine.value,
+        "replicas": serving.replicas,
+        "maxAdapters": serving.max_adapters,
+        "maxAdapterRank": serving.max_adapter_rank,
+        "engineArgs": list(serving.engine_args),
+    }
+    if serving.max_model_length:
+        spec["maxModelLength"] = serving.max_model_length
+    if serving.hardware:
+        spec["hardware"] = serving.hardware.to_wire()
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {
+            "name": shared_deployment_name(name),
+            "namespace": namespace,
+            "labels": {MANAGED_BY: OPERATOR_NAME, LABEL_BASE_MODEL: name, LABEL_SHARED: "true"},
+            "ownerReferences": [owner_reference(base_body)],
+        },
+        "spec": spec,
+    }
+
+
+# -- batches -----------------------------------------------------------------------------
+
+
+def batch_run(
+    batch: BatchJobResource,
+    *,
+    input_uri: str,
+    expires: datetime,
+    served: list[str] | None,
+    settings: Settings,
+) -> BatchRun:
+    name, namespace = batch.metadata["name"], batch.metadata["namespace"]
+    output_id, error_id = batch_file_ids(namespace, name)
+    return BatchRun(
+        batch_id=name,
+        namespace=namespace,
+        input_uri=input_uri,
+        endpoint=batch.spec.endpoint.value,
+        output_uri=store_uri(settings.store_root, namespace, "batches", name),
+        store_root=settings.store_root,
+        target_base_url=settings.gateway_internal_url,
+        api_key_env=BATCH_KEY_ENV,
+        expires_at=expires,
+        served_models=served,
+        output_file_id=output_id,
+        error_file_id=error_id,
+        concurrency=batch.spec.concurrency,
+    )
+
+
+def runner_labels(batch: str) -> dict[str, str]:
+    return labels_for("batch-runner", LABEL_BATCH_JOB, batch)
+
+
+def runner_configmap(body: Mapping[str, Any], run: BatchRun) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return run_configmap(
+        runner_configmap_name(name), body["metadata"]["namespace"], body, runner_labels(name), run.dump()
+    )
+
+
+def batch_key_secret(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The Secret in the batch's namespace that hands the runner its chat-scoped key (the
+    key's hash lives in the system namespace, see tuneforge.apikeys)."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": batch_key_secret_name(name),
+            "namespace": body["metadata"]["namespace"],
+            "labels": runner_labels(name),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "stringData": {BATCH_KEY_ENV: key},
+    }
+
+
+def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) -> dict[str, Any]:
+    """The batch/v1 Job running `tuneforge-batch`. The runner checkpoints every finished
+    request, so a retried Pod continues where the last stopped; activeDeadlineSeconds
+    backs up the runner's own expiry handling with the completion window plus grace."""
+    name = body["metadata"]["name"]
+    labels = runner_labels(name)
+    access = store_access(settings, [run.input_uri, run.output_uri])
+    env = [
+        *access["env"],
+        {
+            "name": BATCH_KEY_ENV,
+            "valueFrom": {"secretKeyRef": {"name": batch_key_secret_name(name), "key": BATCH_KEY_ENV}},
+        },
+    ]
+    container = {
+        "name": RUNNER_CONTAINER,
+        "image": settings.inference_image,
+        "command": ["tuneforge-batch"],
+        "args": ["--run", RUN_FILE],
+        "env": env,
+    }
+    window = COMPLETION_WINDOWS[body["spec"].get("completionWindow", "24h")] * 3600
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": runner_job_name(name),
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "backoffLimit": BATCH_BACKOFF_LIMIT,
+            "completions": 1,
+            "parallelism": 1,
+            "activeDeadlineSeconds": window + int(run.cancel_grace_s) + 300,
+            "podFailurePolicy": _pod_failure_policy(RUNNER_CONTAINER),
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(
+                    container=container,
+                    configmap=runner_configmap_name(name),
+                    access=access,
+                    place=placement(None),
+                    restart_policy="Never",
+                    grace_seconds=int(run.cancel_grace_s) + 10,
+                ),
+            },
+        },
+    }

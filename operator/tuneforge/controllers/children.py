@@ -1,0 +1,114 @@
+"""In-memory views of the Jobs, Pods and Deployments the operator owns (kopf indexes).
+
+The controllers poll their objects on a timer; reading child state from these indexes
+(kept current by watch streams) instead of the API server makes a poll free, so a
+thousand queued jobs cost no API calls while they wait. The summaries are pure
+functions of one object, keyed by (component, namespace, owner name).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tuneforge.api.v1alpha1.common import ApiError
+from tuneforge.controllers.builders import COMPONENT, LABEL_BATCH_JOB, LABEL_FINE_TUNING_JOB, LABEL_MODEL_DEPLOYMENT
+
+OWNER_LABELS = (LABEL_FINE_TUNING_JOB, LABEL_BATCH_JOB, LABEL_MODEL_DEPLOYMENT)
+Key = tuple[str, str, str]
+
+
+def owner_key(namespace: str, labels: Mapping[str, str]) -> Key | None:
+    for label in OWNER_LABELS:
+        if label in labels:
+            return (labels.get(COMPONENT, ""), namespace, labels[label])
+    return None
+
+
+def _true_conditions(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+
+
+def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a controller needs to know about a batch/v1 Job."""
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    conditions = _true_conditions(status)
+    failed = conditions.get("Failed") or conditions.get("FailureTarget")
+    return {
+        "name": meta["name"],
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "suspended": bool(spec.get("suspend")),
+        "complete": "Complete" in conditions or "SuccessCriteriaMet" in conditions,
+        "failed": failed is not None,
+        "failure_reason": (failed or {}).get("reason", ""),
+        "failure_message": (failed or {}).get("message", ""),
+        "active": status.get("active") or 0,
+    }
+
+
+def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Pod's phase and, once its first container has terminated, how it ended."""
+    status = body.get("status") or {}
+    terminated = None
+    for container in status.get("containerStatuses") or []:
+        state = (container.get("state") or {}).get("terminated")
+        if state:
+            terminated = {
+                "exit_code": state.get("exitCode"),
+                "reason": state.get("reason", ""),
+                "message": state.get("message", ""),
+            }
+            break
+    return {
+        "name": body["metadata"]["name"],
+        "phase": status.get("phase", "Pending"),
+        "created": body["metadata"].get("creationTimestamp", ""),
+        "terminated": terminated,
+    }
+
+
+def deployment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    progressing = conditions.get("Progressing") or {}
+    return {
+        "name": meta["name"],
+        "hash": (meta.get("annotations") or {}).get("tuneforge.io/spec-hash"),
+        "generation": meta.get("generation", 0),
+        "observed_generation": status.get("observedGeneration", 0),
+        "desired": spec.get("replicas", 1),
+        "replicas": status.get("replicas") or 0,
+        "updated": status.get("updatedReplicas") or 0,
+        "ready": status.get("readyReplicas") or 0,
+        "available": status.get("availableReplicas") or 0,
+        "deadline_exceeded": progressing.get("reason") == "ProgressDeadlineExceeded",
+    }
+
+
+def first(values: Iterable[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The one summary under a key (deterministic names: there is at most one child)."""
+    for value in values or ():
+        return value
+    return None
+
+
+def termination_error(pods: Iterable[dict[str, Any]] | None, *, default_code: str, fallback: str) -> ApiError:
+    """The error a failed image reported: its termination message is one line of JSON in
+    OpenAI's error shape; anything else (a traceback from FallbackToLogsOnError, an OOM
+    kill) is kept as the message under `default_code`. The newest terminated Pod wins."""
+    ended = sorted((p for p in pods or () if p.get("terminated")), key=lambda p: p["created"])
+    if not ended:
+        return ApiError(code=default_code, message=fallback)
+    state = ended[-1]["terminated"]
+    text = (state.get("message") or "").strip()
+    if text:
+        try:
+            data = json.loads(text.splitlines()[-1])
+            if isinstance(data, dict) and data.get("code") and data.get("message"):
+                return ApiError(code=str(data["code"]), message=str(data["message"]), param=data.get("param"))
+        except ValueError:
+            pass
+        return ApiError(code=default_code, message=text[-2000:])
+    reason = state.get("reason") or "Error"
+    return ApiError(code=default_code, message=f"{fallback} ({reason}, exit code {state.get('exit_code')})")

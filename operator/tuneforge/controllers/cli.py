@@ -1,0 +1,36 @@
+"""`tuneforge operator` options. Kept apart from `run` so that building the CLI parser
+does not import kopf for the other commands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--peering", default="tuneforge",
+        help="kopf peering object shared by the replicas; only the highest-priority live replica "
+        "handles objects, the others wait (default: %(default)s)",
+    )
+    group.add_argument("--standalone", action="store_true", help="no peering: the only replica")
+    parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
+    parser.add_argument(
+        "--namespace", action="append", default=[],
+        help="namespace or glob to watch (repeatable); default: the whole cluster",
+    )
+    parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port; 0 disables")
+    parser.add_argument(
+        "--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL; empty disables"
+    )
+    parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between reconciles of an object")
+    parser.add_argument(
+        "--status-interval", type=float, default=5.0, help="minimum seconds between progress-only status writes"
+    )
+    parser.add_argument("--workers", type=int, default=32, help="threads running reconciles")
+
+
+def main(args: argparse.Namespace) -> int:
+    from tuneforge.controllers.run import run
+
+    return run(args)

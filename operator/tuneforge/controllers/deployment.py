@@ -1,0 +1,134 @@
+"""ModelDeployment controller: a Deployment, Service and serving-spec ConfigMap per object.
+
+The children are (re)applied whenever the rendered Deployment's spec hash differs from
+the one on the live Deployment (from the watch index), so a spec change rolls the Pods
+and an unchanged object costs no API call. Phase is read from the Deployment's status:
+
+- Ready: the Deployment controller has seen the current generation, every Pod belongs to
+  it, and `replicas` of them pass their readiness probe (a crash-looping Pod never does);
+- Degraded: it was Ready and has lost ready Pods;
+- Failed: the rollout exceeded its progress deadline (or the BaseModel is invalid);
+- Deploying: a rollout is under way; Pending: nothing to run yet (no BaseModel, 0 replicas).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import kopf
+
+from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
+from tuneforge.config import settings
+from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers.children import first
+from tuneforge.controllers.status import diff, set_condition
+
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    raw = json.loads(json.dumps(dict(body), default=dict))
+    status = raw.get("status") or {}
+    with metrics.reconcile(KIND):
+        desired = _reconcile(raw, status, kwargs["tf_basemodels"], kwargs["tf_deployments"])
+    changed = diff(status, desired)
+    if changed:
+        patch.status.update(changed)
+    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired["phase"])
+
+
+def rollout_phase(summary: dict[str, Any] | None, previous: str | None) -> tuple[str, str]:
+    """Phase and reason from the Deployment summary (see the module docstring)."""
+    if summary is None:
+        return "Deploying", "Creating"
+    if summary["desired"] == 0:
+        return "Pending", "ScaledToZero"
+    if summary["deadline_exceeded"]:
+        return "Failed", "ProgressDeadlineExceeded"
+    current = (
+        summary["observed_generation"] >= summary["generation"]
+        and summary["updated"] == summary["desired"]
+        and summary["replicas"] == summary["updated"]
+    )
+    if current and summary["ready"] >= summary["desired"]:
+        return "Ready", "PodsReady"
+    if current and previous in ("Ready", "Degraded"):
+        return "Degraded", "PodsNotReady"
+    return "Deploying", "RollingOut"
+
+
+def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> dict[str, Any]:
+    mdep = ModelDeploymentResource.model_validate(raw)
+    name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
+    generation = raw["metadata"].get("generation")
+    desired = dict(status)
+    desired["observedGeneration"] = generation
+    previous = status.get("phase")
+
+    def conditions(available: bool, reason: str, message: str) -> None:
+        desired["conditions"] = set_condition(
+            desired.get("conditions"), "Available", available, reason, message, generation=generation
+        )
+
+    base_summary = first(basemodels.get(mdep.spec.base_model))
+    if base_summary is None or (base_summary["body"].get("status") or {}).get("phase") != "Ready":
+        failed = base_summary is not None and (base_summary["body"].get("status") or {}).get("phase") == "Failed"
+        desired["phase"] = "Failed" if failed else "Pending"
+        reason = "BaseModelInvalid" if failed else "WaitingForBaseModel"
+        conditions(False, reason, f"BaseModel {mdep.spec.base_model!r} is not Ready")
+        _event(raw, previous, desired["phase"], reason, f"BaseModel {mdep.spec.base_model!r} is not Ready")
+        return desired
+
+    base = BaseModelResource.model_validate(base_summary["body"])
+    config = settings()
+    serving = builders.serving_spec(mdep, base, store_root=config.store_root)
+    deployment = builders.serving_deployment(
+        raw, serving, replicas=mdep.spec.replicas, hardware=builders.serving_hardware(mdep, base), settings=config
+    )
+    summary = first(deployments.get(("inference", namespace, name)))
+    if summary is None or summary["hash"] != deployment["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]:
+        kube.apply(builders.serving_configmap(raw, serving))
+        kube.apply(builders.serving_service(raw))
+        kube.apply(deployment)
+        summary = None  # what the index holds describes the old Deployment
+        kopf.info(raw, reason="Applied", message=f"applied Deployment {name} (engine {serving.engine.value})")
+
+    phase, reason = rollout_phase(summary, previous)
+    desired["phase"] = phase
+    desired["deployment"] = name
+    desired["endpoint"] = builders.serving_endpoint(name, namespace)
+    desired["servedModels"] = builders.served_models(serving)
+    desired["replicas"] = summary["updated"] if summary else 0
+    desired["readyReplicas"] = min(summary["ready"], summary["updated"]) if summary else 0
+    message = f"{desired['readyReplicas']}/{mdep.spec.replicas} Pods of the current spec ready"
+    conditions(phase == "Ready", reason, message)
+    desired["conditions"] = set_condition(
+        desired["conditions"], "Progressing", phase == "Deploying", reason, message, generation=generation
+    )
+    _event(raw, previous, phase, reason, message)
+    return desired
+
+
+def _event(raw: dict, previous: str | None, phase: str, reason: str, message: str) -> None:
+    if previous != phase:
+        (kopf.warn if phase in ("Failed", "Degraded") else kopf.info)(raw, reason=reason, message=f"{phase}: {message}")
+
+
+def index(namespace: str, name: str, labels: dict, spec: dict, status: dict, **_: Any) -> dict[Any, Any]:
+    """ModelDeployments by (namespace, name), and by namespace for listing what is served."""
+    summary = {
+        "name": name,
+        "namespace": namespace,
+        "spec": json.loads(json.dumps(dict(spec), default=dict)),
+        "shared": labels.get(builders.LABEL_SHARED) == "true",
+        "base": spec.get("baseModel"),
+        "served": list(status.get("servedModels") or []),
+    }
+    return {(namespace, name): summary, namespace: summary}
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_modeldeployments")(index)
+    kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=kube.OPTIONS.poll_interval)(reconcile)

@@ -1,0 +1,428 @@
+"""FineTuningJob controller: validate, run the trainer Job, report progress, finish.
+
+One reconcile function, run by a kopf timer for every FineTuningJob that is not finished
+(the first tick fires as soon as the object is seen). Each tick derives the next status
+from the object, the trainer Job and Pod (from the watch indexes) and the trainer's
+reports in the artifact store, so a reconcile interrupted anywhere is simply repeated:
+
+    (new) -> ValidatingFiles -> Queued -> Running -> Succeeded | Failed
+                        \\-> Failed       |  ^
+                                        Paused          any -> Cancelled (spec.cancel)
+
+Pause deletes the trainer Job (in the foreground, so no old Pod lingers); resume
+creates it again under the same name and the trainer continues from its newest
+checkpoint. When the job ends, an optional webhook is called once (HMAC-signed).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import httpx
+import kopf
+
+from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource
+from tuneforge.api.v1alpha1.common import ApiError
+from tuneforge.config import settings
+from tuneforge.contracts import TrainingProgress, TrainingResult
+from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers.children import first, termination_error
+from tuneforge.controllers.status import (
+    FINE_TUNING_OPENAI_STATUS,
+    FINE_TUNING_TERMINAL,
+    Throttle,
+    diff,
+    find_condition,
+    parse_timestamp,
+    set_condition,
+    timestamp,
+    utcnow,
+)
+from tuneforge.controllers.store import open_lines, resolve_file, store
+from tuneforge.datasets import DatasetError, validate_fine_tune_file
+from tuneforge.storage import StoreError
+
+KIND = "FineTuningJob"
+PLURAL = "finetuningjobs"
+BASE_MODEL_GRACE_SECONDS = 30
+"""How long a job waits for its BaseModel to appear (objects applied together arrive in
+any order) before failing with model_not_found."""
+
+_throttle = Throttle(kube.OPTIONS.status_interval)
+
+
+class _Wait(Exception):
+    """Validation cannot finish yet (the base model is not validated itself)."""
+
+
+def _notification_pending(spec: dict, status: dict) -> bool:
+    notifications = spec.get("notifications")
+    if not notifications or status.get("phase") not in FINE_TUNING_TERMINAL:
+        return False
+    events = notifications.get("events") or ["succeeded", "failed"]
+    wanted = FINE_TUNING_OPENAI_STATUS[status["phase"]] in events
+    return wanted and find_condition(status.get("conditions"), "Notified") is None
+
+
+def active(spec: dict, status: dict, **_: Any) -> bool:
+    """Timer filter: reconcile until finished and notified."""
+    return status.get("phase") not in FINE_TUNING_TERMINAL or _notification_pending(spec, status)
+
+
+def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, **kwargs: Any) -> None:
+    raw = _plain(body)
+    status = raw.get("status") or {}
+    with metrics.reconcile(KIND):
+        desired = _reconcile(raw, status, kwargs["tf_jobs"], kwargs["tf_pods"], kwargs["tf_basemodels"], logger)
+    changed = diff(status, desired)
+    if changed:
+        patch.status.update(changed)
+    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired.get("phase", status.get("phase")))
+
+
+def forget(event: dict, uid: str, **_: Any) -> None:
+    """Drops a deleted job from the phase gauge and the throttle."""
+    if event["type"] == "DELETED":
+        metrics.PHASES.forget(KIND, uid)
+        _throttle.forget(uid)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(body), default=dict))
+
+
+class _State:
+    """The status being built in one reconcile, and the events to post with it."""
+
+    def __init__(self, raw: dict[str, Any], status: dict[str, Any]) -> None:
+        self.raw = raw
+        self.status = dict(status)
+        self.generation = raw["metadata"].get("generation")
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    def condition(self, type_: str, value: bool | str, reason: str, message: str = "") -> None:
+        self.status["conditions"] = set_condition(
+            self.status.get("conditions"), type_, value, reason, message, generation=self.generation
+        )
+
+    def transition(self, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
+        if self.phase == phase:
+            return
+        self.status["phase"] = phase
+        (kopf.warn if warning else kopf.info)(self.raw, reason=reason, message=message)
+
+
+def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, logger: Any) -> dict[str, Any]:
+    ft = FineTuningJobResource.model_validate(raw)
+    name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
+    state = _State(raw, status)
+    state.status["observedGeneration"] = state.generation
+    state.status.setdefault("createdAt", raw["metadata"].get("creationTimestamp") or timestamp())
+    key = ("trainer", namespace, name)
+    job = first(jobs.get(key))
+
+    if state.phase in FINE_TUNING_TERMINAL:
+        if _notification_pending(raw["spec"], state.status):
+            _notify(ft, state, logger)
+        return state.status
+
+    if ft.spec.cancel:
+        if job is not None:
+            kube.delete_job(namespace, job["name"])
+        _finish(state, "Cancelled", "Cancelled", "the job was cancelled", ok=False)
+        return state.status
+
+    if state.phase in (None, "ValidatingFiles"):
+        base = _base_model(basemodels, ft.spec.base_model)
+        try:
+            training_uri, validation_uri = _validate(ft, base, raw)
+        except _Wait as wait:
+            state.transition("ValidatingFiles", "Validating", "validating the base model and files")
+            state.condition("Validated", "Unknown", "Waiting", str(wait))
+            return state.status
+        except _Invalid as invalid:
+            state.status["error"] = invalid.error.to_wire()
+            state.condition("Validated", False, "Invalid", invalid.error.message)
+            _finish(state, "Failed", "ValidationFailed", f"{invalid.error.code}: {invalid.error.message}", ok=False)
+            return state.status
+        state.status["trainingFileUri"] = training_uri
+        if validation_uri:
+            state.status["validationFileUri"] = validation_uri
+        state.status["trainerJob"] = builders.trainer_job_name(name)
+        state.condition("Validated", True, "FilesValid", "base model and files are valid")
+        if ft.spec.suspend:
+            state.condition("Paused", True, "Suspended", "spec.suspend is true")
+            state.transition("Paused", "Paused", "validated; not started because spec.suspend is true")
+            return state.status
+        _start_trainer(ft, raw, base, training_uri, validation_uri)
+        state.condition("Running", False, "Queued", "waiting for the trainer Pod to start")
+        state.transition("Queued", "Queued", f"created trainer Job {builders.trainer_job_name(name)}")
+        return state.status
+
+    if state.phase == "Paused":
+        if ft.spec.suspend:
+            return state.status
+        if job is not None:
+            return state.status  # the old Job is still being deleted; resume once it is gone
+        base = _base_model(basemodels, ft.spec.base_model)
+        if base is None:
+            return state.status
+        _start_trainer(ft, raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
+        state.condition("Paused", False, "Resumed", "spec.suspend is false")
+        state.condition("Running", False, "Queued", "resuming from the latest checkpoint")
+        state.transition("Queued", "Resumed", "resuming from the latest checkpoint")
+        return state.status
+
+    # Queued or Running
+    if ft.spec.suspend:
+        if job is not None:
+            kube.delete_job(namespace, job["name"])
+        state.condition("Paused", True, "Suspended", "spec.suspend is true")
+        state.condition("Running", False, "Paused", "paused; the trainer stopped after its last checkpoint")
+        state.transition("Paused", "Paused", "trainer stopped; set spec.suspend=false to resume")
+        return state.status
+    if job is None:
+        base = _base_model(basemodels, ft.spec.base_model)
+        if base is not None:
+            logger.info("trainer Job missing; creating it again")
+            _start_trainer(ft, raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
+        return state.status
+    if job["deleting"]:
+        return state.status
+    job_pods = pods.get(("trainer", namespace, name))
+    if job["complete"]:
+        _progress(ft, state, force=True)
+        _succeed(ft, state)
+        return state.status
+    if job["failed"]:
+        _progress(ft, state, force=True)
+        error = termination_error(
+            job_pods, default_code="training_failed", fallback=job["failure_message"] or "the trainer failed"
+        )
+        state.status["error"] = error.to_wire()
+        _finish(state, "Failed", "TrainingFailed", f"{error.code}: {error.message}", ok=False)
+        return state.status
+    if any(p["phase"] == "Running" for p in job_pods or ()):
+        if state.phase != "Running":
+            state.status.setdefault("startedAt", timestamp())
+            state.condition("Running", True, "TrainerRunning", "the trainer is running")
+            state.transition("Running", "Running", "the trainer Pod is running")
+            _progress(ft, state, force=True)
+        else:
+            _progress(ft, state, force=False)
+    elif state.phase == "Running":
+        # The Pod went away (disruption, retry): queued again until a new one runs.
+        state.condition("Running", False, "Queued", "waiting for a new trainer Pod")
+        state.transition("Queued", "Requeued", "the trainer Pod is being replaced")
+    return state.status
+
+
+class _Invalid(Exception):
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _base_model(basemodels: Any, name: str) -> dict[str, Any] | None:
+    summary = first(basemodels.get(name))
+    return summary["body"] if summary else None
+
+
+def _validate(ft: FineTuningJobResource, base: dict | None, raw: dict) -> tuple[str, str | None]:
+    """Checks the base model and both files; returns the files' URIs."""
+    spec = ft.spec
+    if base is None:
+        created = parse_timestamp(raw["metadata"].get("creationTimestamp")) or utcnow()
+        if (utcnow() - created).total_seconds() < BASE_MODEL_GRACE_SECONDS:
+            raise _Wait(f"waiting for BaseModel {spec.base_model!r}")
+        raise _Invalid(ApiError(code="model_not_found", message=f"model {spec.base_model!r} is not in the catalog", param="model"))
+    base_phase = (base.get("status") or {}).get("phase")
+    if base_phase == "Failed":
+        raise _Invalid(ApiError(code="model_not_available", message=f"model {spec.base_model!r} is not ready: its source is invalid", param="model"))
+    if base_phase != "Ready":
+        raise _Wait(f"waiting for BaseModel {spec.base_model!r} to be Ready")
+    if not base["spec"].get("fineTunable", True):
+        raise _Invalid(ApiError(code="model_not_fine_tunable", message=f"model {spec.base_model!r} cannot be fine-tuned", param="model"))
+    lrm = spec.hyperparameters.learning_rate_multiplier
+    if lrm != "auto" and not 0 < lrm <= 100:
+        raise _Invalid(ApiError(
+            code="invalid_hyperparameters",
+            message=f"learning_rate_multiplier must be 'auto' or a number in (0, 100], got {lrm}",
+            param="hyperparameters.learning_rate_multiplier",
+        ))
+    namespace = raw["metadata"]["namespace"]
+    training = _check_file(namespace, spec.training_file, "training_file")
+    validation = _check_file(namespace, spec.validation_file, "validation_file") if spec.validation_file else None
+    return training, validation
+
+
+def _check_file(namespace: str, ref: str, param: str) -> str:
+    try:
+        uri = resolve_file(namespace, ref)
+        validate_fine_tune_file(open_lines(uri))
+    except StoreError:
+        raise _Invalid(ApiError(code="file_not_found", message=f"{param} {ref!r} does not exist", param=param)) from None
+    except DatasetError as exc:
+        raise _Invalid(ApiError(code=exc.code, message=f"{param}: {exc.message}", param=param)) from None
+    return uri
+
+
+def _start_trainer(ft: FineTuningJobResource, raw: dict, base_raw: dict, training: str, validation: str | None) -> None:
+    base = BaseModelResource.model_validate(base_raw)
+    config = settings()
+    run = builders.training_run(ft, base, training_uri=training, validation_uri=validation, store_root=config.store_root)
+    kube.create(builders.trainer_configmap(raw, run))
+    kube.create(
+        builders.trainer_job(
+            raw, run, hardware=builders.training_hardware(ft, base), queue_name=ft.spec.queue_name, settings=config
+        )
+    )
+
+
+def _job_dir(ft: FineTuningJobResource) -> str:
+    return store().fine_tuning_dir(ft.metadata["namespace"], ft.metadata["name"])
+
+
+def _progress(ft: FineTuningJobResource, state: _State, *, force: bool) -> None:
+    """Copies the trainer's progress.json into status, at most once per status_interval
+    unless forced (on transitions)."""
+    if not force and not _throttle.ready(ft.metadata["uid"]):
+        return
+    directory = _job_dir(ft)
+    data = store().read_json(f"{directory}/progress.json")
+    if data is None:
+        return
+    progress = TrainingProgress.model_validate(data)
+    state.status["progress"] = {
+        "step": progress.step,
+        "totalSteps": progress.total_steps,
+        "epoch": progress.epoch,
+        **({"estimatedFinish": timestamp(progress.estimated_finish)} if progress.estimated_finish else {}),
+    }
+    metrics_ = {"trainLoss": progress.train_loss, "validLoss": progress.valid_loss, "tokensPerSecond": progress.tokens_per_second}
+    state.status["metrics"] = {k: v for k, v in metrics_.items() if v is not None}
+    state.status["trainedTokens"] = progress.trained_tokens
+    steps = sorted(
+        int(entry.removeprefix("step-"))
+        for entry in store().listdir(f"{directory}/checkpoints")
+        if entry.startswith("step-") and entry.removeprefix("step-").isdigit()
+    )
+    if steps:
+        state.status["checkpoints"] = {
+            "count": len(steps),
+            "latestStep": steps[-1],
+            "latestUri": store().uri(ft.metadata["namespace"], "fine-tuning", ft.metadata["name"], "checkpoints", f"step-{steps[-1]}"),
+        }
+
+
+def _succeed(ft: FineTuningJobResource, state: _State) -> None:
+    data = store().read_json(f"{_job_dir(ft)}/result.json")
+    if data is None:
+        state.status["error"] = {"code": "missing_result", "message": "the trainer exited without writing result.json"}
+        _finish(state, "Failed", "TrainingFailed", "the trainer exited without writing result.json", ok=False)
+        return
+    result = TrainingResult.model_validate(data)
+    state.status["fineTunedModel"] = builders.fine_tuned_model_id(
+        ft.spec.base_model, ft.metadata["namespace"], ft.spec.suffix, ft.metadata["name"]
+    )
+    state.status["adapterUri"] = result.adapter_uri
+    state.status["trainedTokens"] = result.trained_tokens
+    state.status["resultFiles"] = list(result.result_files)
+    resolved = {k: result.hyperparameters[s] for k, s in (
+        ("nEpochs", "n_epochs"), ("batchSize", "batch_size"), ("learningRateMultiplier", "learning_rate_multiplier")
+    ) if s in result.hyperparameters}
+    state.status["hyperparameters"] = resolved
+    progress = dict(state.status.get("progress") or {})
+    progress.update(step=result.steps, totalSteps=max(result.steps, progress.get("totalSteps", 0)))
+    state.status["progress"] = progress
+    _finish(state, "Succeeded", "Succeeded", f"fine-tuned model {state.status['fineTunedModel']} is ready", ok=True)
+
+
+def _finish(state: _State, phase: str, reason: str, message: str, *, ok: bool) -> None:
+    state.status["finishedAt"] = timestamp()
+    state.condition("Running", False, reason, message)
+    state.condition("Succeeded", ok, reason, message)
+    state.transition(phase, reason, message, warning=not ok)
+
+
+# -- webhook -------------------------------------------------------------------------------
+
+
+def webhook_payload(ft: FineTuningJobResource, status: dict[str, Any]) -> dict[str, Any]:
+    """The event POSTed to the webhook, shaped like OpenAI's fine_tuning.job.* events."""
+    openai_status = FINE_TUNING_OPENAI_STATUS[status["phase"]]
+    finished = parse_timestamp(status.get("finishedAt"))
+    return {
+        "object": "event",
+        "id": f"ftevent-{ft.metadata['uid']}-{openai_status}",
+        "type": f"fine_tuning.job.{openai_status}",
+        "created_at": int((finished or utcnow()).timestamp()),
+        "data": {
+            "id": ft.metadata["name"],
+            "namespace": ft.metadata["namespace"],
+            "status": openai_status,
+            "fine_tuned_model": status.get("fineTunedModel"),
+            "error": status.get("error"),
+        },
+    }
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """`sha256=<hex HMAC-SHA256 of the raw body>`, the X-Tuneforge-Signature header."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def _notify(ft: FineTuningJobResource, state: _State, logger: Any) -> None:
+    notifications = ft.spec.notifications
+    body = json.dumps(webhook_payload(ft, state.status), sort_keys=True).encode()
+    headers = {"Content-Type": "application/json"}
+    if notifications.signing_secret:
+        ref = notifications.signing_secret
+        secret = kube.read_secret(ft.metadata["namespace"], ref.name)
+        value = (secret.data or {}).get(ref.key) if secret else None
+        if value is None:
+            state.condition("Notified", False, "SecretNotFound", f"signing secret {ref.name}/{ref.key} not found")
+            kopf.warn(state.raw, reason="NotificationFailed", message=f"signing secret {ref.name}/{ref.key} not found")
+            return
+        headers["X-Tuneforge-Signature"] = sign(base64.b64decode(value), body)
+    error = ""
+    for attempt in range(kube.OPTIONS.webhook_attempts):
+        try:
+            response = httpx.post(notifications.webhook_url, content=body, headers=headers, timeout=kube.OPTIONS.webhook_timeout)
+            if response.status_code < 300:
+                state.condition("Notified", True, "Delivered", f"webhook answered {response.status_code}")
+                kopf.info(state.raw, reason="Notified", message=f"webhook answered {response.status_code}")
+                return
+            error = f"webhook answered {response.status_code}"
+            if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+                break
+        except httpx.HTTPError as exc:
+            error = f"webhook unreachable: {exc}"
+        logger.info("webhook attempt %d failed: %s", attempt + 1, error)
+        time.sleep(min(2**attempt, 10))
+    state.condition("Notified", False, "DeliveryFailed", error)
+    kopf.warn(state.raw, reason="NotificationFailed", message=error)
+
+
+def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | None:
+    """Fine-tuned model ids of succeeded jobs by namespace (what batches may target)."""
+    model = status.get("fineTunedModel")
+    return {namespace: model} if model and status.get("phase") == "Succeeded" else None
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    _throttle.interval = kube.OPTIONS.status_interval
+    kopf.timer(
+        GROUP, VERSION, PLURAL, registry=registry, id="reconcile",
+        interval=kube.OPTIONS.poll_interval, when=active,
+    )(reconcile)
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget")(forget)
+    kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_finetuned")(index_models)

@@ -1,0 +1,148 @@
+"""The operator's Kubernetes API access: one shared client and idempotent verbs.
+
+Handlers run in kopf's thread pool, so the synchronous `kubernetes` client is used from
+several threads; its urllib3 pool is sized for that. Every create tolerates 409 (the
+object exists: a previous run, or the other replica, made it) and every delete
+tolerates 404, which is what makes a reconcile safe to repeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tuneforge.api.v1alpha1 import GROUP, VERSION
+
+
+@dataclass
+class Options:
+    """Operator tunables, set once from the command line before kopf starts."""
+
+    poll_interval: float = 2.0
+    """Seconds between reconciles of an active object (reads indexes, not the API)."""
+    status_interval: float = 5.0
+    """Minimum seconds between progress-only status writes of one object."""
+    webhook_timeout: float = 10.0
+    webhook_attempts: int = 4
+
+
+OPTIONS = Options()
+_api: client.ApiClient | None = None
+
+
+def api() -> client.ApiClient:
+    """The shared ApiClient (in-cluster config in a Pod, else KUBECONFIG)."""
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+            configuration = client.Configuration.get_default_copy()
+        except config.ConfigException:
+            configuration = client.Configuration()
+            config.load_kube_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = 32
+        _api = client.ApiClient(configuration)
+    return _api
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(api())
+
+
+def batch() -> client.BatchV1Api:
+    return client.BatchV1Api(api())
+
+
+def apps() -> client.AppsV1Api:
+    return client.AppsV1Api(api())
+
+
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api())
+
+
+def create(body: dict[str, Any]) -> bool:
+    """Creates a namespaced object; False when it already existed."""
+    namespace = body["metadata"]["namespace"]
+    kind = body["kind"]
+    try:
+        if kind == "ConfigMap":
+            core().create_namespaced_config_map(namespace, body)
+        elif kind == "Secret":
+            core().create_namespaced_secret(namespace, body)
+        elif kind == "Service":
+            core().create_namespaced_service(namespace, body)
+        elif kind == "Job":
+            batch().create_namespaced_job(namespace, body)
+        elif kind == "Deployment":
+            apps().create_namespaced_deployment(namespace, body)
+        else:
+            group, version = body["apiVersion"].split("/")
+            custom().create_namespaced_custom_object(group, version, namespace, plural(kind), body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def apply(body: dict[str, Any]) -> None:
+    """Server-side apply as field manager `tuneforge`: create or bring up to date in one
+    call, without clobbering fields other managers (HPA, kubectl scale) own."""
+    namespace = body["metadata"]["namespace"]
+    name = body["metadata"]["name"]
+    kind = body["kind"]
+    common = {"field_manager": "tuneforge", "force": True, "_content_type": "application/apply-patch+yaml"}
+    if kind == "ConfigMap":
+        core().patch_namespaced_config_map(name, namespace, body, **common)
+    elif kind == "Service":
+        core().patch_namespaced_service(name, namespace, body, **common)
+    elif kind == "Deployment":
+        apps().patch_namespaced_deployment(name, namespace, body, **common)
+    else:
+        group, version = body["apiVersion"].split("/")
+        custom().patch_namespaced_custom_object(group, version, namespace, plural(kind), name, body, **common)
+
+
+def delete_job(namespace: str, name: str) -> None:
+    """Deletes a Job in the foreground: the Job object stays until its Pods are gone, so
+    a Job with the same name is only created again once no old Pod can still write."""
+    try:
+        batch().delete_namespaced_job(
+            name, namespace, body=client.V1DeleteOptions(propagation_policy="Foreground")
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def delete_secret(namespace: str, name: str) -> None:
+    try:
+        core().delete_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def read_secret(namespace: str, name: str) -> client.V1Secret | None:
+    try:
+        return core().read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def delete_custom(namespace: str, kind: str, name: str) -> None:
+    try:
+        custom().delete_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def plural(kind: str) -> str:
+    return kind.lower() + "s"

@@ -1,0 +1,80 @@
+"""Wires the controllers into one kopf operator and runs it.
+
+Every handler is registered into an explicit registry (not kopf's global one) after the
+command-line options are applied, so the timer intervals follow `--poll-interval`.
+Replicas coordinate through kopf peering: with two replicas, the one with the higher
+priority (ties: the one seen first) handles objects and the other stands by, taking over
+when the first stops refreshing its peering record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+import kopf
+
+from tuneforge.controllers import basemodel, batch, builders, children, deployment, finetuning, kube, metrics
+
+MANAGED = {builders.MANAGED_BY: builders.OPERATOR_NAME}
+
+
+def _job_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict | None:
+    key = children.owner_key(namespace, labels)
+    return {key: children.job_summary(body)} if key else None
+
+
+def _pod_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict | None:
+    key = children.owner_key(namespace, labels)
+    return {key: children.pod_summary(body)} if key else None
+
+
+def _deployment_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict | None:
+    key = children.owner_key(namespace, labels)
+    return {key: children.deployment_summary(body)} if key else None
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
+    kopf.index("batch", "v1", "jobs", labels=MANAGED, registry=registry, id="tf_jobs")(_job_index)
+    kopf.index("v1", "pods", labels=MANAGED, registry=registry, id="tf_pods")(_pod_index)
+    kopf.index("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="tf_deployments")(_deployment_index)
+    for module in (basemodel, finetuning, deployment, batch):
+        module.register(registry)
+    return registry
+
+
+def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = "tuneforge.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tuneforge.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="tuneforge.io", key="last-handled-configuration"
+    )
+    settings.execution.max_workers = args.workers
+    settings.posting.level = logging.INFO
+    settings.peering.name = args.peering
+    settings.peering.priority = args.priority
+    settings.peering.standalone = args.standalone
+    settings.watching.server_timeout = 300
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    kube.OPTIONS.poll_interval = args.poll_interval
+    kube.OPTIONS.status_interval = args.status_interval
+    metrics.serve(args.metrics_port)
+    kopf.run(
+        registry=build_registry(),
+        settings=operator_settings(args),
+        standalone=args.standalone,
+        priority=args.priority,
+        peering_name=None if args.standalone else args.peering,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0

