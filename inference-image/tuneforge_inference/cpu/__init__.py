@@ -1,0 +1,1 @@
+"""tuneforge's CPU engine: transformers + peft behind vLLM's OpenAI-compatible API."""

@@ -1,0 +1,54 @@
+"""Errors in the OpenAI/vLLM JSON shape: {"error": {"message", "type", "param", "code"}}.
+
+The CPU engine stands in for vLLM, so it uses vLLM's error values (type names such as
+`NotFoundError`, `code` = the HTTP status); the official `openai` client maps the status
+to its exception classes (404 -> NotFoundError, 400 -> BadRequestError, 429 ->
+RateLimitError) and reads `param` from the body.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastapi.responses import JSONResponse
+
+ERROR_TYPES = {
+    HTTPStatus.BAD_REQUEST: "BadRequestError",
+    HTTPStatus.NOT_FOUND: "NotFoundError",
+    HTTPStatus.TOO_MANY_REQUESTS: "RateLimitError",
+    HTTPStatus.INTERNAL_SERVER_ERROR: "InternalServerError",
+}
+
+
+class APIError(Exception):
+    """An error the server answers with; raised anywhere below a route."""
+
+    def __init__(
+        self,
+        status: HTTPStatus,
+        message: str,
+        *,
+        param: str | None = None,
+        err_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.err_type = err_type or ERROR_TYPES.get(status, "BadRequestError")
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": int(self.status)}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=int(self.status), headers=self.headers)
+
+
+def bad_request(message: str, param: str | None = None) -> APIError:
+    return APIError(HTTPStatus.BAD_REQUEST, message, param=param)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", param="model")
