@@ -1,8 +1,8 @@
 """Fixtures for the controller tests: the operator as a subprocess against the real API
 server, an artifact store in a temp dir, and helpers that play trainer, runner and kubelet.
 
-One operator serves the whole module session (namespaces `t-*`, which the `namespace`
-fixture makes), so each test pays only for its own objects. There is no kubelet: Pods the
+One operator serves the whole session, watching only namespaces `ctl-*` (which this
+`namespace` fixture makes), so it never reconciles the objects of other test packages, so each test pays only for its own objects. There is no kubelet: Pods the
 Job and ReplicaSet controllers create stay Pending until a test patches their status,
 exactly as a kubelet would report it.
 """
@@ -78,7 +78,7 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def system_namespace(api_client: client.ApiClient) -> str:
-    name = f"t-system-{uuid.uuid4().hex[:6]}"
+    name = f"ctl-system-{uuid.uuid4().hex[:6]}"
     client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     return name
 
@@ -87,9 +87,19 @@ def system_namespace(api_client: client.ApiClient) -> str:
 def operator(control_plane: ControlPlane, store_root: Path, system_namespace: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = Operator(control_plane.kubeconfig, store_root, system_namespace, log, ["t-*"]).start()
+    op = Operator(control_plane.kubeconfig, store_root, system_namespace, log, ["ctl-*"]).start()
     yield op
     op.stop()
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace inside the operator's watch (`ctl-*`), deleted afterwards."""
+    name = f"ctl-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(api_client)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +112,7 @@ def store_env(store_root: Path, system_namespace: str, monkeypatch: pytest.Monke
     settings.cache_clear()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, message: str = "", operator: Operator | None = None) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, message: str = "", operator: Operator | None = None) -> Any:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
