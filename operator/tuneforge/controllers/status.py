@@ -14,28 +14,13 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from tuneforge.api.v1alpha1 import batchjob, finetuningjob
+
 FINE_TUNING_TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
 BATCH_TERMINAL = frozenset({"Completed", "Failed", "Expired", "Cancelled"})
 
-FINE_TUNING_OPENAI_STATUS = {
-    "ValidatingFiles": "validating_files",
-    "Queued": "queued",
-    "Running": "running",
-    "Paused": "paused",
-    "Succeeded": "succeeded",
-    "Failed": "failed",
-    "Cancelled": "cancelled",
-}
-BATCH_OPENAI_STATUS = {
-    "Validating": "validating",
-    "InProgress": "in_progress",
-    "Finalizing": "finalizing",
-    "Completed": "completed",
-    "Failed": "failed",
-    "Expired": "expired",
-    "Cancelling": "cancelling",
-    "Cancelled": "cancelled",
-}
+FINE_TUNING_OPENAI_STATUS = finetuningjob.OPENAI_STATUS
+BATCH_OPENAI_STATUS = batchjob.OPENAI_STATUS
 BATCH_PHASE_FROM_OPENAI = {value: key for key, value in BATCH_OPENAI_STATUS.items()}
 
 

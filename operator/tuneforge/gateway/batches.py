@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
-from tuneforge.api.v1alpha1 import BatchJobResource, BatchJobSpec
+from tuneforge.api.v1alpha1 import BatchJobResource, BatchJobSpec, batchjob
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
@@ -25,16 +25,7 @@ REQUEST_HASH = "tuneforge.io/request-hash"
 ENDPOINTS = ("/v1/chat/completions",)
 WINDOWS = ("1h", "3h", "6h", "12h", "24h")
 TERMINAL = ("Completed", "Failed", "Expired", "Cancelled")
-_STATUS = {
-    "Validating": "validating",
-    "InProgress": "in_progress",
-    "Finalizing": "finalizing",
-    "Completed": "completed",
-    "Failed": "failed",
-    "Expired": "expired",
-    "Cancelling": "cancelling",
-    "Cancelled": "cancelled",
-}
+_STATUS = batchjob.OPENAI_STATUS
 _TIMESTAMPS = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
                "cancelling_at", "cancelled_at")
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tuneforge.api.v1alpha1 import FineTuningJobResource, FineTuningJobSpec
+from tuneforge.api.v1alpha1 import FineTuningJobResource, FineTuningJobSpec, finetuningjob
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
@@ -30,15 +30,7 @@ REQUEST_HASH = "tuneforge.io/request-hash"
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
-_STATUS = {
-    "ValidatingFiles": "validating_files",
-    "Queued": "queued",
-    "Running": "running",
-    "Paused": "paused",
-    "Succeeded": "succeeded",
-    "Failed": "failed",
-    "Cancelled": "cancelled",
-}
+_STATUS = finetuningjob.OPENAI_STATUS
 
 
 def _status(resource: dict) -> str:

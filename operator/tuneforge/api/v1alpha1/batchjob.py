@@ -59,6 +59,10 @@ class BatchJobPhase(str, Enum):
     cancelled = "Cancelled"
 
 
+OPENAI_STATUS = {phase.value: phase.name for phase in BatchJobPhase}
+"""Phase -> the OpenAI batch status string; shared by the controllers and the gateway."""
+
+
 class RequestCounts(ApiModel):
     """Requests by outcome."""
 

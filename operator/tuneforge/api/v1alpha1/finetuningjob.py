@@ -153,6 +153,11 @@ class FineTuningJobPhase(str, Enum):
     cancelled = "Cancelled"
 
 
+OPENAI_STATUS = {phase.value: phase.name for phase in FineTuningJobPhase}
+"""Phase -> the OpenAI fine_tuning.job status string; the one mapping both the
+controllers and the gateway use (DESIGN.md section 1)."""
+
+
 class TrainingProgressStatus(ApiModel):
     """How far training has come."""
 
