@@ -10,8 +10,32 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HardwareProfile(BaseModel):
+    """A kind of machine the platform team offers by name (Helm value `hardwareProfiles`).
+
+    Jobs and deployments ask for a profile instead of repeating GPU types, node selectors
+    and tolerations; the management API lists the profiles and prices work with
+    `costPerHour`. Keys are camelCase, as in the Helm values they come from.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="What jobs name in hardware.profile.")
+    display_name: str | None = Field(default=None, description="Human-readable name for dashboards.")
+    gpu_type: str | None = Field(default=None, description="GPU product (node label nvidia.com/gpu.product).")
+    gpu_count: int = Field(default=0, ge=0, le=64, description="GPUs per Pod; 0 runs on CPU.")
+    gpu_memory_gb: float | None = Field(default=None, ge=0, description="Memory of one GPU, in GiB.")
+    cpu: str | None = Field(default=None, description="CPU request per Pod (a Kubernetes quantity).")
+    memory: str | None = Field(default=None, description="Memory request per Pod (a Kubernetes quantity).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the Pod must match.")
+    tolerations: list[dict[str, str | int]] = Field(default_factory=list, description="core/v1 tolerations.")
+    cost_per_hour: float | None = Field(default=None, ge=0, description="Price of one Pod-hour on this profile.")
+    currency: str = Field(default="USD", description="Currency of cost_per_hour.")
 
 
 class Settings(BaseSettings):
@@ -48,10 +72,23 @@ class Settings(BaseSettings):
         description="Address servers bind to. The local node agent sets it to the Pod's "
         "loopback address so several Pods can use the same port on one machine.",
     )
+    hardware_profiles: list[HardwareProfile] = Field(
+        default_factory=list,
+        description="The hardware profiles on offer, as JSON (the chart renders them from its "
+        "values into TUNEFORGE_HARDWARE_PROFILES).",
+    )
+    default_hardware_profile: str | None = Field(
+        default=None,
+        description="Profile used when neither the job nor its base model names one.",
+    )
     termination_log: Path = Field(
         default=Path("/dev/termination-log"),
         description="Where images write their one-line JSON error on failure.",
     )
+
+
+def find_hardware_profile(config: Settings, name: str) -> HardwareProfile | None:
+    return next((p for p in config.hardware_profiles if p.name == name), None)
 
 
 @lru_cache(maxsize=1)

@@ -26,8 +26,8 @@ from tuneforge.api.v1alpha1 import (
     FineTuningJobResource,
     ModelDeploymentResource,
 )
-from tuneforge.api.v1alpha1.common import Hardware
-from tuneforge.config import Settings
+from tuneforge.api.v1alpha1.common import Hardware, ResourceList, Toleration
+from tuneforge.config import HardwareProfile, Settings, find_hardware_profile
 from tuneforge.contracts import (
     RUN_FILE,
     AdapterSource,
@@ -216,6 +216,50 @@ def store_access(settings: Settings, uris: Iterable[str | None]) -> dict[str, An
     return {"volumes": volumes, "mounts": mounts, "env": env, "env_from": env_from}
 
 
+class UnknownHardwareProfile(ValueError):
+    """A job or deployment names a hardware profile the platform does not offer."""
+
+    def __init__(self, name: str, offered: Iterable[str]) -> None:
+        offered = sorted(offered)
+        super().__init__(
+            f"hardware profile {name!r} does not exist; offered: {', '.join(offered) if offered else 'none'}"
+        )
+        self.name = name
+
+
+def resolve_hardware(requested: Hardware | None, fallback_profile: str | None, settings: Settings) -> Hardware | None:
+    """The hardware a workload gets: the profile it names (else the base model's default
+    profile, else the platform default) supplies every field; fields set on the request
+    override it, node selectors merge and tolerations add up."""
+    name = (requested.profile if requested else None) or fallback_profile or settings.default_hardware_profile
+    if name is None:
+        return requested
+    profile = find_hardware_profile(settings, name)
+    if profile is None:
+        raise UnknownHardwareProfile(name, (p.name for p in settings.hardware_profiles))
+    merged = _profile_hardware(profile)
+    if requested is None:
+        return merged
+    own = requested.model_dump(exclude_none=True, exclude={"profile", "node_selector", "tolerations"})
+    return merged.model_copy(update={
+        **{key: getattr(requested, key) for key in own},
+        "node_selector": {**(merged.node_selector or {}), **(requested.node_selector or {})} or None,
+        "tolerations": [*(merged.tolerations or []), *(requested.tolerations or [])] or None,
+    })
+
+
+def _profile_hardware(profile: HardwareProfile) -> Hardware:
+    requests = ResourceList(cpu=profile.cpu, memory=profile.memory) if profile.cpu or profile.memory else None
+    return Hardware(
+        profile=profile.name,
+        gpu_count=profile.gpu_count,
+        gpu_type=profile.gpu_type,
+        requests=requests,
+        node_selector=dict(profile.node_selector) or None,
+        tolerations=[Toleration.model_validate(t) for t in profile.tolerations] or None,
+    )
+
+
 def placement(hardware: Hardware | None) -> dict[str, Any]:
     """Container resources, node selector and tolerations for a hardware request: GPUs
     become `nvidia.com/gpu` limits, the GPU type a node-selector on the GPU operator's
@@ -352,10 +396,10 @@ def training_run(
     )
 
 
-def training_hardware(ftjob: FineTuningJobResource, base: BaseModelResource) -> Hardware | None:
+def training_hardware(ftjob: FineTuningJobResource, base: BaseModelResource, settings: Settings) -> Hardware | None:
     """The job's own hardware, else the base model's serving hardware (which names the
-    model's GPU needs), else none (CPU)."""
-    return ftjob.spec.hardware or base.spec.serving.hardware
+    model's GPU needs), resolved against the hardware profiles; None means CPU."""
+    return resolve_hardware(ftjob.spec.hardware or base.spec.serving.hardware, base.spec.default_hardware, settings)
 
 
 def trainer_labels(ftjob: str) -> dict[str, str]:
@@ -440,16 +484,17 @@ def adapter_uri(store_root: str, namespace: str, source: str) -> str:
     return source
 
 
-def serving_hardware(mdep: ModelDeploymentResource, base: BaseModelResource) -> Hardware | None:
-    return mdep.spec.hardware or base.spec.serving.hardware
+def serving_hardware(mdep: ModelDeploymentResource, base: BaseModelResource, settings: Settings) -> Hardware | None:
+    return resolve_hardware(mdep.spec.hardware or base.spec.serving.hardware, base.spec.default_hardware, settings)
 
 
-def serving_spec(mdep: ModelDeploymentResource, base: BaseModelResource, *, store_root: str) -> ServingSpec:
+def serving_spec(
+    mdep: ModelDeploymentResource, base: BaseModelResource, *, hardware: Hardware | None, store_root: str
+) -> ServingSpec:
     """The ServingSpec of a ModelDeployment, with the BaseModel's serving defaults filled in."""
     spec = mdep.spec
     defaults = base.spec.serving
     namespace = mdep.metadata["namespace"]
-    hardware = serving_hardware(mdep, base)
     engine = spec.engine or defaults.engine
     return ServingSpec(
         deployment=mdep.metadata["name"],

@@ -83,9 +83,16 @@ def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> di
 
     base = BaseModelResource.model_validate(base_summary["body"])
     config = settings()
-    serving = builders.serving_spec(mdep, base, store_root=config.store_root)
+    try:
+        hardware = builders.serving_hardware(mdep, base, config)
+    except builders.UnknownHardwareProfile as exc:
+        desired["phase"] = "Failed"
+        conditions(False, "InvalidHardwareProfile", str(exc))
+        _event(raw, previous, "Failed", "InvalidHardwareProfile", str(exc))
+        return desired
+    serving = builders.serving_spec(mdep, base, hardware=hardware, store_root=config.store_root)
     deployment = builders.serving_deployment(
-        raw, serving, replicas=mdep.spec.replicas, hardware=builders.serving_hardware(mdep, base), settings=config
+        raw, serving, replicas=mdep.spec.replicas, hardware=hardware, settings=config
     )
     summary = first(deployments.get(("inference", namespace, name)))
     if summary is None or summary["hash"] != deployment["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]:

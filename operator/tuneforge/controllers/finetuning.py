@@ -251,6 +251,10 @@ def _validate(ft: FineTuningJobResource, base: dict | None, raw: dict) -> tuple[
         raise _Wait(f"waiting for BaseModel {spec.base_model!r} to be Ready")
     if not base["spec"].get("fineTunable", True):
         raise _Invalid(ApiError(code="model_not_fine_tunable", message=f"model {spec.base_model!r} cannot be fine-tuned", param="model"))
+    try:
+        builders.training_hardware(ft, BaseModelResource.model_validate(base), settings())
+    except builders.UnknownHardwareProfile as exc:
+        raise _Invalid(ApiError(code="invalid_hardware_profile", message=str(exc), param="hardware.profile")) from None
     lrm = spec.hyperparameters.learning_rate_multiplier
     if lrm != "auto" and not 0 < lrm <= 100:
         raise _Invalid(ApiError(
@@ -282,7 +286,7 @@ def _start_trainer(ft: FineTuningJobResource, raw: dict, base_raw: dict, trainin
     kube.create(builders.trainer_configmap(raw, run))
     kube.create(
         builders.trainer_job(
-            raw, run, hardware=builders.training_hardware(ft, base), queue_name=ft.spec.queue_name, settings=config
+            raw, run, hardware=builders.training_hardware(ft, base, config), queue_name=ft.spec.queue_name, settings=config
         )
     )
 

@@ -64,6 +64,9 @@ def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Every object's reconcile timer fires each poll interval; kopf logs each success at
+    # INFO, which would bury the log. Transitions are visible as Events and in status.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube.OPTIONS.poll_interval = args.poll_interval
     kube.OPTIONS.status_interval = args.status_interval
     metrics.serve(args.metrics_port)

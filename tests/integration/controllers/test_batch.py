@@ -29,6 +29,8 @@ def served_base(kube: Kube, operator: Operator, namespace: str, tmp_path: Path) 
     kube.create(namespace, "modeldeployments", {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
                                                 "metadata": {"name": "serve"},
                                                 "spec": {"baseModel": name, "engine": "cpu"}})
+    # The operator has indexed the deployment (and so serves its base) once it wrote status.
+    wait_for(lambda: kube.status(namespace, "modeldeployments", "serve"), 30, "ModelDeployment status", operator)
     yield name
     kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tuneforge.api.v1alpha1 import BaseModelResource, BatchJobResource, FineTuningJobResource, ModelDeploymentResource
-from tuneforge.config import Settings
+from tuneforge.config import HardwareProfile, Settings
 from tuneforge.contracts import BatchRun, ServingSpec, TrainingRun
 from tuneforge.controllers import builders
 
@@ -34,7 +34,7 @@ def render_trainer(**spec: object) -> tuple[TrainingRun, dict, dict]:
     _, bm = base()
     run = builders.training_run(ft, bm, training_uri="pvc://store/root/team/files/file-1234abcd/content",
                                 validation_uri=None, store_root=SETTINGS.store_root)
-    job = builders.trainer_job(body, run, hardware=builders.training_hardware(ft, bm),
+    job = builders.trainer_job(body, run, hardware=builders.training_hardware(ft, bm, SETTINGS),
                                queue_name=ft.spec.queue_name, settings=SETTINGS)
     return run, builders.trainer_configmap(body, run), job
 
@@ -118,7 +118,7 @@ def test_serving_spec_fills_base_model_defaults() -> None:
     _, md = mdep(adapters=[{"name": "ft:smollm2:team::ftjob-abc", "source": "ftjob-abc"},
                            {"name": "ext", "source": "s3://b/adapter"}])
     _, bm = base(serving={"engine": "vllm", "maxAdapters": 4, "hardware": {"gpuCount": 1}}, maxContextLength=4096)
-    spec = builders.serving_spec(md, bm, store_root="file:///store")
+    spec = builders.serving_spec(md, bm, hardware=builders.serving_hardware(md, bm, SETTINGS), store_root="file:///store")
     assert spec.engine.value == "vllm" and spec.max_adapters == 4 and spec.gpu_count == 1
     assert spec.max_model_length == 4096
     assert [a.uri for a in spec.adapters] == ["file:///store/team/fine-tuning/ftjob-abc/adapter", "s3://b/adapter"]
@@ -128,9 +128,10 @@ def test_serving_spec_fills_base_model_defaults() -> None:
 def render_serving(**spec: object) -> tuple[ServingSpec, dict]:
     body, md = mdep(**spec)
     _, bm = base(serving={"engine": "cpu"})
-    serving = builders.serving_spec(md, bm, store_root=SETTINGS.store_root)
+    hardware = builders.serving_hardware(md, bm, SETTINGS)
+    serving = builders.serving_spec(md, bm, hardware=hardware, store_root=SETTINGS.store_root)
     return serving, builders.serving_deployment(body, serving, replicas=md.spec.replicas,
-                                                hardware=builders.serving_hardware(md, bm), settings=SETTINGS)
+                                                hardware=hardware, settings=SETTINGS)
 
 
 def test_serving_deployment() -> None:
@@ -213,3 +214,46 @@ def test_batch_run_job_configmap_and_key_secret() -> None:
 def test_expires_at(window: str, hours: int) -> None:
     created = datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert (builders.expires_at(created, window) - created).total_seconds() == hours * 3600
+
+
+PROFILES = SETTINGS.model_copy(update={"hardware_profiles": [
+    HardwareProfile(name="a100-2", gpu_type="NVIDIA-A100-SXM4-80GB", gpu_count=2, cpu="16", memory="128Gi",
+                    node_selector={"pool": "gpu"}, tolerations=[{"key": "dedicated", "operator": "Exists"}],
+                    cost_per_hour=7.5),
+    HardwareProfile(name="cpu-small", cpu="2", memory="8Gi"),
+]})
+
+
+def test_a_named_profile_supplies_gpus_placement_and_requests() -> None:
+    body, ft = ftjob(hardware={"profile": "a100-2"})
+    _, bm = base()
+    hardware = builders.training_hardware(ft, bm, PROFILES)
+    place = builders.placement(hardware)
+    assert place["resources"] == {"requests": {"cpu": "16", "memory": "128Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert place["node_selector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert {"key": "dedicated", "operator": "Exists"} in place["tolerations"]
+
+
+def test_fields_on_the_request_override_the_profile_and_selectors_merge() -> None:
+    _, ft = ftjob(hardware={"profile": "a100-2", "gpuCount": 1, "nodeSelector": {"zone": "b"}})
+    _, bm = base()
+    hardware = builders.training_hardware(ft, bm, PROFILES)
+    assert hardware.gpu_count == 1 and hardware.gpu_type == "NVIDIA-A100-SXM4-80GB"
+    assert hardware.node_selector == {"pool": "gpu", "zone": "b"}
+
+
+def test_the_base_models_default_profile_applies_when_the_job_names_none() -> None:
+    _, ft = ftjob()
+    _, bm = base(defaultHardware="cpu-small")
+    assert builders.training_hardware(ft, bm, PROFILES).requests.memory == "8Gi"
+    _, plain = base()
+    assert builders.training_hardware(ft, plain, PROFILES) is None
+    platform_default = PROFILES.model_copy(update={"default_hardware_profile": "a100-2"})
+    assert builders.training_hardware(ft, plain, platform_default).gpu_count == 2
+
+
+def test_an_unknown_profile_names_the_offered_ones() -> None:
+    _, ft = ftjob(hardware={"profile": "h100-8"})
+    _, bm = base()
+    with pytest.raises(builders.UnknownHardwareProfile, match="'h100-8' does not exist; offered: a100-2, cpu-small"):
+        builders.training_hardware(ft, bm, PROFILES)
