@@ -100,7 +100,7 @@ def attach_lora(model, lora: LoraSettings, *, gradient_checkpointing: bool):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (the embeddings are frozen).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
