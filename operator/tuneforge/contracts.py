@@ -183,6 +183,11 @@ class BatchRun(Contract):
     max_retries: int = Field(default=5, ge=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
     cancel_grace_s: float = Field(default=30.0, ge=0)
+    journal_snapshot_s: float = Field(
+        default=30.0, gt=0,
+        description="How often the runner copies its journal to an object store, so a new Pod "
+        "resumes the batch instead of starting over (ignored on local stores).",
+    )
 
 
 class RequestCounts(Report):

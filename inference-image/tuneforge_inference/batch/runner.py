@@ -28,6 +28,7 @@ from tuneforge.datasets import BatchRequest, DatasetError, iter_batch_requests, 
 from tuneforge.storage import ArtifactStore, filesystem
 
 from tuneforge_inference.batch.cancel import CancelRequest
+from tuneforge_inference.batch import snapshot
 from tuneforge_inference.batch.journal import Journal
 from tuneforge_inference.batch.progress import ProgressReporter
 from tuneforge_inference.batch.publish import publish
@@ -74,11 +75,16 @@ async def run_batch(spec: BatchRun, tuning: RunnerTuning | None = None) -> str:
     if existing and existing.get("status") in FINAL_STATUSES:
         return existing["status"]
     reporter = ProgressReporter(batch_dir, progress_path, existing)
-    journal = Journal(work_dir_for(spec, batch_dir))
+    work_dir = work_dir_for(spec, batch_dir)
+    remote_journal = batch_dir.local_path(batch_dir.root_path) is None
+    if remote_journal:
+        await asyncio.to_thread(snapshot.restore, work_dir, batch_dir)
+    journal = Journal(work_dir)
     cancel = CancelRequest(batch_dir)
     cancel.install_signal_handlers()
     try:
-        return await _Batch(spec, tuning or RunnerTuning(), journal, reporter, cancel, api_key).run()
+        snapshots = batch_dir if remote_journal else None
+        return await _Batch(spec, tuning or RunnerTuning(), journal, reporter, cancel, api_key, snapshots).run()
     finally:
         cancel.remove_signal_handlers()
         journal.close()
@@ -93,6 +99,7 @@ class _Batch:
         reporter: ProgressReporter,
         cancel: CancelRequest,
         api_key: str,
+        snapshots: ArtifactStore | None,
     ) -> None:
         self.spec = spec
         self.tuning = tuning
@@ -100,6 +107,7 @@ class _Batch:
         self.reporter = reporter
         self.cancel = cancel
         self.api_key = api_key
+        self.snapshots = snapshots
 
     async def run(self) -> str:
         if self.journal.state.final is None:
@@ -211,12 +219,17 @@ class _Batch:
         await asyncio.wait(workers, timeout=self.spec.cancel_grace_s)
 
     async def _tick(self) -> None:
+        last_snapshot = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self.tuning.tick_s)
             await asyncio.to_thread(self.journal.sync)
             self._report_counts()
             await self.reporter.write()
             await self.cancel.poll_marker()
+            now = asyncio.get_running_loop().time()
+            if self.snapshots is not None and now - last_snapshot >= self.spec.journal_snapshot_s:
+                await asyncio.to_thread(snapshot.take, self.journal, self.snapshots)
+                last_snapshot = now
 
     def _report_counts(self) -> None:
         self.reporter.progress.request_counts = self.journal.counts()

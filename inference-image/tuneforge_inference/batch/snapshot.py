@@ -1,0 +1,52 @@
+"""Copies of the journal in an object store, so a batch on `s3://` storage resumes in a
+new Pod instead of starting over.
+
+On a local store the journal lives inside the batch directory (a PVC) and outlives the
+Pod. On an object store it lives on the Pod's own disk, which a replacement Pod (node
+lost, Job retry) does not have; so the runner uploads the journal to
+`<batch>/journal/` every `snapshot_s`, and a runner that finds no local journal starts
+from that copy (`BatchRun.journal_snapshot_s` sets the period).
+
+Each snapshot reads the state first, then uploads the result files, then the state:
+every line recorded before the state was read is in the uploaded files, so a snapshot
+whose state says the batch's end was decided (all requests recorded) carries all their
+lines. Lines recorded after a snapshot are simply missing from it, and their requests are
+sent again after a restore, so every custom_id still ends in exactly one line. A line
+being appended while its file is uploaded may arrive torn; the journal cuts torn tails
+when it opens, as after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tuneforge.storage import ArtifactStore
+
+from tuneforge_inference.batch.journal import ERRORS, OUTPUT, STATE, Journal
+
+SNAPSHOT_DIR = "journal"
+
+
+def take(journal: Journal, batch_dir: ArtifactStore) -> None:
+    """Uploads the journal; each object appears only once its upload completes."""
+    state = json.dumps(journal.state.__dict__).encode()
+    journal.sync()
+    for name, path in ((OUTPUT, journal.output_path), (ERRORS, journal.errors_path)):
+        with open(path, "rb") as source:
+            batch_dir.copy_stream(source, batch_dir.path(SNAPSHOT_DIR, name))
+    batch_dir.write_bytes(batch_dir.path(SNAPSHOT_DIR, STATE), state)
+
+
+def restore(work_dir: Path, batch_dir: ArtifactStore) -> bool:
+    """Fills an empty local work directory from the latest snapshot; False when there is
+    a local journal already (a container restart in the same Pod) or no snapshot."""
+    if (work_dir / STATE).exists() or not batch_dir.exists(batch_dir.path(SNAPSHOT_DIR, STATE)):
+        return False
+    work_dir.mkdir(parents=True, exist_ok=True)
+    for name in (OUTPUT, ERRORS):
+        remote = batch_dir.path(SNAPSHOT_DIR, name)
+        if batch_dir.exists(remote):
+            (work_dir / name).write_bytes(batch_dir.read_bytes(remote))
+    (work_dir / STATE).write_bytes(batch_dir.read_bytes(batch_dir.path(SNAPSHOT_DIR, STATE)))
+    return True
