@@ -60,6 +60,11 @@ class LoraSettings(Contract):
     quantize_4bit: bool = Field(default=False, description="QLoRA: load the base in 4-bit.")
 
 
+BASE_LEARNING_RATE = 2e-4
+"""The LoRA learning rate a learning_rate_multiplier of 1 means; the trainer applies it and
+the management API converts absolute learning rates with it."""
+
+
 class TrainingHyperparameters(Contract):
     """Hyperparameters as the user gave them; `auto` is resolved by the trainer, which
     alone knows the dataset size (the resolved values go into result.json)."""
@@ -68,6 +73,7 @@ class TrainingHyperparameters(Contract):
     batch_size: int | Literal["auto"] = "auto"
     learning_rate_multiplier: float | Literal["auto"] = "auto"
     warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5)
+    warmup_steps: int | None = Field(default=None, ge=0, description="Replaces warmup_ratio when set.")
     lr_scheduler: Literal["cosine", "linear", "constant"] = "linear"
     max_seq_length: int = Field(default=2048, ge=16)
     seed: int = 42

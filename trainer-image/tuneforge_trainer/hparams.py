@@ -11,7 +11,8 @@ The rules (also in docs/trainer.md) follow OpenAI's published behaviour where th
 - `learning_rate_multiplier`: scales the LoRA base learning rate of 2e-4. `auto` is
   sqrt(batch_size / 8) clamped to [0.5, 2.0]: the square-root rule for Adam keeps the
   update noise similar as the batch grows, and the clamp keeps tiny and huge batches sane.
-- warmup steps are `ceil(warmup_ratio * total_steps)`.
+- warmup steps are `warmup_steps` when given (at most `total_steps`), else
+  `ceil(warmup_ratio * total_steps)`.
 
 `total_steps = n_epochs * ceil(n_examples / batch_size)` (the last batch of an epoch may be
 smaller; epochs never mix).
@@ -22,9 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from tuneforge.contracts import TrainingHyperparameters
+from tuneforge.contracts import BASE_LEARNING_RATE, TrainingHyperparameters
 
-BASE_LEARNING_RATE = 2e-4
 MIN_EXAMPLES_SEEN = 100
 MAX_EXAMPLES_SEEN = 25_000
 DEFAULT_EPOCHS = 3
@@ -84,7 +84,7 @@ def resolve(hp: TrainingHyperparameters, n_examples: int) -> Resolved:
         learning_rate=BASE_LEARNING_RATE * multiplier,
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
-        warmup_steps=math.ceil(hp.warmup_ratio * total),
+        warmup_steps=min(hp.warmup_steps, total) if hp.warmup_steps is not None else math.ceil(hp.warmup_ratio * total),
         lr_scheduler=hp.lr_scheduler,
         max_seq_length=hp.max_seq_length,
         seed=hp.seed,

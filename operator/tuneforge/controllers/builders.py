@@ -384,6 +384,7 @@ def training_run(
             batch_size=hp.batch_size,
             learning_rate_multiplier=hp.learning_rate_multiplier,
             warmup_ratio=hp.warmup_ratio,
+            warmup_steps=hp.warmup_steps,
             lr_scheduler=hp.lr_scheduler,
             max_seq_length=hp.max_seq_length,
             seed=hp.seed,

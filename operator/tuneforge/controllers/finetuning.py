@@ -8,10 +8,14 @@ reports in the artifact store, so a reconcile interrupted anywhere is simply rep
     (new) -> ValidatingFiles -> Queued -> Running -> Succeeded | Failed
                         \\-> Failed       |  ^
                                         Paused          any -> Cancelled (spec.cancel)
+    Failed -> Queued (or ValidatingFiles) when spec.restartCount > status.restarts
 
 Pause deletes the trainer Job (in the foreground, so no old Pod lingers); resume
 creates it again under the same name and the trainer continues from its newest
-checkpoint. When the job ends, an optional webhook is called once (HMAC-signed).
+checkpoint. A restart of a Failed job does the same with the failed Job: it is deleted,
+the error cleared, and a new trainer resumes from the newest checkpoint (a job that
+failed validation is validated again). When the job ends, an optional webhook is called
+once per ending (HMAC-signed).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import kopf
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource
 from tuneforge.api.v1alpha1.common import ApiError
+from tuneforge.api.v1alpha1.finetuningjob import restart_pending
 from tuneforge.config import settings
 from tuneforge.contracts import TrainingProgress, TrainingResult
 from tuneforge.controllers import builders, kube, metrics
@@ -70,8 +75,12 @@ def _notification_pending(spec: dict, status: dict) -> bool:
 
 
 def active(spec: dict, status: dict, **_: Any) -> bool:
-    """Timer filter: reconcile until finished and notified."""
-    return status.get("phase") not in FINE_TUNING_TERMINAL or _notification_pending(spec, status)
+    """Timer filter: reconcile until finished and notified, and again on a restart request."""
+    return (
+        status.get("phase") not in FINE_TUNING_TERMINAL
+        or _notification_pending(spec, status)
+        or restart_pending(spec, status)
+    )
 
 
 def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, **kwargs: Any) -> None:
@@ -130,6 +139,9 @@ def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, l
     job = first(jobs.get(key))
 
     if state.phase in FINE_TUNING_TERMINAL:
+        if restart_pending(raw["spec"], state.status):
+            _restart(ft, state, job, basemodels)
+            return state.status
         if _notification_pending(raw["spec"], state.status):
             _notify(ft, state, logger)
         return state.status
@@ -223,6 +235,40 @@ def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, l
         state.condition("Running", False, "Queued", "waiting for a new trainer Pod")
         state.transition("Queued", "Requeued", "the trainer Pod is being replaced")
     return state.status
+
+
+def _restart(ft: FineTuningJobResource, state: _State, job: dict | None, basemodels: Any) -> None:
+    """Acts on spec.restartCount for a Failed job: first the failed trainer Job goes (in the
+    foreground, so none of its Pods can still write), then the job is queued again with a
+    new trainer that resumes from the newest checkpoint in the job's store directory. A job
+    that never passed validation is validated again instead."""
+    namespace, name = ft.metadata["namespace"], ft.metadata["name"]
+    if job is not None:
+        if not job["deleting"]:
+            kube.delete_job(namespace, job["name"])
+        return
+    validated = bool(state.status.get("trainingFileUri"))
+    base = _base_model(basemodels, ft.spec.base_model)
+    if validated and base is None:
+        return  # the catalog entry is not indexed (yet); the restart waits for it
+    requested = ft.spec.restart_count
+    state.status["restarts"] = requested
+    state.status["error"] = None
+    state.status["finishedAt"] = None
+    state.status["conditions"] = [c for c in state.status.get("conditions") or [] if c.get("type") != "Notified"]
+    state.condition("Succeeded", "Unknown", "Restarted", f"restart {requested} requested")
+    if not validated:
+        state.condition("Validated", "Unknown", "Restarted", "validating again after a restart request")
+        state.transition("ValidatingFiles", "Restarted", f"restart {requested}: validating again")
+        return
+    if ft.spec.suspend:
+        state.condition("Paused", True, "Suspended", "spec.suspend is true")
+        state.transition("Paused", "Restarted", f"restart {requested}: paused because spec.suspend is true")
+        return
+    _start_trainer(ft, state.raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
+    state.condition("Running", False, "Queued", "restarting from the latest checkpoint")
+    state.transition("Queued", "Restarted", f"restart {requested}: trainer {builders.trainer_job_name(name)} "
+                     "resumes from the latest checkpoint")
 
 
 class _Invalid(Exception):

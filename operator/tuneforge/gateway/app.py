@@ -1,4 +1,5 @@
-"""The gateway application: routers under /v1, OpenAI error handling, request ids.
+"""The gateway application: the OpenAI routers under /v1, the management API under
+/api/v1/fine-tuning, OpenAI-shaped error handling, request ids.
 
 Stateless: the Kubernetes client, the artifact store handle, the HTTP client towards the
 serving Pods and a few seconds of caches are all it keeps, so any number of replicas can
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from kubernetes import client
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneforge.gateway import batches, chat, errors, files, fine_tuning, models
+from tuneforge.gateway import batches, chat, errors, files, fine_tuning, management, models
 from tuneforge.gateway.auth import KeyResolver
 from tuneforge.gateway.kube import Kube, load_api_client
 from tuneforge.gateway.routing import Router
@@ -74,6 +75,7 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
     )
     for module in (files, fine_tuning, batches, models, chat):
         app.include_router(module.router, prefix="/v1")
+    app.include_router(management.router)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:

@@ -27,10 +27,12 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the tenant namespace and the scopes granted."""
+    """Who is calling: the tenant namespace, the scopes granted, and which key (the name of
+    its Secret: stable and not secret) so objects can record who created them."""
 
     tenant: str
     scopes: frozenset[str]
+    key_name: str = ""
 
 
 class KeyResolver:
@@ -51,7 +53,7 @@ class KeyResolver:
         if secret is not None and (secret.get("metadata", {}).get("labels") or {}).get(apikeys.LABEL_API_KEY) == "true":
             try:
                 grant = apikeys.parse_key_secret(secret, key)
-                principal = Principal(tenant=grant.tenant, scopes=grant.scopes)
+                principal = Principal(tenant=grant.tenant, scopes=grant.scopes, key_name=grant.name)
             except apikeys.ApiKeyError:
                 principal = None
         if len(self._cache) > 10_000:

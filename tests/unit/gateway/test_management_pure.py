@@ -1,0 +1,232 @@
+"""Pure pieces of the management API: status mapping, job shapes, the list query, metrics,
+log parsing and the cost estimate."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from tuneforge.config import HardwareProfile
+from tuneforge.gateway.errors import OpenAIError
+from tuneforge.gateway.management import estimate as est
+from tuneforge.gateway.management.shapes import (
+    ListQuery,
+    event_log_entries,
+    hyperparameters,
+    job_detail,
+    job_status,
+    learning_rate_multiplier,
+    metric_records,
+    metrics_view,
+    newest_pod,
+    parse_sort,
+    parse_statuses,
+    parse_time,
+    pod_log_entries,
+    select_jobs,
+    stats,
+    total_epochs,
+    updated_at,
+)
+
+
+def job(name: str, *, phase: str | None = None, created: str = "2030-01-01T00:00:00Z", spec: dict | None = None,
+        status: dict | None = None, managed: list[str] = ()) -> dict:
+    return {
+        "metadata": {"name": name, "namespace": "team", "creationTimestamp": created,
+                     "managedFields": [{"manager": "m", "time": t} for t in managed],
+                     "annotations": {"tuneforge.io/created-by": "tuneforge-apikey-abc"}},
+        "spec": {"baseModel": "tiny", "trainingFile": "file-abcdefgh", **(spec or {})},
+        "status": {**({"phase": phase} if phase else {}), **(status or {})},
+    }
+
+
+@pytest.mark.parametrize(("phase", "spec", "status", "expected"), [
+    (None, {}, {}, "queued"),
+    ("ValidatingFiles", {}, {}, "queued"),
+    ("Queued", {}, {}, "queued"),
+    ("Running", {}, {}, "running"),
+    ("Running", {"suspend": True}, {}, "stopped"),
+    ("Paused", {"suspend": True}, {}, "stopped"),
+    ("Paused", {"suspend": False}, {}, "queued"),
+    ("Queued", {"cancel": True}, {}, "stopped"),
+    ("Cancelled", {"cancel": True}, {}, "stopped"),
+    ("Succeeded", {}, {}, "completed"),
+    ("Failed", {}, {}, "failed"),
+    ("Failed", {"restartCount": 1}, {}, "queued"),
+    ("Failed", {"restartCount": 1}, {"restarts": 1}, "failed"),
+    ("Failed", {"restartCount": 2, "cancel": True}, {"restarts": 1}, "failed"),
+])
+def test_status_mapping(phase, spec, status, expected) -> None:
+    assert job_status(job("ftjob-a", phase=phase, spec=spec, status=status)) == expected
+
+
+def test_detail_converts_learning_rate_and_prefers_resolved_values() -> None:
+    requested = job("ftjob-a", spec={"displayName": "Support bot", "hyperparameters": {
+        "nEpochs": 2, "learningRateMultiplier": learning_rate_multiplier(3e-4), "warmupSteps": 5}})
+    assert learning_rate_multiplier(3e-4) == 1.5
+    assert hyperparameters(requested) == {"epochs": 2, "learningRate": 3e-4, "batchSize": "auto", "warmupSteps": 5,
+                                          "warmupRatio": None}
+    done = job("ftjob-a", phase="Succeeded", status={
+        "hyperparameters": {"nEpochs": 3, "batchSize": 1, "learningRateMultiplier": 0.5}, "fineTunedModel": "ft:x",
+        "trainedTokens": 900, "metrics": {"trainLoss": 0.5}, "progress": {"epoch": 3.0, "step": 30, "totalSteps": 30},
+        "error": None})
+    detail = job_detail(done)
+    assert detail["hyperparameters"]["learningRate"] == 1e-4 and detail["hyperparameters"]["batchSize"] == 1
+    assert detail["hyperparameters"]["warmupRatio"] == 0.03
+    assert (detail["resultModel"], detail["trainedTokens"], detail["status"]) == ("ft:x", 900, "completed")
+    assert detail["metrics"] == {"trainingLoss": 0.5, "validationLoss": None, "epoch": 3.0}
+    assert detail["name"] == "ftjob-a" and detail["owner"] == "tuneforge-apikey-abc"
+    assert job_detail(requested)["name"] == "Support bot"
+
+
+def test_updated_at_is_the_newest_write() -> None:
+    assert updated_at(job("a")) == "2030-01-01T00:00:00Z"
+    assert updated_at(job("a", managed=["2030-01-01T00:00:05Z", "2030-01-01T00:01:00Z"])) == "2030-01-01T00:01:00Z"
+
+
+def _jobs() -> list[dict]:
+    return [
+        job("ftjob-1", phase="Running", created="2030-01-01T00:00:01Z", spec={"displayName": "beta run"}),
+        job("ftjob-2", phase="Succeeded", created="2030-01-01T00:00:02Z",
+            spec={"displayName": "Alpha", "description": "Support tickets", "baseModel": "other"}),
+        job("ftjob-3", phase="Failed", created="2030-01-01T00:00:03Z", spec={"displayName": "gamma"}),
+        job("ftjob-4", phase="Paused", created="2030-01-01T00:00:03Z", spec={"suspend": True},
+            managed=["2030-01-02T00:00:00Z"]),
+        job("ftjob-5", phase="Queued", created="2030-01-01T00:00:05Z", spec={"displayName": "delta"}),
+    ]
+
+
+def _ids(query: ListQuery) -> list[str]:
+    return [r["metadata"]["name"] for r in select_jobs(_jobs(), query)[1]]
+
+
+def test_filters_search_sort_and_pages() -> None:
+    assert _ids(ListQuery()) == ["ftjob-5", "ftjob-4", "ftjob-3", "ftjob-2", "ftjob-1"]
+    assert _ids(ListQuery(descending=False)) == ["ftjob-1", "ftjob-2", "ftjob-3", "ftjob-4", "ftjob-5"]
+    assert _ids(ListQuery(statuses=frozenset({"stopped", "failed"}))) == ["ftjob-4", "ftjob-3"]
+    assert _ids(ListQuery(base_model="other")) == ["ftjob-2"]
+    assert _ids(ListQuery(search="SUPPORT")) == ["ftjob-2"]
+    assert _ids(ListQuery(search="alp")) == ["ftjob-2"]
+    assert _ids(ListQuery(sort_field="name", descending=False)) == ["ftjob-2", "ftjob-1", "ftjob-5", "ftjob-4",
+                                                                   "ftjob-3"]
+    assert _ids(ListQuery(sort_field="status", descending=False)) == ["ftjob-2", "ftjob-3", "ftjob-5", "ftjob-1",
+                                                                     "ftjob-4"]
+    assert _ids(ListQuery(sort_field="updatedAt"))[0] == "ftjob-4"
+    count, page = select_jobs(_jobs(), ListQuery(limit=2, offset=4))
+    assert count == 5 and [r["metadata"]["name"] for r in page] == ["ftjob-1"]
+    assert select_jobs(_jobs(), ListQuery(offset=99)) == (5, [])
+    assert stats(_jobs()) == {"total": 5, "queued": 1, "running": 1, "completed": 1, "failed": 1, "stopped": 1}
+
+
+@pytest.mark.parametrize("value", ["foo", "name:up", "createdAt:", "status:desc:x", ""])
+def test_bad_sort_is_400(value: str) -> None:
+    with pytest.raises(OpenAIError) as exc:
+        parse_sort(value)
+    assert exc.value.status == 400 and exc.value.param == "sort"
+
+
+def test_sort_and_status_parsing() -> None:
+    assert parse_sort("name") == ("name", True) and parse_sort("updatedAt:asc") == ("updatedAt", False)
+    assert parse_statuses("queued, running") == {"queued", "running"}
+    for value in ("paused", "", ","):
+        with pytest.raises(OpenAIError):
+            parse_statuses(value)
+    assert parse_time("2030-01-01T00:00:00", "since") == datetime(2030, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(OpenAIError) as exc:
+        parse_time("yesterday", "since")
+    assert exc.value.param == "since"
+
+
+def test_metrics_curve_dedupes_steps_and_reads_latest() -> None:
+    lines = [json.dumps({"step": 1, "train_loss": 2.0, "learning_rate": 1e-4, "epoch": 0.5, "trained_tokens": 10}),
+             json.dumps({"step": 2, "train_loss": 1.8, "valid_loss": 1.9, "learning_rate": 2e-4, "epoch": 1.0}),
+             json.dumps({"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0}),
+             '{"step": 3, "train_lo']
+    records = metric_records(lines)
+    assert [r["step"] for r in records] == [1, 2]
+    view = metrics_view(job("ftjob-a", phase="Running", status={"trainedTokens": 40, "progress": {
+        "step": 2, "epoch": 1.0, "totalSteps": 6}}), records)
+    assert view["trainingLoss"] == 1.5 and view["validationLoss"] == 1.7 and view["currentEpoch"] == 1.0
+    assert view["totalEpochs"] == 3 and view["trainedTokens"] == 40
+    assert view["steps"][1] == {"step": 2, "trainingLoss": 1.5, "validationLoss": 1.7, "learningRate": 2e-4}
+    empty = metrics_view(job("ftjob-a", status={"metrics": {"trainLoss": 0.9}}), [])
+    assert empty["trainingLoss"] == 0.9 and empty["steps"] == [] and empty["totalEpochs"] is None
+    assert total_epochs(job("a", spec={"hyperparameters": {"nEpochs": 4}})) == 4
+
+
+def test_pod_log_lines_get_levels_and_since() -> None:
+    text = ("2030-01-01T00:00:00.123456789Z Loading model\n"
+            "2030-01-01T00:00:01.5Z WARNING:accelerate: mixed precision unavailable\n"
+            "2030-01-01T00:00:02Z Traceback (most recent call last)\n"
+            '2030-01-01T00:00:03Z {"code": "training_failed", "message": "boom", "param": null}\n'
+            '2030-01-01T00:00:04Z {"level": "debug", "msg": "x"}\n\n')
+    entries = pod_log_entries(text)
+    assert [e["level"] for e in entries] == ["info", "warning", "error", "error", "debug"]
+    assert entries[0] == {"timestamp": "2030-01-01T00:00:00.123456789Z", "level": "info", "message": "Loading model"}
+    since = datetime(2030, 1, 1, 0, 0, 1, 400000, tzinfo=timezone.utc)
+    assert [e["message"][:7] for e in pod_log_entries(text, since=since)] == ["WARNING", "Traceba", '{"code"',
+                                                                               '{"level']
+
+
+def test_event_log_entries_and_pod_choice() -> None:
+    events = [{"created_at": 1893456000 + i, "level": level, "message": f"m{i}"}
+              for i, level in enumerate(["info", "warn", "error"])]
+    assert event_log_entries(events, since=None, lines=2) == [
+        {"timestamp": "2030-01-01T00:00:01Z", "level": "warning", "message": "m1"},
+        {"timestamp": "2030-01-01T00:00:02Z", "level": "error", "message": "m2"}]
+    assert [e["message"] for e in event_log_entries(events, since=datetime(2030, 1, 1, 0, 0, 1, tzinfo=timezone.utc),
+                                                    lines=10)] == ["m1", "m2"]
+    pods = [{"metadata": {"name": "a", "creationTimestamp": "2030-01-01T00:00:00Z"}},
+            {"metadata": {"name": "b", "creationTimestamp": "2030-01-01T00:00:09Z", "deletionTimestamp": "x"}},
+            {"metadata": {"name": "c", "creationTimestamp": "2030-01-01T00:00:05Z"}}]
+    assert newest_pod(pods)["metadata"]["name"] == "c" and newest_pod([]) is None
+
+
+GPU = HardwareProfile(name="a100", gpu_count=1, gpu_memory_gb=80, cost_per_hour=2.0)
+CPU = HardwareProfile(name="cpu", gpu_count=0, cost_per_hour=None, currency="EUR")
+
+
+def test_nominal_estimate_follows_the_documented_formula() -> None:
+    result = est.estimate(base_model="tiny", parameter_count=135_000_000, dataset_tokens=1_000_000, epochs=3,
+                          profile=GPU, samples=[])
+    tokens_per_second = 1e14 / (6 * 135_000_000)
+    assert result.basis == "nominal" and result.total_tokens == 3_000_000
+    assert result.tokens_per_second == pytest.approx(tokens_per_second)
+    assert result.seconds == pytest.approx(3_000_000 / tokens_per_second)
+    assert result.minutes() == 0.5 and result.rounded_cost() == 0.02
+    cpu = est.estimate(base_model="tiny", parameter_count=135_000_000, dataset_tokens=1_000_000, epochs=1,
+                       profile=CPU, samples=[])
+    assert cpu.rounded_cost() is None and cpu.currency == "EUR"
+    assert cpu.seconds == pytest.approx(1_000_000 / (5e10 / (6 * 135_000_000)))
+
+
+def test_estimate_calibrates_from_finished_jobs() -> None:
+    same = [est.Sample("tiny", 600_000, 600.0, 135_000_000), est.Sample("tiny", 300_000, 100.0, 135_000_000),
+            est.Sample("tiny", 1_000, 1.0, 135_000_000)]
+    result = est.estimate(base_model="tiny", parameter_count=None, dataset_tokens=1_000_000, epochs=3, profile=GPU,
+                          samples=same)
+    assert result.basis == "calibrated-same-model" and result.samples == 3
+    assert result.tokens_per_second == 1000 and result.minutes() == 50.0 and result.rounded_cost() == 1.67
+    other = [est.Sample("big", 1_000, 1.0, 1_350_000_000)]
+    scaled = est.estimate(base_model="tiny", parameter_count=135_000_000, dataset_tokens=10, epochs=1, profile=GPU,
+                          samples=other)
+    assert scaled.basis == "calibrated-profile" and scaled.tokens_per_second == pytest.approx(10_000)
+    with pytest.raises(est.EstimateError):
+        est.estimate(base_model="tiny", parameter_count=None, dataset_tokens=10, epochs=1, profile=GPU, samples=other)
+
+
+def test_calibration_uses_succeeded_jobs_on_the_same_profile() -> None:
+    base = {"tiny": {"spec": {"parameterCount": 100, "defaultHardware": "a100"}}}
+    done = {"phase": "Succeeded", "trainedTokens": 1000, "startedAt": "2030-01-01T00:00:00Z",
+            "finishedAt": "2030-01-01T00:00:10Z"}
+    jobs = [job("ok", status=done), job("running", phase="Running", status={**done, "phase": "Running"}),
+            job("other-profile", status=done, spec={"hardware": {"profile": "cpu"}}),
+            job("override", status=done, spec={"hardware": {"profile": "a100", "gpuCount": 8}}),
+            job("unknown-base", status=done, spec={"baseModel": "gone"})]
+    samples = est.calibration_samples(jobs, base, profile="a100", default=None)
+    assert samples == [est.Sample("tiny", 1000, 10.0, 100)]
+    assert est.estimate_profile({"serving": {"hardware": {"profile": "x"}}}, "d") == "x"
+    assert est.estimate_profile({}, "d") == "d"
