@@ -12,7 +12,7 @@ from tuneforge.contracts import ServingSpec
 from tuneforge_inference.cpu.app import create_app
 from tuneforge_inference.cpu.engine import Engine
 from tuneforge_inference.cpu.errors import APIError
-from tuneforge_inference.fetch import FetchError, fetch_adapter, fetch_base_model
+from tuneforge_inference.fetch import FetchError, fetch_base_model
 
 log = logging.getLogger(__name__)
 

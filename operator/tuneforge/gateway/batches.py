@@ -12,16 +12,14 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1 import BatchJobResource, BatchJobSpec, batchjob
 from tuneforge.gateway.auth import Principal, require
-from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
+from tuneforge.gateway.errors import bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
-from tuneforge.gateway.ids import body_hash, derived_id, new_id
-from tuneforge.gateway.kube import AlreadyExists
+from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.openai_types import BatchCreate, Limit, page, unix
 
 router = APIRouter(tags=["batches"])
 
 PLURAL = "batchjobs"
-REQUEST_HASH = "tuneforge.io/request-hash"
 ENDPOINTS = ("/v1/chat/completions",)
 WINDOWS = ("1h", "3h", "6h", "12h", "24h")
 TERMINAL = ("Completed", "Failed", "Expired", "Cancelled")
@@ -100,27 +98,15 @@ async def create_batch(
     if body.completion_window not in WINDOWS:
         raise bad_request(f"Unsupported completion_window '{body.completion_window}'; use one of {', '.join(WINDOWS)}.",
                           param="completion_window", code="invalid_completion_window")
-    name = derived_id("batch", principal.tenant, idempotency_key) if idempotency_key else new_id("batch")
-    digest = body_hash(body.model_dump())
-    if idempotency_key and (existing := await kube.get(PLURAL, principal.tenant, name)):
-        return _replayed(existing, digest)
-    await run_in_threadpool(_check_input, request.app.state.store, principal.tenant, body.input_file_id)
-    spec = BatchJobSpec(input_file=body.input_file_id, endpoint=body.endpoint,
-                        completion_window=body.completion_window, metadata=body.metadata)
-    resource = BatchJobResource(
-        metadata={"name": name, "namespace": principal.tenant, "annotations": {REQUEST_HASH: digest}}, spec=spec
-    ).to_wire()
-    try:
-        return batch_object(await kube.create(PLURAL, principal.tenant, resource))
-    except AlreadyExists:
-        return _replayed(await kube.get(PLURAL, principal.tenant, name), digest)
 
+    async def build(name: str) -> dict:
+        await run_in_threadpool(_check_input, request.app.state.store, principal.tenant, body.input_file_id)
+        spec = BatchJobSpec(input_file=body.input_file_id, endpoint=body.endpoint,
+                            completion_window=body.completion_window, metadata=body.metadata)
+        return BatchJobResource(metadata={"name": name, "namespace": principal.tenant}, spec=spec).to_wire()
 
-def _replayed(existing: dict, digest: str) -> dict:
-    if (existing["metadata"].get("annotations") or {}).get(REQUEST_HASH) != digest:
-        raise OpenAIError(422, "This Idempotency-Key was already used with a different request.",
-                          param="Idempotency-Key", code="idempotency_key_reused")
-    return batch_object(existing)
+    return batch_object(await create_once(kube, PLURAL, principal.tenant, prefix="batch",
+                                          idempotency_key=idempotency_key, request_body=body.model_dump(), build=build))
 
 
 async def _batch(request: Request, principal: Principal, batch_id: str) -> dict:

@@ -20,17 +20,15 @@ from tuneforge.api.v1alpha1 import FineTuningJobResource, FineTuningJobSpec, fin
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
 from tuneforge.gateway import catalog
 from tuneforge.gateway.auth import Principal, require
-from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
+from tuneforge.gateway.errors import bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
-from tuneforge.gateway.ids import body_hash, derived_id, new_id
-from tuneforge.gateway.kube import AlreadyExists
+from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.openai_types import FineTuningJobCreate, Hyperparameters, Limit, page, unix
 from tuneforge.storage import ArtifactStore
 
 router = APIRouter(tags=["fine-tuning"])
 
 PLURAL = "finetuningjobs"
-REQUEST_HASH = "tuneforge.io/request-hash"
 CREATED_BY = "tuneforge.io/created-by"
 """Annotation naming the API key (its Secret) that created a job through either API."""
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -211,23 +209,12 @@ async def create_job(
     idempotency_key: str | None = Header(default=None),
 ) -> dict:
     kube = request.app.state.kube
-    name = derived_id("ftjob", principal.tenant, idempotency_key) if idempotency_key else new_id("ftjob")
-    digest = body_hash(body.model_dump())
-    if idempotency_key and (existing := await kube.get(PLURAL, principal.tenant, name)):
-        return _replayed(existing, digest)
-    resource = await build_job(request, principal, _draft(body), name)
-    resource["metadata"]["annotations"][REQUEST_HASH] = digest
-    try:
-        return job_object(await kube.create(PLURAL, principal.tenant, resource))
-    except AlreadyExists:
-        return _replayed(await kube.get(PLURAL, principal.tenant, name), digest)
 
+    async def build(name: str) -> dict:
+        return await build_job(request, principal, _draft(body), name)
 
-def _replayed(existing: dict, digest: str) -> dict:
-    if (existing["metadata"].get("annotations") or {}).get(REQUEST_HASH) != digest:
-        raise OpenAIError(422, "This Idempotency-Key was already used with a different request.",
-                          param="Idempotency-Key", code="idempotency_key_reused")
-    return job_object(existing)
+    return job_object(await create_once(kube, PLURAL, principal.tenant, prefix="ftjob",
+                                        idempotency_key=idempotency_key, request_body=body.model_dump(), build=build))
 
 
 async def _job(request: Request, principal: Principal, job_id: str) -> dict:

@@ -15,6 +15,12 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+
+from tuneforge.gateway.errors import OpenAIError
+from tuneforge.gateway.kube import AlreadyExists, Kube
+
+REQUEST_HASH = "tuneforge.io/request-hash"
 
 
 def new_id(prefix: str) -> str:
@@ -27,3 +33,38 @@ def derived_id(prefix: str, tenant: str, key: str) -> str:
 
 def body_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+async def create_once(
+    kube: Kube,
+    plural: str,
+    tenant: str,
+    *,
+    prefix: str,
+    idempotency_key: str | None,
+    request_body: dict,
+    build: Callable[[str], Awaitable[dict]],
+) -> dict:
+    """Creates the resource `build(name)` renders, at most once per Idempotency-Key.
+
+    `build` runs only when nothing was created under the key yet, so its checks (files
+    exist, the model is known) are not repeated on a replay; two racing first attempts
+    meet at the API server, and the loser returns what the winner created.
+    """
+    name = derived_id(prefix, tenant, idempotency_key) if idempotency_key else new_id(prefix)
+    digest = body_hash(request_body)
+    if idempotency_key and (existing := await kube.get(plural, tenant, name)):
+        return _same_request(existing, digest)
+    resource = await build(name)
+    resource["metadata"].setdefault("annotations", {})[REQUEST_HASH] = digest
+    try:
+        return await kube.create(plural, tenant, resource)
+    except AlreadyExists:
+        return _same_request(await kube.get(plural, tenant, name), digest)
+
+
+def _same_request(existing: dict, digest: str) -> dict:
+    if (existing["metadata"].get("annotations") or {}).get(REQUEST_HASH) != digest:
+        raise OpenAIError(422, "This Idempotency-Key was already used with a different request.",
+                          param="Idempotency-Key", code="idempotency_key_reused")
+    return existing

@@ -22,12 +22,11 @@ from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.catalog import is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.fine_tuning import (
-    REQUEST_HASH,
     JobDraft,
     build_job,
     complete_checkpoint_steps,
 )
-from tuneforge.gateway.ids import body_hash, derived_id, new_id
+from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.kube import AlreadyExists
 from tuneforge.gateway.management.shapes import (
     DEFAULT_SORT,
@@ -155,23 +154,12 @@ async def create_job(
     idempotency_key: str | None = Header(default=None),
 ) -> dict:
     kube = request.app.state.kube
-    name = derived_id("ftjob", principal.tenant, idempotency_key) if idempotency_key else new_id("ftjob")
-    digest = body_hash(body.model_dump(by_alias=True))
-    if idempotency_key and (existing := await kube.get(PLURAL, principal.tenant, name)):
-        return _replayed(existing, digest)
-    resource = await build_job(request, principal, _draft(body), name)
-    resource["metadata"]["annotations"][REQUEST_HASH] = digest
-    try:
-        return job_detail(await kube.create(PLURAL, principal.tenant, resource))
-    except AlreadyExists:
-        return _replayed(await kube.get(PLURAL, principal.tenant, name), digest)
 
+    async def build(name: str) -> dict:
+        return await build_job(request, principal, _draft(body), name)
 
-def _replayed(existing: dict, digest: str) -> dict:
-    if (existing["metadata"].get("annotations") or {}).get(REQUEST_HASH) != digest:
-        raise OpenAIError(422, "This Idempotency-Key was already used with a different request.",
-                          param="Idempotency-Key", code="idempotency_key_reused")
-    return job_detail(existing)
+    return job_detail(await create_once(kube, PLURAL, principal.tenant, prefix="ftjob", idempotency_key=idempotency_key,
+                                        request_body=body.model_dump(by_alias=True), build=build))
 
 
 @router.get("/jobs/{job_id}", summary="Get a fine-tuning job")
