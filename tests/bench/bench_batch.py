@@ -1,6 +1,6 @@
 """Batch runner benchmark: throughput against a plain asyncio+httpx loop, and peak memory.
 
-    .venv/bin/python -m tests.bench.bench_batch      (from the repository root)
+    .venv/bin/python -m tests.bench.bench_batch [--quick]      (or: make bench-batch)
 
 1. Requests/s of `run_batch` (validation, journal, progress and publishing included) vs a
    plain loop of `concurrency` asyncio tasks posting the same request bodies with one
@@ -11,6 +11,9 @@
 2. Peak RSS of the runner process (`tuneforge-batch`, via wait4) for inputs of 1,000 and
    50,000 lines. Target: flat (50k/1k <= 1.2) and under 200 MB.
 
+`--quick` (or TUNEFORGE_BENCH_QUICK=1) runs every combination with a tenth of the requests,
+one attempt each, and 500 vs 5,000 lines: a smoke run, not figures to quote.
+
 Writes bench-results/batch.json: a list of {metric, value, unit, baseline, baseline_value,
 ratio, target, meets_target} plus the machine description.
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,19 +35,20 @@ import httpx
 from tuneforge.config import settings
 from tuneforge_inference.batch.runner import run_batch
 
+from tests.bench import common
 from tests.support.batches import API_KEY, BatchFiles, request_line
 from tests.support.openai_upstream import REPO_ROOT, UpstreamConfig, serve_in_subprocess
 
 LATENCIES_MS = (0, 50)
 CONCURRENCIES = (1, 8, 64)
-RSS_SIZES = (1_000, 50_000)
+RSS_SIZES = (500, 5_000) if common.quick() else (1_000, 50_000)
+ATTEMPTS = 1 if common.quick() else 2
 
 
 def _n_requests(latency_ms: int, concurrency: int) -> int:
-    """Enough requests for ~2-4 s per measurement on a small machine."""
-    if latency_ms == 0:
-        return 400
-    return min(40 * concurrency, 1500)
+    """Enough requests for ~2-4 s per measurement on a small machine (a tenth when quick)."""
+    n = 400 if latency_ms == 0 else min(40 * concurrency, 1500)
+    return max(n // 10, concurrency) if common.quick() else n
 
 
 async def _plain_loop(base_url: str, input_path: Path, concurrency: int) -> float:
@@ -82,25 +85,16 @@ def _throughput(workdir: Path) -> list[dict[str, Any]]:
             for concurrency in CONCURRENCIES:
                 n = _n_requests(latency_ms, concurrency)
                 runner_best = baseline_best = 0.0
-                for attempt in range(2):
+                for attempt in range(ATTEMPTS):
                     batch = BatchFiles(workdir / f"tp-{latency_ms}-{concurrency}-{attempt}")
                     batch.root.mkdir(parents=True)
                     batch.write_input([request_line(f"r{i}") for i in range(n)])
                     baseline_best = max(baseline_best, asyncio.run(_plain_loop(upstream.base_url, batch.input_path, concurrency)))
                     runner_best = max(runner_best, asyncio.run(_runner(upstream.base_url, batch, concurrency, n)))
-                ratio = runner_best / baseline_best
-                results.append(
-                    {
-                        "metric": f"requests_per_s latency={latency_ms}ms concurrency={concurrency}",
-                        "value": round(runner_best, 1),
-                        "unit": "req/s",
-                        "baseline": "plain asyncio+httpx loop",
-                        "baseline_value": round(baseline_best, 1),
-                        "ratio": round(ratio, 3),
-                        "target": ">= 0.95",
-                        "meets_target": ratio >= 0.95,
-                    }
-                )
+                results.append(common.result(
+                    f"requests_per_s latency={latency_ms}ms concurrency={concurrency}", runner_best, "req/s",
+                    "plain asyncio+httpx loop", baseline_best, "ratio >= 0.95", runner_best / baseline_best >= 0.95,
+                ))
                 print(results[-1], flush=True)
     return results
 
@@ -122,29 +116,10 @@ def _peak_rss_mb(workdir: Path, base_url: str, lines: int) -> float:
 def _memory(workdir: Path) -> list[dict[str, Any]]:
     with serve_in_subprocess(UpstreamConfig()) as upstream:
         small, large = (_peak_rss_mb(workdir, upstream.base_url, n) for n in RSS_SIZES)
-    ratio = large / small
-    return [
-        {
-            "metric": f"peak_rss {RSS_SIZES[1]} lines",
-            "value": round(large, 1),
-            "unit": "MB",
-            "baseline": f"peak_rss {RSS_SIZES[0]} lines",
-            "baseline_value": round(small, 1),
-            "ratio": round(ratio, 3),
-            "target": "ratio <= 1.2 and value < 200 MB",
-            "meets_target": ratio <= 1.2 and large < 200,
-        }
-    ]
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(),
-    }
+    return [common.result(
+        f"peak_rss {RSS_SIZES[1]} lines", large, "MB", f"peak_rss {RSS_SIZES[0]} lines", small,
+        "ratio <= 1.2 and value < 200 MB", large / small <= 1.2 and large < 200,
+    )]
 
 
 def main() -> None:
@@ -153,11 +128,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         results = _throughput(workdir) + _memory(workdir)
-    out = REPO_ROOT / "bench-results" / "batch.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": _machine(), "results": results}, indent=1) + "\n")
-    print(json.dumps(results[-1]))
-    print(f"wrote {out}")
+    common.write("batch", results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """CPU engine benchmark with the tiny model: runtime adapter loading and adapter switching.
 
-    .venv/bin/python -m tests.bench.bench_inference      (from the repository root)
+    .venv/bin/python -m tests.bench.bench_inference [--quick]      (or: make bench-inference)
 
 1. Time from POST /v1/load_lora_adapter to the first completed chat request with that
    adapter, on a running `tuneforge-serve`, vs a cold restart: a new `tuneforge-serve`
@@ -10,15 +10,15 @@
 2. Requests/s alternating between 4 resident adapters vs always the same adapter, on one
    server (sequential greedy requests of 8 tokens). Target: ratio >= 0.9.
 
+`--quick` (or TUNEFORGE_BENCH_QUICK=1): 2 loads, 1 restart, 8 requests per rate.
+
 Writes bench-results/inference.json: {"machine": ..., "results": [{metric, value, unit,
 baseline, baseline_value, ratio, target, meets_target}, ...]}.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,14 +32,14 @@ import httpx
 from tuneforge.contracts import AdapterSource, ServingSpec
 from tuneforge.weights import build_tiny_model
 
+from tests.bench import common
 from tests.support.lora import make_adapter
 from tests.unit.inference.conftest import free_port, wait_until_healthy
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "Write a short poem about the sea."}]
-LOADS = 5
-RESTARTS = 2
-SWITCH_REQUESTS = 40
+LOADS = 2 if common.quick() else 5
+RESTARTS = 1 if common.quick() else 2
+SWITCH_REQUESTS = 8 if common.quick() else 40
 
 
 class Server:
@@ -73,13 +73,6 @@ def _spec(base: Path, adapters: dict[str, Path]) -> ServingSpec:
                        adapters=[AdapterSource(name=n, uri=str(p)) for n, p in adapters.items()], port=free_port())
 
 
-def _result(metric: str, value: float, unit: str, baseline: str, baseline_value: float, target: str,
-            meets: bool) -> dict[str, Any]:
-    return {"metric": metric, "value": round(value, 4), "unit": unit, "baseline": baseline,
-            "baseline_value": round(baseline_value, 4), "ratio": round(value / baseline_value, 4),
-            "target": target, "meets_target": meets}
-
-
 def bench_runtime_load(base: Path, adapters: list[Path], workdir: Path) -> dict[str, Any]:
     server = Server(_spec(base, {}), workdir)
     try:
@@ -106,7 +99,7 @@ def bench_runtime_load(base: Path, adapters: list[Path], workdir: Path) -> dict[
         finally:
             cold.stop()
     load_s, restart_s = statistics.median(loads), statistics.median(restarts)
-    return _result("load_lora_adapter_to_first_response", load_s, "s", "cold_restart_with_adapter_preloaded",
+    return common.result("load_lora_adapter_to_first_response", load_s, "s", "cold_restart_with_adapter_preloaded",
                    restart_s, "ratio <= 0.1", load_s / restart_s <= 0.1)
 
 
@@ -130,13 +123,8 @@ def bench_switching(base: Path, adapters: list[Path], workdir: Path) -> dict[str
         alternating = max(rate(list(names)), rate(list(names)))
     finally:
         server.stop()
-    return _result("requests_per_second_alternating_4_adapters", alternating, "req/s", "same_adapter", same,
+    return common.result("requests_per_second_alternating_4_adapters", alternating, "req/s", "same_adapter", same,
                    "ratio >= 0.9", alternating / same >= 0.9)
-
-
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "load_average": os.getloadavg()}
 
 
 def main() -> None:
@@ -145,12 +133,7 @@ def main() -> None:
         base = build_tiny_model(workdir / "tiny")
         adapters = [make_adapter(base, workdir / f"adapter-{i}", seed=i + 1) for i in range(4)]
         results = [bench_runtime_load(base, adapters, workdir), bench_switching(base, adapters, workdir)]
-    out = REPO_ROOT / "bench-results" / "inference.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": _machine(), "results": results}, indent=1) + "\n")
-    for result in results:
-        print(json.dumps(result))
-    print(f"wrote {out}")
+    common.write("inference", results)
 
 
 if __name__ == "__main__":

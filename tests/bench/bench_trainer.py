@@ -5,25 +5,29 @@ LoRA settings, examples per optimizer step and thread count; one epoch each. Rep
 training tokens per second (real example tokens / wall time of the training call) for
 tuneforge, TRL with default settings (padding) and TRL with packing, and tuneforge's
 packing efficiency (real tokens / processed tokens, padding included). Writes
-bench-results/trainer.json. Run: `python tests/bench/bench_trainer.py` (a few minutes).
+bench-results/trainer.json in the shared format (tests/bench/common.py).
+
+    .venv/bin/python -m tests.bench.bench_trainer [--quick]    (or: make bench-trainer; a few minutes)
+
+`--quick` (or TUNEFORGE_BENCH_QUICK=1) trains on 32 examples: a smoke run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tests.bench import common
+
 THREADS = 2
 SEQ = 256
-EXAMPLES = 160
+EXAMPLES = 32 if common.quick() else 160
 BATCH = 8
-REPO = Path(__file__).resolve().parents[2]
 
 
 def chat_dataset(n: int) -> list[dict]:
@@ -99,30 +103,17 @@ def main() -> int:
         trl_default = run_trl(model_dir, records, work, packing=False, tokens=tokens)
         trl_packed = run_trl(model_dir, records, work, packing=True, tokens=tokens)
 
-    def entry(metric, value, unit, baseline, baseline_value, target):
-        ratio = value / baseline_value if baseline_value else None
-        return {"metric": metric, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
-                "ratio": ratio, "target": target, "meets_target": ratio is not None and ratio >= target}
-
     results = [
-        entry("train_tokens_per_second_vs_trl_default", ours, "tokens/s", "trl SFTTrainer (padding)", trl_default, 1.3),
-        entry("train_tokens_per_second_vs_trl_packed", ours, "tokens/s", "trl SFTTrainer (packing=True)", trl_packed, 1.0),
-        {"metric": "packing_efficiency", "value": efficiency, "unit": "real/processed tokens", "baseline": "ideal",
-         "baseline_value": 1.0, "ratio": efficiency, "target": 0.95, "meets_target": efficiency >= 0.95},
+        common.result("train_tokens_per_second_vs_trl_default", ours, "tokens/s", "trl SFTTrainer (padding)",
+                      trl_default, "ratio >= 1.3", ours >= 1.3 * trl_default),
+        common.result("train_tokens_per_second_vs_trl_packed", ours, "tokens/s", "trl SFTTrainer (packing=True)",
+                      trl_packed, "ratio >= 1.0", ours >= trl_packed),
+        common.result("packing_efficiency", efficiency, "real/processed tokens", "ideal", 1.0, "value >= 0.95",
+                      efficiency >= 0.95),
     ]
-    out = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
-                    "torch": torch.__version__, "threads": THREADS, "cpu_count": os.cpu_count(),
-                    "device": "cpu", "model": "tiny SmolLM2-shaped (weights.build_tiny_model)",
-                    "examples": EXAMPLES, "max_seq_length": SEQ, "examples_per_step": BATCH},
-        "results": results,
-    }
-    target = REPO / "bench-results" / "trainer.json"
-    target.parent.mkdir(exist_ok=True)
-    target.write_text(json.dumps(out, indent=1))
-    for r in results:
-        print(f"{r['metric']}: {r['value']:.3f} {r['unit']} (baseline {r['baseline_value']:.3f}, ratio {r['ratio']:.2f}, "
-              f"target {r['target']}, {'meets' if r['meets_target'] else 'MISSES'})")
+    common.write("trainer", results, torch=torch.__version__, threads=THREADS, device="cpu",
+                 model="tiny SmolLM2-shaped (weights.build_tiny_model)", examples=EXAMPLES, max_seq_length=SEQ,
+                 examples_per_step=BATCH)
     return 0
 
 

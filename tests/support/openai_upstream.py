@@ -2,8 +2,9 @@
 
 A real HTTP server on a loopback port (uvicorn), so clients are exercised through real
 sockets, keep-alive and status handling rather than a mocked transport. It answers
-`POST /v1/chat/completions` with an echo chat.completion and `GET /v1/models`, and it can
-be scripted: a fixed latency for every request, and per-request behaviour keyed by the
+`POST /v1/chat/completions` with an echo chat.completion (or, with `"stream": true`, the
+same answer as server-sent chat.completion.chunk events, one per word, then `[DONE]`) and
+`GET /v1/models`, and it can be scripted: a fixed latency for every request, and per-request behaviour keyed by the
 content of the last message (e.g. "answer 429 with Retry-After: 1, then 500, then
 succeed"). `GET /_stats` reports what arrived, so tests can check retries happened and
 that a rejected batch sent nothing.
@@ -81,11 +82,31 @@ class OpenAIUpstream:
             more = message.get("more_body", False)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         status, payload, extra = await self.handle(scope["method"], scope["path"], headers, body)
+        if status == 200 and payload.get("object") == "chat.completion" and json.loads(body).get("stream"):
+            await self._stream(send, payload, extra)
+            return
         data = json.dumps(payload).encode()
         response_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
         response_headers += [(k.encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": response_headers})
         await send({"type": "http.response.body", "body": data})
+
+    @staticmethod
+    async def _stream(send: Any, completion: dict, extra: dict[str, str]) -> None:
+        """The completion as SSE chunks, each sent as its own body message (as an engine
+        emits tokens), so a proxy's per-chunk cost shows."""
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        words = completion["choices"][0]["message"]["content"].split(" ")
+        for i, word in enumerate(words):
+            chunk = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+                     "model": completion["model"],
+                     "choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word},
+                                  "finish_reason": "stop" if i == len(words) - 1 else None}]}
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
         if method == "GET" and path == "/_stats":

@@ -35,11 +35,11 @@ from tuneforge.controllers.children import first, termination_error
 from tuneforge.controllers.status import (
     BATCH_PHASE_FROM_OPENAI,
     BATCH_TERMINAL,
+    ReconcileState,
     Throttle,
     diff,
     find_condition,
     parse_timestamp,
-    set_condition,
     timestamp,
     utcnow,
 )
@@ -76,31 +76,19 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
     metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired.get("phase"))
 
 
-class _State:
-    def __init__(self, raw: dict, status: dict) -> None:
-        self.raw = raw
-        self.status = dict(status)
-        self.generation = raw["metadata"].get("generation")
+class _State(ReconcileState):
+    """Batch transitions also stamp their OpenAI timestamp field and, at the end, the
+    Complete condition."""
 
-    @property
-    def phase(self) -> str | None:
-        return self.status.get("phase")
-
-    def condition(self, type_: str, value: bool | str, reason: str, message: str = "") -> None:
-        self.status["conditions"] = set_condition(
-            self.status.get("conditions"), type_, value, reason, message, generation=self.generation
-        )
-
-    def transition(self, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
-        if self.phase == phase:
-            return
-        self.status["phase"] = phase
+    def transition(self, phase: str, reason: str, message: str, *, warning: bool = False) -> bool:
+        if not super().transition(phase, reason, message, warning=warning):
+            return False
         field = {"InProgress": "inProgressAt"}.get(phase, phase[0].lower() + phase[1:] + "At")
         if field in ("inProgressAt", "finalizingAt", "completedAt", "failedAt", "expiredAt", "cancellingAt", "cancelledAt"):
             self.status.setdefault(field, timestamp())
         if phase in BATCH_TERMINAL:
             self.condition("Complete", phase == "Completed", phase, message)
-        (kopf.warn if warning else kopf.info)(self.raw, reason=reason, message=message)
+        return True
 
 
 def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +98,10 @@ def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, An
     state.status["observedGeneration"] = state.generation
     created = parse_timestamp(raw["metadata"].get("creationTimestamp")) or utcnow()
     state.status.setdefault("createdAt", timestamp(created))
-    expires = builders.expires_at(created, batch.spec.completion_window.value)
-    state.status.setdefault("expiresAt", timestamp(expires))
+    state.status.setdefault("expiresAt", timestamp(builders.expires_at(created, batch.spec.completion_window.value)))
+    # The deadline enforced is the one published in status (the gateway's `expires_at`), so
+    # what users are told and what happens cannot drift apart.
+    expires = parse_timestamp(state.status["expiresAt"])
     job = first(indexes["tf_jobs"].get(("batch-runner", namespace, name)))
 
     if state.phase in BATCH_TERMINAL:

@@ -16,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--standalone", action="store_true", help="no peering: the only replica")
     parser.add_argument("--priority", type=int, default=0, help="peering priority of this replica")
     parser.add_argument(
+        "--peering-lifetime", type=int, default=60,
+        help="seconds a replica's peering record stays valid without a keep-alive: how long a standby "
+        "waits before taking over from a replica that died (default: %(default)s, kopf's)",
+    )
+    parser.add_argument(
         "--namespace", action="append", default=[],
         help="namespace or glob to watch (repeatable); default: the whole cluster",
     )

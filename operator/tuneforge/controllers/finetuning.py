@@ -40,11 +40,11 @@ from tuneforge.controllers.children import first, termination_error
 from tuneforge.controllers.status import (
     FINE_TUNING_OPENAI_STATUS,
     FINE_TUNING_TERMINAL,
+    ReconcileState,
     Throttle,
     diff,
     find_condition,
     parse_timestamp,
-    set_condition,
     timestamp,
     utcnow,
 )
@@ -105,34 +105,10 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     return json.loads(json.dumps(dict(body), default=dict))
 
 
-class _State:
-    """The status being built in one reconcile, and the events to post with it."""
-
-    def __init__(self, raw: dict[str, Any], status: dict[str, Any]) -> None:
-        self.raw = raw
-        self.status = dict(status)
-        self.generation = raw["metadata"].get("generation")
-
-    @property
-    def phase(self) -> str | None:
-        return self.status.get("phase")
-
-    def condition(self, type_: str, value: bool | str, reason: str, message: str = "") -> None:
-        self.status["conditions"] = set_condition(
-            self.status.get("conditions"), type_, value, reason, message, generation=self.generation
-        )
-
-    def transition(self, phase: str, reason: str, message: str, *, warning: bool = False) -> None:
-        if self.phase == phase:
-            return
-        self.status["phase"] = phase
-        (kopf.warn if warning else kopf.info)(self.raw, reason=reason, message=message)
-
-
 def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, logger: Any) -> dict[str, Any]:
     ft = FineTuningJobResource.model_validate(raw)
     name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
-    state = _State(raw, status)
+    state = ReconcileState(raw, status)
     state.status["observedGeneration"] = state.generation
     state.status.setdefault("createdAt", raw["metadata"].get("creationTimestamp") or timestamp())
     key = ("trainer", namespace, name)
@@ -237,7 +213,7 @@ def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, l
     return state.status
 
 
-def _restart(ft: FineTuningJobResource, state: _State, job: dict | None, basemodels: Any) -> None:
+def _restart(ft: FineTuningJobResource, state: ReconcileState, job: dict | None, basemodels: Any) -> None:
     """Acts on spec.restartCount for a Failed job: first the failed trainer Job goes (in the
     foreground, so none of its Pods can still write), then the job is queued again with a
     new trainer that resumes from the newest checkpoint in the job's store directory. A job
@@ -341,7 +317,7 @@ def _job_dir(ft: FineTuningJobResource) -> str:
     return store().fine_tuning_dir(ft.metadata["namespace"], ft.metadata["name"])
 
 
-def _progress(ft: FineTuningJobResource, state: _State, *, force: bool) -> None:
+def _progress(ft: FineTuningJobResource, state: ReconcileState, *, force: bool) -> None:
     """Copies the trainer's progress.json into status, at most once per status_interval
     unless forced (on transitions)."""
     if not force and not _throttle.ready(ft.metadata["uid"]):
@@ -373,7 +349,7 @@ def _progress(ft: FineTuningJobResource, state: _State, *, force: bool) -> None:
         }
 
 
-def _succeed(ft: FineTuningJobResource, state: _State) -> None:
+def _succeed(ft: FineTuningJobResource, state: ReconcileState) -> None:
     data = store().read_json(f"{_job_dir(ft)}/result.json")
     if data is None:
         state.status["error"] = {"code": "missing_result", "message": "the trainer exited without writing result.json"}
@@ -396,7 +372,7 @@ def _succeed(ft: FineTuningJobResource, state: _State) -> None:
     _finish(state, "Succeeded", "Succeeded", f"fine-tuned model {state.status['fineTunedModel']} is ready", ok=True)
 
 
-def _finish(state: _State, phase: str, reason: str, message: str, *, ok: bool) -> None:
+def _finish(state: ReconcileState, phase: str, reason: str, message: str, *, ok: bool) -> None:
     state.status["finishedAt"] = timestamp()
     state.condition("Running", False, reason, message)
     state.condition("Succeeded", ok, reason, message)
@@ -430,7 +406,7 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def _notify(ft: FineTuningJobResource, state: _State, logger: Any) -> None:
+def _notify(ft: FineTuningJobResource, state: ReconcileState, logger: Any) -> None:
     notifications = ft.spec.notifications
     body = json.dumps(webhook_payload(ft, state.status), sort_keys=True).encode()
     headers = {"Content-Type": "application/json"}

@@ -57,6 +57,7 @@ def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings.posting.level = logging.INFO
     settings.peering.name = args.peering
     settings.peering.priority = args.priority
+    settings.peering.lifetime = args.peering_lifetime
     settings.peering.standalone = args.standalone
     settings.watching.server_timeout = 300
     return settings

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import kopf
+
 from tuneforge.api.v1alpha1 import batchjob, finetuningjob
 
 FINE_TUNING_TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
@@ -106,3 +108,30 @@ class Throttle:
 
     def forget(self, key: str) -> None:
         self._last.pop(key, None)
+
+
+class ReconcileState:
+    """The status one reconcile builds from the observed one, posting an Event for each
+    phase transition as it is decided (the status patch follows at the end)."""
+
+    def __init__(self, raw: dict[str, Any], status: Mapping[str, Any]) -> None:
+        self.raw = raw
+        self.status = dict(status)
+        self.generation = raw["metadata"].get("generation")
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    def condition(self, type_: str, value: bool | str, reason: str, message: str = "") -> None:
+        self.status["conditions"] = set_condition(
+            self.status.get("conditions"), type_, value, reason, message, generation=self.generation
+        )
+
+    def transition(self, phase: str, reason: str, message: str, *, warning: bool = False) -> bool:
+        """Moves to `phase`; False (and no Event) when already there."""
+        if self.phase == phase:
+            return False
+        self.status["phase"] = phase
+        (kopf.warn if warning else kopf.info)(self.raw, reason=reason, message=message)
+        return True

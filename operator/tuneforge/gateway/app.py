@@ -59,7 +59,10 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
         config = gateway_settings()
         kube = Kube(api_client or load_api_client())
         timeout = httpx.Timeout(connect=5.0, read=config.upstream_timeout_seconds, write=60.0, pool=60.0)
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        # Idle connections are dropped before the serving Pods' own keep-alive timeout
+        # (uvicorn's and vLLM's 5 s), so a request never goes out on a connection the Pod
+        # is closing at that moment.
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256, keepalive_expiry=2.0)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as http:
             app.state.kube = kube
             app.state.store = store or ArtifactStore()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from tuneforge import apikeys
 from tuneforge.contracts import BatchRun
+from tuneforge.controllers import batch as batch_controller
 from tests.integration.controllers.conftest import Kube, Operator, upload, wait_for, write_json
 
 pytestmark = pytest.mark.integration
@@ -153,3 +154,51 @@ def test_runner_reported_expiry_keeps_partial_results(kube: Kube, operator: Oper
     wait_for(lambda: phase(kube, namespace, name) == "Expired", 60, "Expired", operator)
     status = kube.status(namespace, PLURAL, name)
     assert status["outputFile"] == "file-partial0001" and status["requestCounts"]["completed"] == 2
+
+
+def test_stuck_runner_is_stopped_after_the_window_and_its_grace(kube: Kube, operator: Operator, namespace: str,
+                                                                served_base: str, store_root: Path,
+                                                                system_namespace: str) -> None:
+    """The controller-side fallback: a runner that runs but never reports expiry is given
+    its cancel grace plus RUNNER_EXIT_GRACE beyond `status.expiresAt`, then its Job is
+    deleted and the batch ends Expired with the counts it reported kept.
+
+    The deadline enforced is the one published in status.expiresAt, so moving it into the
+    past stands in for the hours a real window takes (the shortest window is 1h)."""
+    name = new_batch(kube, store_root, namespace, [request(i, served_base) for i in range(4)], completionWindow="1h")
+    wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+    pod = wait_for(lambda: kube.pods(namespace, f"tuneforge.io/batch-job={name}"), 30, "runner Pod", operator)[0]
+    kube.set_pod(namespace, pod.metadata.name, "runner", phase="Running")
+    batch_dir = store_root / namespace / "batches" / name
+    write_json(batch_dir / "progress.json", {"status": "in_progress",
+                                             "request_counts": {"total": 4, "completed": 2, "failed": 1}})
+    wait_for(lambda: phase(kube, namespace, name) == "InProgress", 30, "InProgress", operator)
+    wait_for(lambda: kube.status(namespace, PLURAL, name).get("requestCounts", {}).get("completed") == 2, 30,
+             "progress copied", operator)
+
+    def expire(ago: timedelta) -> None:
+        at = (datetime.now(timezone.utc) - ago).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kube.custom.patch_namespaced_custom_object_status("tuneforge.io", "v1alpha1", namespace, PLURAL, name,
+                                                          {"status": {"expiresAt": at}})
+
+    grace = timedelta(seconds=BatchRun.model_fields["cancel_grace_s"].default) + batch_controller.RUNNER_EXIT_GRACE
+    # The window has passed but the runner's grace has not: it may still finalize itself.
+    expire(grace / 2)
+    reconciles = operator.reconciles("BatchJob")
+    wait_for(lambda: operator.reconciles("BatchJob") >= reconciles + 3, 30, "three more reconciles", operator)
+    assert phase(kube, namespace, name) == "InProgress" and kube.job(namespace, f"{name}-runner") is not None
+
+    expire(grace + timedelta(seconds=5))
+    wait_for(lambda: phase(kube, namespace, name) == "Expired", 30, "Expired", operator)
+    wait_for(lambda: kube.job(namespace, f"{name}-runner") is None, 30, "runner Job deleted", operator)
+    status = kube.status(namespace, PLURAL, name)
+    assert status["requestCounts"] == {"total": 4, "completed": 2, "failed": 1} and status["expiredAt"]
+    assert [c for c in status["conditions"] if c["type"] == "Complete"][0]["reason"] == "Expired"
+    assert (batch_dir / "progress.json").exists()  # the runner's partial results stay in the store
+
+    def expired_warning() -> bool:
+        events = kube.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        return any(e.reason == "Expired" and e.type == "Warning" for e in events)
+
+    wait_for(expired_warning, 30, "a Warning event Expired", operator)
+    wait_for(lambda: not system_keys(kube, system_namespace, name), 30, "key revoked", operator)

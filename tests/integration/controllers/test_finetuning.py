@@ -229,3 +229,21 @@ def test_webhook_is_signed_and_sent_once(kube: Kube, operator: Operator, namespa
         assert len(_Hook.received) == 1
     finally:
         server.shutdown()
+
+
+def test_hardware_profile_places_the_trainer_and_an_unknown_one_fails(kube: Kube, operator: Operator, namespace: str,
+                                                                     base_model: str, store_root: Path) -> None:
+    name = new_job(kube, store_root, namespace, base_model, hardware={"profile": "a100-2"})
+    job = wait_for(lambda: kube.job(namespace, f"{name}-trainer"), 30, "trainer Job", operator)
+    pod = job.spec.template.spec
+    container = pod.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "2" and container.resources.requests["memory"] == "64Gi"
+    assert pod.node_selector["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
+    assert any(t.key == "dedicated" and t.value == "ml" for t in pod.tolerations)
+
+    bad = new_job(kube, store_root, namespace, base_model, hardware={"profile": "h100-8"})
+    wait_for(phase_is(kube, namespace, bad, "Failed"), 30, "Failed", operator)
+    error = kube.status(namespace, PLURAL, bad)["error"]
+    assert error["code"] == "invalid_hardware_profile" and error["param"] == "hardware.profile"
+    assert "offered: a100-2" in error["message"]
+    assert kube.job(namespace, f"{bad}-trainer") is None

@@ -1,7 +1,8 @@
 """Test data for the gateway tests, and a minimal OpenAI-compatible model server for the
 chat proxy tests: answers chat
 completions (plain and SSE), implements vLLM's /v1/load_lora_adapter, and records what it
-received so tests can assert what the gateway sent.
+received so tests can assert what the gateway sent. `ready_shared_deployment` makes the
+gateway route a base model to a loopback server (also used by tests/bench/bench_gateway.py).
 
 It answers only models it serves (the base model and loaded adapters), with vLLM's 404
 otherwise, so a gateway that skipped loading the adapter fails the test.
@@ -13,11 +14,58 @@ import asyncio
 import json
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
-
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from kubernetes import client
+
+GROUP, VERSION = "tuneforge.io", "v1alpha1"
+
+
+@contextmanager
+def ready_shared_deployment(api_client: client.ApiClient, system_namespace: str, base_model: str,
+                            port: int) -> Iterator[str]:
+    """The base model's shared ModelDeployment in the system namespace with one ready Pod
+    at 127.0.0.1:`port`, deleted afterwards; yields the deployment's name.
+
+    The Pod object is real (created in the API server, its status patched to Running/Ready
+    as a kubelet would report it), so the gateway routes through exactly what it uses in
+    a cluster: ModelDeployment -> Deployment selector -> ready Pods -> IP:port.
+    """
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    labels = {"app": name}
+    custom, apps, core = client.CustomObjectsApi(api_client), client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    custom.create_namespaced_custom_object(GROUP, VERSION, system_namespace, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+        "metadata": {"name": name, "labels": {"tuneforge.io/base-model": base_model, "tuneforge.io/shared": "true"}},
+        "spec": {"baseModel": base_model, "maxAdapters": 4},
+    })
+    container = {"name": "engine", "image": "tuneforge/inference:test"}
+    apps.create_namespaced_deployment(system_namespace, {
+        "metadata": {"name": name},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
+    })
+    pod = f"{name}-pod"
+    core.create_namespaced_pod(system_namespace, {
+        "metadata": {"name": pod, "labels": labels},
+        "spec": {"containers": [{**container, "ports": [{"name": "http", "containerPort": port}]}]},
+    })
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    core.patch_namespaced_pod_status(pod, system_namespace, {"status": {
+        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+    }})
+    try:
+        yield name
+    finally:
+        core.delete_namespaced_pod(pod, system_namespace, grace_period_seconds=0)
+        apps.delete_namespaced_deployment(name, system_namespace)
+        custom.delete_namespaced_custom_object(GROUP, VERSION, system_namespace, "modeldeployments", name)
 
 
 def make_upstream(base_model: str) -> FastAPI:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 
 import httpx
 import openai
 import pytest
 from kubernetes import client
 
-from gateway_testkit import ServerThread, make_upstream, training_lines
+from gateway_testkit import ServerThread, make_upstream, ready_shared_deployment, training_lines
 from tuneforge.config import settings
 from tuneforge.local.controlplane import free_port
 
@@ -27,38 +26,11 @@ GROUP, VERSION = "tuneforge.io", "v1alpha1"
 @pytest.fixture
 def shared_deployment(api_client, base_model):
     """The base model's shared ModelDeployment with one ready Pod: the loopback upstream."""
-    system = settings().system_namespace
-    name = f"shared-{uuid.uuid4().hex[:8]}"
-    labels = {"app": name}
-    custom, apps, core = client.CustomObjectsApi(api_client), client.AppsV1Api(api_client), client.CoreV1Api(api_client)
-    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
-        "metadata": {"name": name, "labels": {"tuneforge.io/base-model": base_model, "tuneforge.io/shared": "true"}},
-        "spec": {"baseModel": base_model, "maxAdapters": 4},
-    })
-    container = {"name": "engine", "image": "tuneforge/inference:test"}
-    apps.create_namespaced_deployment(system, {
-        "metadata": {"name": name},
-        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
-    })
     upstream = make_upstream(base_model)
     port = free_port()
-    pod = f"{name}-pod"
-    core.create_namespaced_pod(system, {
-        "metadata": {"name": pod, "labels": labels},
-        "spec": {"containers": [{**container, "ports": [{"name": "http", "containerPort": port}]}]},
-    })
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    core.patch_namespaced_pod_status(pod, system, {"status": {
-        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
-    }})
-    with ServerThread(upstream, port):
+    with ready_shared_deployment(api_client, settings().system_namespace, base_model, port), \
+            ServerThread(upstream, port):
         yield upstream
-    core.delete_namespaced_pod(pod, system, grace_period_seconds=0)
-    apps.delete_namespaced_deployment(name, system)
-    custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", name)
 
 
 def _fine_tuned_model(api: openai.OpenAI, api_client, namespace: str, base_model: str) -> str:
