@@ -2,9 +2,9 @@
 
 Every handler is registered into an explicit registry (not kopf's global one) after the
 command-line options are applied, so the timer intervals follow `--poll-interval`.
-Replicas coordinate through kopf peering: with two replicas, the one with the higher
-priority (ties: the one seen first) handles objects and the other stands by, taking over
-when the first stops refreshing its peering record.
+Replicas coordinate through kopf peering: the replica with the highest priority handles
+objects and the others stand by, taking over when it stops refreshing its peering record
+(kopf pauses replicas of tied priority, so each replica needs its own).
 """
 
 from __future__ import annotations
