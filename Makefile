@@ -28,8 +28,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed ## Create .venv with tuneforge and everything the tests need (cached by uv)
 
 .PHONY: provision
-provision: ## Build or reuse the pinned etcd / kube-apiserver / kube-controller-manager / kubectl
+provision: ## Build or reuse the pinned etcd / kube-apiserver / kube-controller-manager / kubectl and helm
 	@bash hack/provision-k8s.sh >/dev/null
+	@bash hack/provision-helm.sh >/dev/null
 
 .PHONY: test
 test: venv provision ## Run unit, integration and end-to-end tests (the CI command)
@@ -44,13 +45,49 @@ test-unit: venv ## Run the unit tests only (no control plane)
 test-integration: venv provision ## Run the integration tests against a real kube-apiserver
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests/integration
 
+BENCH_AREAS := controllers gateway batch inference trainer
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: $(addprefix bench-,$(BENCH_AREAS)) ## Run every benchmark; figures in bench-results/<area>.json (BENCH_ARGS=--quick: smoke run)
+
+.PHONY: $(addprefix bench-,$(BENCH_AREAS))
+bench-controllers: venv provision ## Operator on 1,000 FineTuningJobs vs a no-op kopf operator
+	$(BIN)/python -m tests.bench.bench_controllers $(BENCH_ARGS)
+bench-gateway: venv provision ## Chat proxy added latency, job listing, upload memory
+	$(BIN)/python -m tests.bench.bench_gateway $(BENCH_ARGS)
+bench-batch: venv ## Batch runner vs a plain asyncio+httpx loop; peak RSS by input size
+	$(BIN)/python -m tests.bench.bench_batch $(BENCH_ARGS)
+bench-inference: venv ## Runtime adapter load vs cold restart; adapter switching
+	$(BIN)/python -m tests.bench.bench_inference $(BENCH_ARGS)
+bench-trainer: venv ## Trainer tokens/s vs TRL SFTTrainer (padded and packed)
+	$(BIN)/python -m tests.bench.bench_trainer $(BENCH_ARGS)
+
 .PHONY: crds
-crds: venv ## Regenerate crds/ and the chart's crds/ from the API types
+crds: venv ## Regenerate crds/, the chart's crds/ and values.schema.json, and the Argo CD health ConfigMap
 	$(BIN)/tuneforge crds --out crds --chart charts/tuneforge/crds
+	$(BIN)/python hack/chartgen.py
+
+.PHONY: manifests
+manifests: ## Render the kubectl install bundle dist/install.yaml from the chart (default values)
+	@mkdir -p dist
+	@helm="$$(bash hack/provision-helm.sh)" && "$$helm" template tuneforge charts/tuneforge \
+	  --namespace tuneforge-system --include-crds --set createNamespace=true > dist/install.yaml.tmp
+	@mv dist/install.yaml.tmp dist/install.yaml && echo "wrote dist/install.yaml"
+
+DEV_PORT ?= 8000
 
 .PHONY: dev
-dev: venv provision ## Run the platform locally (control plane with the CRDs installed)
-	$(BIN)/tuneforge dev
+dev: venv provision ## Run the whole platform locally in the foreground (Ctrl-C stops it); writes .dev/env
+	$(BIN)/tuneforge dev --port $(DEV_PORT)
+
+.PHONY: dev-up
+dev-up: venv provision ## Start the local platform in the background (pid in .dev/dev.pid) and wait until ready
+	$(BIN)/tuneforge dev --detach --port $(DEV_PORT)
+
+.PHONY: dev-down
+dev-down: ## Stop the platform started by `make dev-up` (state under .dev/ is kept)
+	@if [ -x $(BIN)/tuneforge ]; then $(BIN)/tuneforge dev --down; else echo "tuneforge dev is not running"; fi
 
 .PHONY: clean
 clean: ## Remove the virtual environment and local state

@@ -16,11 +16,13 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 from kubernetes import client
+from prometheus_client import start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.gateway import batches, chat, errors, files, fine_tuning, management, models
 from tuneforge.gateway.auth import KeyResolver
 from tuneforge.gateway.kube import Kube, load_api_client
+from tuneforge.gateway.metrics import RequestMetrics
 from tuneforge.gateway.routing import Router
 from tuneforge.gateway.settings import gateway_settings
 from tuneforge.storage import ArtifactStore
@@ -86,9 +88,13 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
 
     errors.install(app)
     app.add_middleware(RequestId)
+    app.add_middleware(RequestMetrics)
     return app
 
 
 def serve(host: str, port: int) -> None:
-    """Runs the gateway with uvicorn (`tuneforge gateway`)."""
+    """Runs the gateway with uvicorn (`tuneforge gateway`), and its metrics endpoint."""
+    metrics_port = gateway_settings().metrics_port
+    if metrics_port:
+        start_http_server(metrics_port, addr=host)
     uvicorn.run(create_app(), host=host, port=port, log_level="info", proxy_headers=True)

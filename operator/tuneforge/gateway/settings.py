@@ -23,6 +23,8 @@ class GatewaySettings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=600.0, gt=0)
     """Read timeout towards the serving Pods (long generations)."""
     port: int = Field(default=8000, ge=1, le=65535)
+    metrics_port: int = Field(default=9091, ge=0, le=65535)
+    """Port of the Prometheus /metrics endpoint; 0 disables it."""
 
 
 @lru_cache(maxsize=1)

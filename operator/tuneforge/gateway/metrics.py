@@ -1,0 +1,53 @@
+"""Prometheus metrics of the gateway, served on their own port
+(`TUNEFORGE_GATEWAY_METRICS_PORT`, 0 disables) so the public API port does not expose them.
+
+- `tuneforge_gateway_requests_total{route,method,status}`: responses by route and status;
+- `tuneforge_gateway_request_duration_seconds{route,method}`: time until the response
+  starts (for a streamed chat completion: until its headers, i.e. the upstream answered).
+
+`route` is the matched route template (`/v1/batches/{batch_id}`), never the raw path, so
+ids cannot grow the label set; requests no route matched count as `unmatched`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUESTS = Counter(
+    "tuneforge_gateway_requests_total", "Gateway responses by route, method and status.", ["route", "method", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "tuneforge_gateway_request_duration_seconds",
+    "Time until the gateway's response started.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UNMATCHED = "unmatched"
+
+
+class RequestMetrics:
+    """Pure ASGI middleware (streams stay streams). Starlette's router writes the matched
+    route into the request scope, which this middleware shares, so the template is known
+    by the time the response starts."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        method = scope["method"]
+
+        async def observe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = getattr(scope.get("route"), "path", UNMATCHED)
+                REQUESTS.labels(route, method, str(message["status"])).inc()
+                REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+            await send(message)
+
+        await self.app(scope, receive, observe)
