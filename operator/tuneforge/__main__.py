@@ -16,9 +16,14 @@ def _crds(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from tuneforge.local.controlplane import run_dev
+    from tuneforge.local import devstack
 
-    return run_dev(Path(args.state_dir))
+    state_dir = Path(args.state_dir)
+    if args.down:
+        return devstack.dev_down(state_dir)
+    if args.detach:
+        return devstack.dev_up(state_dir, args.port)
+    return devstack.run_dev(state_dir, args.port)
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -55,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="run the platform locally")
     dev.add_argument("--state-dir", default=".dev", help="where the local platform keeps its state")
+    dev.add_argument("--port", type=int, default=8000, help="gateway port on 127.0.0.1 (default: %(default)s)")
+    dev_mode = dev.add_mutually_exclusive_group()
+    dev_mode.add_argument("--detach", action="store_true", help="start in the background and return once ready")
+    dev_mode.add_argument("--down", action="store_true", help="stop a platform started with --detach")
     dev.set_defaults(func=_dev)
 
     gateway = commands.add_parser("gateway", help="serve the OpenAI-compatible API")

@@ -64,6 +64,10 @@ class ControlPlane:
 
     state_dir: Path
     with_controller_manager: bool = False
+    audit_writes: bool = False
+    """Record every mutating request (create/update/patch/delete) at Metadata level in
+    `audit_log`: who wrote what, with which user agent. Benchmarks count API writes from
+    it, since it is what the API server itself saw."""
     bin_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     api_port: int = 0
@@ -75,6 +79,10 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         return self.state_dir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "logs" / "audit.log"
 
     @property
     def token(self) -> str:
@@ -203,10 +211,27 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--event-ttl", "1h",
+                *self._audit_args(),
                 "--v", "0",
             ],
         )
         self._wait("kube-apiserver", lambda: _http_ok(f"{self.server}/readyz", self.token), timeout=120)
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit_writes:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                {"level": "None"},
+            ],
+        }))
+        return ["--audit-policy-file", str(policy), "--audit-log-path", str(self.audit_log),
+                "--audit-log-format", "json", "--audit-log-mode", "blocking"]
 
     def _write_kubeconfig(self) -> None:
         ca = self.state_dir / "pki" / "apiserver.crt"
@@ -276,21 +301,3 @@ def _http_ok(url: str, token: str | None = None) -> bool:
     except OSError:
         return False
 
-
-def run_dev(state_dir: Path) -> int:
-    """`tuneforge dev`: the local control plane with the CRDs, until Ctrl-C."""
-    plane = ControlPlane(state_dir=state_dir.resolve() / "controlplane", with_controller_manager=True)
-    with plane:
-        plane.apply_crds()
-        env_file = state_dir / "env"
-        env_file.write_text(f"export KUBECONFIG={plane.kubeconfig}\n")
-        print(f"tuneforge control plane is up at {plane.server}")
-        print(f"  source {env_file}    # then: kubectl get crds -l '' ; kubectl apply -f examples/")
-        print("Ctrl-C stops it; state is kept under", state_dir, flush=True)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
-            while True:
-                signal.pause()
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
-    return 0

@@ -1,0 +1,76 @@
+"""Failures the platform must ride out: the operator dies mid-job, the trainer's process
+dies mid-run. Work already done is kept (checkpoints, the batch journal) and the results
+are complete and exactly once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import (
+    batch_lines,
+    final_batch,
+    final_job,
+    job_events,
+    json_training_rows,
+    kill_container_process,
+    kubectl_json,
+    pods_of,
+    upload_jsonl,
+    wait_for,
+)
+from tuneforge.local.devstack import TINY
+
+pytestmark = pytest.mark.e2e
+
+
+def test_jobs_complete_when_the_operator_is_killed_mid_run(dev_stack, openai_client):
+    training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(16), "fine-tune")
+    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+                                                hyperparameters={"n_epochs": 3, "batch_size": 1})
+    lines = batch_lines(TINY, 60, max_tokens=24)
+    batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
+                                         endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for("the trainer to report steps", lambda: any(
+        m.startswith("Step ") for m in job_events(openai_client, job.id)))
+    wait_for("the batch to run", lambda: openai_client.batches.retrieve(batch.id).status == "in_progress")
+
+    dev_stack.operator.kill()
+    assert not dev_stack.operator.alive
+    dev_stack.operator.start()
+
+    job = final_job(openai_client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model
+    batch = final_batch(openai_client, batch.id)
+    assert batch.status == "completed", batch.errors
+    output = [json.loads(line) for line in openai_client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(row["custom_id"] for row in output) == sorted(line["custom_id"] for line in lines)
+    trainer_job = kubectl_json(dev_stack, "get", "job", f"{job.id}-trainer", "-n", dev_stack.tenant)
+    assert trainer_job["status"].get("succeeded") == 1 and not trainer_job["status"].get("failed")
+
+
+def test_killed_trainer_is_retried_and_resumes_from_its_checkpoint(dev_stack, openai_client):
+    training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(12), "fine-tune")
+    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+                                                hyperparameters={"n_epochs": 8, "batch_size": 1})
+    selector = f"tuneforge.io/fine-tuning-job={job.id}"
+    first_checkpoint = wait_for("the first checkpoint", lambda: openai_client.fine_tuning.jobs.checkpoints.list(
+        job.id).data, every=0.3)[0].step_number
+    (pod,) = pods_of(dev_stack, dev_stack.tenant, selector)
+    kill_container_process(dev_stack, pod, "trainer")
+
+    job = final_job(openai_client, job.id)
+    assert job.status == "succeeded", job.error
+    events = job_events(openai_client, job.id)
+    resumed = [m for m in events if m.startswith("Resumed from checkpoint")]
+    assert resumed, events
+    assert int(resumed[0].rsplit("-", 1)[1]) >= first_checkpoint
+    ftjob = kubectl_json(dev_stack, "get", "ftjob", job.id, "-n", dev_stack.tenant)
+    assert ftjob["status"]["progress"]["step"] == ftjob["status"]["progress"]["totalSteps"] == 12 * 8
+    pods = pods_of(dev_stack, dev_stack.tenant, selector)
+    ends = sorted((p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]) for p in pods)
+    assert ends == [0, 137]
+    trainer_job = kubectl_json(dev_stack, "get", "job", f"{job.id}-trainer", "-n", dev_stack.tenant)
+    assert (trainer_job["status"].get("failed"), trainer_job["status"].get("succeeded")) == (1, 1)
