@@ -75,7 +75,8 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "TUNEFORGE_STORE_ROOT": f"file://{store}",
-               "TUNEFORGE_SYSTEM_NAMESPACE": SYSTEM_NAMESPACE, "TUNEFORGE_BIND_HOST": "127.0.0.1"}
+               "TUNEFORGE_SYSTEM_NAMESPACE": SYSTEM_NAMESPACE, "TUNEFORGE_BIND_HOST": "127.0.0.1",
+               "TUNEFORGE_GATEWAY_METRICS_PORT": "0"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tuneforge", "gateway", "--port", str(self.port)], env=env,
             stdout=log.open("wb"), stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, {GATEWAY_CPU}))

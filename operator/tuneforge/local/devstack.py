@@ -182,7 +182,7 @@ class DevStack:
             ], env, self.state_dir / "logs" / "operator.log").start()
             self.gateway = Component("gateway", [
                 *tuneforge, "gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port),
-            ], env, self.state_dir / "logs" / "gateway.log").start()
+            ], {**env, "TUNEFORGE_GATEWAY_METRICS_PORT": "0"}, self.state_dir / "logs" / "gateway.log").start()
             self.agent = NodeAgent(self.api_client, state_dir=self.state_dir / "node", settings=self.settings).start()
             self._ensure_catalog()
             self.api_key = self._ensure_api_key()

