@@ -113,7 +113,7 @@ def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, An
             state.transition("Cancelled", "Cancelled", "cancelled before it started")
             return state.status
         state.transition("Validating", "Validating", "validating the input file")
-        _validate_and_start(batch, raw, state, indexes, expires)
+        _validate_and_start(batch, raw, state, indexes, expires, created)
         return state.status
 
     directory = store().batch_dir(namespace, name)
@@ -192,7 +192,11 @@ def _served_models(namespace: str, indexes: dict[str, Any]) -> list[str]:
     return sorted(served)
 
 
-def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, indexes: dict, expires: Any) -> None:
+def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, indexes: dict, expires: Any,
+                        created: Any) -> None:
+    """Validates the input against the models served now and starts the runner. A model
+    nobody serves yet fails the batch only once it is older than the dependency grace: a
+    ModelDeployment applied with it may not have been seen yet."""
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
     served = _served_models(namespace, indexes)
     try:
@@ -204,6 +208,10 @@ def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, index
         error = exc.to_error_info().model_dump(exclude_none=True)
     else:
         error = None
+    young = (utcnow() - created).total_seconds() < kube.OPTIONS.dependency_grace
+    if error is not None and error["code"] == "model_not_found" and young:
+        state.condition("Validated", "Unknown", "WaitingForModel", error["message"])
+        return
     if error is not None:
         state.status["errors"] = [error]
         state.condition("Validated", False, "Invalid", error["message"])

@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-interval", type=float, default=5.0, help="minimum seconds between progress-only status writes"
     )
+    parser.add_argument(
+        "--dependency-grace", type=float, default=30.0,
+        help="seconds a new job waits for its model to appear before failing with model_not_found "
+        "(objects applied together arrive in any order)",
+    )
     parser.add_argument("--workers", type=int, default=32, help="threads running reconciles")
 
 

@@ -54,9 +54,6 @@ from tuneforge.storage import StoreError
 
 KIND = "FineTuningJob"
 PLURAL = "finetuningjobs"
-BASE_MODEL_GRACE_SECONDS = 30
-"""How long a job waits for its BaseModel to appear (objects applied together arrive in
-any order) before failing with model_not_found."""
 
 _throttle = Throttle(kube.OPTIONS.status_interval)
 
@@ -263,7 +260,7 @@ def _validate(ft: FineTuningJobResource, base: dict | None, raw: dict) -> tuple[
     spec = ft.spec
     if base is None:
         created = parse_timestamp(raw["metadata"].get("creationTimestamp")) or utcnow()
-        if (utcnow() - created).total_seconds() < BASE_MODEL_GRACE_SECONDS:
+        if (utcnow() - created).total_seconds() < kube.OPTIONS.dependency_grace:
             raise _Wait(f"waiting for BaseModel {spec.base_model!r}")
         raise _Invalid(ApiError(code="model_not_found", message=f"model {spec.base_model!r} is not in the catalog", param="model"))
     base_phase = (base.get("status") or {}).get("phase")

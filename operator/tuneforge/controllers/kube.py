@@ -25,6 +25,9 @@ class Options:
     """Seconds between reconciles of an active object (reads indexes, not the API)."""
     status_interval: float = 5.0
     """Minimum seconds between progress-only status writes of one object."""
+    dependency_grace: float = 30.0
+    """Seconds a new object waits for what it names (a BaseModel, a deployment serving its
+    model) to appear before failing: objects applied together arrive in any order."""
     webhook_timeout: float = 10.0
     webhook_attempts: int = 4
 

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube.OPTIONS.poll_interval = args.poll_interval
     kube.OPTIONS.status_interval = args.status_interval
+    kube.OPTIONS.dependency_grace = args.dependency_grace
     metrics.serve(args.metrics_port)
     kopf.run(
         registry=build_registry(),

@@ -32,6 +32,9 @@ HARDWARE_PROFILES = [{"name": "a100-2", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpu
                       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
                       "costPerHour": 7.5}]
 
+DEPENDENCY_GRACE_SECONDS = 8
+"""Shorter than the operator's default, so that tests of a missing model fail in seconds."""
+
 
 class Operator:
     """`tuneforge operator` in a subprocess, logging to a file: standalone, or one replica
@@ -55,7 +58,8 @@ class Operator:
             "TUNEFORGE_HARDWARE_PROFILES": json.dumps(HARDWARE_PROFILES),
         }
         args = [sys.executable, "-m", "tuneforge", "operator", "--liveness", "",
-                "--metrics-port", str(self.metrics_port), "--poll-interval", "0.5", "--status-interval", "1"]
+                "--metrics-port", str(self.metrics_port), "--poll-interval", "0.5", "--status-interval", "1",
+                "--dependency-grace", str(DEPENDENCY_GRACE_SECONDS)]
         if self.peering is None:
             args.append("--standalone")
         else:

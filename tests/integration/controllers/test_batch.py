@@ -14,7 +14,14 @@ import pytest
 from tuneforge import apikeys
 from tuneforge.contracts import BatchRun
 from tuneforge.controllers import batch as batch_controller
-from tests.integration.controllers.conftest import Kube, Operator, upload, wait_for, write_json
+from tests.integration.controllers.conftest import (
+    DEPENDENCY_GRACE_SECONDS,
+    Kube,
+    Operator,
+    upload,
+    wait_for,
+    write_json,
+)
 
 pytestmark = pytest.mark.integration
 PLURAL = "batchjobs"
@@ -108,6 +115,29 @@ def test_invalid_input_fails_with_code_and_line(kube: Kube, operator: Operator, 
     [error] = kube.status(namespace, PLURAL, name)["errors"]
     assert error["code"] == code and error["line"] == line
     assert kube.job(namespace, f"{name}-runner") is None
+
+
+def test_batch_waits_for_a_deployment_applied_with_it(kube: Kube, operator: Operator, namespace: str,
+                                                      store_root: Path, tmp_path: Path) -> None:
+    """`kubectl apply` of a BatchJob and the ModelDeployment serving its model, in either
+    order: the batch waits in Validating (condition WaitingForModel) instead of failing."""
+    base = f"bm-{uuid.uuid4().hex[:8]}"
+    name = new_batch(kube, store_root, namespace, [request(1, base)])
+    waiting = wait_for(lambda: [c for c in kube.status(namespace, PLURAL, name).get("conditions", [])
+                                if c["type"] == "Validated" and c["reason"] == "WaitingForModel"],
+                       DEPENDENCY_GRACE_SECONDS, "WaitingForModel", operator)
+    assert base in waiting[0]["message"] and phase(kube, namespace, name) == "Validating"
+    kube.create(None, "basemodels", {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel",
+                                     "metadata": {"name": base},
+                                     "spec": {"source": {"uri": f"file://{tmp_path}"}, "sharedDeployment": False}})
+    try:
+        kube.create(namespace, "modeldeployments", {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
+                                                    "metadata": {"name": "serve"},
+                                                    "spec": {"baseModel": base, "engine": "cpu"}})
+        wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+        assert phase(kube, namespace, name) == "Validating" and "errors" not in kube.status(namespace, PLURAL, name)
+    finally:
+        kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)
 
 
 def test_cancel_before_the_runner_started(kube: Kube, operator: Operator, namespace: str, served_base: str,

@@ -18,7 +18,15 @@ import pytest
 from kubernetes import client
 
 from tuneforge.contracts import TrainingRun
-from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for, write_json
+from tests.integration.controllers.conftest import (
+    DEPENDENCY_GRACE_SECONDS,
+    Kube,
+    Operator,
+    chat_example,
+    upload,
+    wait_for,
+    write_json,
+)
 
 pytestmark = pytest.mark.integration
 PLURAL = "finetuningjobs"
@@ -154,6 +162,20 @@ def test_not_fine_tunable_model_fails(kube: Kube, operator: Operator, namespace:
         assert kube.status(namespace, PLURAL, name)["error"]["code"] == "model_not_fine_tunable"
     finally:
         kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)
+
+
+def test_unknown_base_model_fails_after_the_grace(kube: Kube, operator: Operator, namespace: str,
+                                                  store_root: Path) -> None:
+    """A BaseModel may arrive just after its job, so the job waits (Validated Unknown)
+    first; one that never comes fails the job with model_not_found."""
+    missing = f"bm-missing-{uuid.uuid4().hex[:6]}"
+    name = new_job(kube, store_root, namespace, missing)
+    waiting = wait_for(lambda: [c for c in kube.status(namespace, PLURAL, name).get("conditions", [])
+                                if c["type"] == "Validated" and c["status"] == "Unknown"], 10, "waiting", operator)
+    assert missing in waiting[0]["message"]
+    wait_for(phase_is(kube, namespace, name, "Failed"), DEPENDENCY_GRACE_SECONDS + 20, "Failed", operator)
+    error = kube.status(namespace, PLURAL, name)["error"]
+    assert error["code"] == "model_not_found" and error["param"] == "model"
 
 
 def test_cancel_stops_the_trainer(kube: Kube, operator: Operator, namespace: str, base_model: str, store_root: Path) -> None:
