@@ -1,20 +1,7 @@
 -- Argo CD health of a tuneforge.io BatchJob.
 -- Validating, InProgress, Finalizing, Cancelling: Progressing; Completed: Healthy; Failed,
--- Expired: Degraded; Cancelled (spec.cancel): Suspended, stopped on purpose. A status older
--- than the spec (status.observedGeneration < metadata.generation) is Progressing.
-local hs = {}
-local status = obj.status
-if status == nil or status.phase == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the tuneforge operator to observe this BatchJob"
-  return hs
-end
-local generation = obj.metadata.generation
-if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
-  hs.status = "Progressing"
-  hs.message = "The operator has not observed generation " .. tostring(generation) .. " yet"
-  return hs
-end
+-- Expired: Degraded; Cancelled (spec.cancel): Suspended, stopped on purpose.
+-- Runs after common.lua (hs, status).
 local phase = status.phase
 local counts = ""
 if status.requestCounts ~= nil and status.requestCounts.total ~= nil then

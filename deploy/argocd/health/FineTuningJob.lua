@@ -1,20 +1,7 @@
 -- Argo CD health of a tuneforge.io FineTuningJob.
 -- ValidatingFiles, Queued, Running: Progressing; Succeeded: Healthy; Failed: Degraded;
--- Paused (spec.suspend) and Cancelled (spec.cancel): Suspended, stopped on purpose. A status
--- older than the spec (status.observedGeneration < metadata.generation) is Progressing.
-local hs = {}
-local status = obj.status
-if status == nil or status.phase == nil then
-  hs.status = "Progressing"
-  hs.message = "Waiting for the tuneforge operator to observe this FineTuningJob"
-  return hs
-end
-local generation = obj.metadata.generation
-if generation ~= nil and (status.observedGeneration == nil or status.observedGeneration < generation) then
-  hs.status = "Progressing"
-  hs.message = "The operator has not observed generation " .. tostring(generation) .. " yet"
-  return hs
-end
+-- Paused (spec.suspend) and Cancelled (spec.cancel): Suspended, stopped on purpose.
+-- Runs after common.lua (hs, status).
 local phase = status.phase
 if phase == "Succeeded" then
   hs.status = "Healthy"

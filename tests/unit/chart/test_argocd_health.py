@@ -1,11 +1,14 @@
-"""The Argo CD health checks in deploy/argocd/health, executed on Lua 5.1 (the dialect of
-Argo CD's gopher-lua) against sample objects in every phase of each kind."""
+"""The Argo CD health checks, executed on Lua 5.1 (the dialect of Argo CD's gopher-lua)
+against sample objects in every phase of each kind. The scripts run are the ones users
+install: the values of the generated deploy/argocd/argocd-cm-health.yaml (common.lua and
+each kind's part of deploy/argocd/health, joined by `make crds`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import yaml
 from lupa.lua51 import LuaRuntime
 
 from tests.support.helm import REPO
@@ -14,7 +17,7 @@ from tuneforge.api.v1alpha1.batchjob import BatchJobPhase
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase
 from tuneforge.api.v1alpha1.modeldeployment import ModelDeploymentPhase
 
-HEALTH = REPO / "deploy" / "argocd" / "health"
+SCRIPTS = yaml.safe_load((REPO / "deploy" / "argocd" / "argocd-cm-health.yaml").read_text())["data"]
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
 
 EXPECTED = {
@@ -40,7 +43,7 @@ def health(kind: str, obj: dict[str, Any]) -> dict[str, str]:
     """Runs the kind's script as Argo CD does: `obj` is a global, the script returns a table."""
     lua = LuaRuntime(unpack_returned_tuples=True)
     lua.globals().obj = lua.table_from(obj, recursive=True)
-    result = lua.execute((HEALTH / f"{kind}.lua").read_text())
+    result = lua.execute(SCRIPTS[f"resource.customizations.health.tuneforge.io_{kind}"])
     return {"status": result["status"], "message": result["message"]}
 
 
@@ -60,7 +63,7 @@ def sample(kind: str, phase: str | None, *, generation: int = 3, observed: int |
 def test_every_phase_of_every_kind_is_covered():
     for kind, (enum, table) in EXPECTED.items():
         assert set(table) == {phase.value for phase in enum}, kind
-        assert (HEALTH / f"{kind}.lua").exists()
+        assert f"resource.customizations.health.tuneforge.io_{kind}" in SCRIPTS
 
 
 @pytest.mark.parametrize(("kind", "phase", "expected"), CASES, ids=[f"{k}-{p}" for k, p, _ in CASES])

@@ -45,7 +45,7 @@ def test_drift_is_detected_when_a_values_model_changes(monkeypatch):
 
 
 def test_drift_is_detected_when_a_health_script_changes(monkeypatch, tmp_path):
-    for kind in chartgen.KINDS:
+    for kind in (*chartgen.KINDS, "common"):
         (tmp_path / f"{kind}.lua").write_text((chartgen.HEALTH_DIR / f"{kind}.lua").read_text())
     (tmp_path / "BatchJob.lua").write_text("return {status = 'Healthy'}\n")
     monkeypatch.setattr(chartgen, "HEALTH_DIR", tmp_path)
