@@ -142,7 +142,18 @@ class JobDraft:
     params: Mapping[str, str] = field(default_factory=lambda: OPENAI_PARAMS)
 
 
-async def build_job(request: Request, principal: Principal, draft: JobDraft, name: str) -> dict:
+async def create_job_once(request: Request, principal: Principal, draft: JobDraft, *, idempotency_key: str | None,
+                          request_body: dict) -> dict:
+    """Creates the FineTuningJob for `draft` once per idempotency key (both APIs' create)."""
+
+    async def build(name: str) -> dict:
+        return await _build_job(request, principal, draft, name)
+
+    return await create_once(request.app.state.kube, PLURAL, principal.tenant, prefix="ftjob",
+                             idempotency_key=idempotency_key, request_body=request_body, build=build)
+
+
+async def _build_job(request: Request, principal: Principal, draft: JobDraft, name: str) -> dict:
     """The FineTuningJob resource for `draft`, after the checks the API server cannot do:
     the model is a fine-tunable catalog entry and the files are this tenant's valid
     fine-tuning uploads."""
@@ -208,13 +219,8 @@ async def create_job(
     principal: Principal = Depends(require("fine-tuning:write")),
     idempotency_key: str | None = Header(default=None),
 ) -> dict:
-    kube = request.app.state.kube
-
-    async def build(name: str) -> dict:
-        return await build_job(request, principal, _draft(body), name)
-
-    return job_object(await create_once(kube, PLURAL, principal.tenant, prefix="ftjob",
-                                        idempotency_key=idempotency_key, request_body=body.model_dump(), build=build))
+    return job_object(await create_job_once(request, principal, _draft(body), idempotency_key=idempotency_key,
+                                            request_body=body.model_dump()))
 
 
 async def _job(request: Request, principal: Principal, job_id: str) -> dict:

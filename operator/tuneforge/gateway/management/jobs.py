@@ -2,7 +2,7 @@
 
 Every handler reads or writes FineTuningJob resources only (and, for deploy, a
 ModelDeployment), like the OpenAI routes: creating a job goes through the same
-`build_job` as POST /v1/fine_tuning/jobs, stop and restart are the declarative
+`create_job_once` as POST /v1/fine_tuning/jobs, stop and restart are the declarative
 spec.suspend and spec.restartCount the controller acts on.
 """
 
@@ -23,10 +23,9 @@ from tuneforge.gateway.catalog import is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.fine_tuning import (
     JobDraft,
-    build_job,
+    create_job_once,
     complete_checkpoint_steps,
 )
-from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.kube import AlreadyExists
 from tuneforge.gateway.management.shapes import (
     DEFAULT_SORT,
@@ -153,13 +152,8 @@ async def create_job(
     principal: Principal = Depends(require("fine-tuning:write")),
     idempotency_key: str | None = Header(default=None),
 ) -> dict:
-    kube = request.app.state.kube
-
-    async def build(name: str) -> dict:
-        return await build_job(request, principal, _draft(body), name)
-
-    return job_detail(await create_once(kube, PLURAL, principal.tenant, prefix="ftjob", idempotency_key=idempotency_key,
-                                        request_body=body.model_dump(by_alias=True), build=build))
+    return job_detail(await create_job_once(request, principal, _draft(body), idempotency_key=idempotency_key,
+                                            request_body=body.model_dump(by_alias=True)))
 
 
 @router.get("/jobs/{job_id}", summary="Get a fine-tuning job")
