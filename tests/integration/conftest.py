@@ -44,9 +44,15 @@ def api_client(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture
-def namespace(api_client: client.ApiClient) -> Iterator[str]:
+def namespace_prefix() -> str:
+    """How `namespace` names begin; a test package overrides it to match what it watches."""
+    return "t"
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient, namespace_prefix: str) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
+    name = f"{namespace_prefix}-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api_client)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
