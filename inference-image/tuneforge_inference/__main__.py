@@ -5,6 +5,9 @@ execs `vllm serve` (GPU); `cpu` runs tuneforge's own engine in this process. Eit
 the server listens on `settings().bind_host` and `ServingSpec.port`. A failure to start
 is written as one JSON line to the termination log, where the controller reads it into
 the ModelDeployment's status.
+
+`tuneforge-serve --adapter-loader --run serving.json` runs the sidecar of a vLLM Pod on an
+object store instead (see adapter_loader.py), on `ServingSpec.adapter_loader_port`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ def _serve_cpu(spec: ServingSpec) -> None:
     uvicorn_server(build_app(spec), settings().bind_host, spec.port).run()
 
 
+def _serve_adapter_loader(spec: ServingSpec) -> None:
+    from tuneforge_inference.adapter_loader import serve
+
+    serve(spec, settings().bind_host)
+
+
 def _report(code: str, message: str) -> None:
     print(f"tuneforge-serve: {message}", file=sys.stderr)
     try:
@@ -46,11 +55,15 @@ def _report(code: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tuneforge-serve", description=__doc__)
     parser.add_argument("--run", default=RUN_FILE, help="the ServingSpec JSON file")
+    parser.add_argument("--adapter-loader", action="store_true",
+                        help="run the adapter-loader sidecar of the spec's engine instead of the engine")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         spec = ServingSpec.load(args.run)
-        if spec.engine is Engine.vllm:
+        if args.adapter_loader:
+            _serve_adapter_loader(spec)
+        elif spec.engine is Engine.vllm:
             _serve_vllm(spec)
         else:
             _serve_cpu(spec)

@@ -161,6 +161,10 @@ class ServingSpec(Contract):
     gpu_count: int = Field(default=0, ge=0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     port: int = Field(default=8000, ge=1, le=65535)
+    adapter_loader_port: int = Field(
+        default=8001, ge=1, le=65535,
+        description="vLLM on an object store: the adapter-loader sidecar's port (runtime adapter loads).",
+    )
     max_queue: int = Field(default=64, ge=1, description="CPU engine: waiting requests before 429.")
     engine_args: list[str] = Field(default_factory=list, description="Passed through to the engine.")
 

@@ -29,6 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from tuneforge.config import settings
 
 SUPPORTED_SCHEMES = ("file", "s3", "pvc", "gguf")
+OBJECT_STORE_SCHEMES = ("s3",)
 COPY_CHUNK = 8 * 1024 * 1024
 
 
@@ -67,6 +68,13 @@ def resolve_uri(uri: str) -> str:
             raise StoreError(f"gguf URI {uri!r}: Python package {package!r} is not installed")
         return "file://" + os.path.join(spec.submodule_search_locations[0], filename)
     raise StoreError(f"unsupported URI scheme {scheme!r} in {uri!r}; use one of {SUPPORTED_SCHEMES}")
+
+
+def is_object_store(uri: str) -> bool:
+    """True for URIs no Pod can mount as a directory (s3://): engines that read only local
+    paths, like vLLM, need what lives there copied to disk first."""
+    scheme, sep, _ = uri.partition("://")
+    return bool(sep) and scheme in OBJECT_STORE_SCHEMES
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:

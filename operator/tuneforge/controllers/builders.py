@@ -39,6 +39,7 @@ from tuneforge.contracts import (
     TrainingHyperparameters,
     TrainingRun,
 )
+from tuneforge.storage import is_object_store
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 COMPONENT = "app.kubernetes.io/component"
@@ -58,6 +59,11 @@ RUN_VOLUME = "run"
 RUN_DIR = posixpath.dirname(RUN_FILE)
 RUN_KEY = posixpath.basename(RUN_FILE)
 SERVING_PORT = 8000
+ADAPTER_LOADER_PORT = 8001
+ADAPTER_LOADER_CONTAINER = "adapter-loader"
+ADAPTER_CACHE_VOLUME = "adapter-cache"
+ADAPTER_CACHE_DIR = "/var/cache/tuneforge"
+ADAPTER_LOADER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 STORE_CREDENTIALS_SECRET = "tuneforge-store-credentials"
@@ -211,7 +217,7 @@ def store_access(settings: Settings, uris: Iterable[str | None]) -> dict[str, An
         {"name": "TUNEFORGE_PVC_MOUNT_ROOT", "value": str(settings.pvc_mount_root)},
     ]
     env_from = []
-    if any(uri and uri.startswith("s3://") for uri in all_uris):
+    if any(uri and is_object_store(uri) for uri in all_uris):
         env_from.append({"secretRef": {"name": STORE_CREDENTIALS_SECRET, "optional": True}})
     return {"volumes": volumes, "mounts": mounts, "env": env, "env_from": env_from}
 
@@ -511,6 +517,7 @@ def serving_spec(
         max_model_length=spec.max_model_length or defaults.max_model_length or base.spec.max_context_length,
         gpu_count=(hardware.gpu_count or 0) if hardware else 0,
         port=SERVING_PORT,
+        adapter_loader_port=ADAPTER_LOADER_PORT,
         engine_args=spec.engine_args or defaults.engine_args,
     )
 
@@ -534,9 +541,11 @@ def serving_configmap(body: Mapping[str, Any], serving: ServingSpec) -> dict[str
     )
 
 
-def _http_probe(path: str, *, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+def _http_probe(
+    path: str, *, period: int, failures: int, timeout: int = 5, port: str = "http"
+) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
@@ -578,6 +587,8 @@ def serving_deployment(
         restart_policy="Always",
         grace_seconds=60,
     )
+    if serving.engine is Engine.vllm and is_object_store(settings.store_root):
+        pod = _with_adapter_loader(pod, serving, settings.inference_image)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -601,6 +612,40 @@ def serving_deployment(
                 "spec": pod,
             },
         },
+    }
+
+
+def _with_adapter_loader(pod: dict[str, Any], serving: ServingSpec, image: str) -> dict[str, Any]:
+    """The serving Pod plus the adapter-loader sidecar and the cache both containers mount.
+
+    vLLM loads adapters from local paths only, and on an object store fine-tuned adapters
+    exist only in the bucket. The gateway sends runtime loads to the port named `adapters`
+    when a Pod declares one; the sidecar copies the adapter into the shared emptyDir (same
+    path in both containers) and hands vLLM that directory. It gets the server's store
+    environment and mounts, so it reads the store with the same credentials.
+    """
+    cache_env = {"name": "TUNEFORGE_CACHE_DIR", "value": ADAPTER_CACHE_DIR}
+    cache_mount = {"name": ADAPTER_CACHE_VOLUME, "mountPath": ADAPTER_CACHE_DIR}
+    [server] = pod["containers"]
+    server = {**server, "env": [*server["env"], cache_env], "volumeMounts": [*server["volumeMounts"], cache_mount]}
+    loader: dict[str, Any] = {
+        "name": ADAPTER_LOADER_CONTAINER,
+        "image": image,
+        "command": ["tuneforge-serve"],
+        "args": ["--adapter-loader", "--run", RUN_FILE],
+        "env": list(server["env"]),
+        "ports": [{"name": "adapters", "containerPort": serving.adapter_loader_port, "protocol": "TCP"}],
+        "readinessProbe": _http_probe("/health", period=5, failures=3, port="adapters"),
+        "resources": ADAPTER_LOADER_RESOURCES,
+        "volumeMounts": list(server["volumeMounts"]),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if "envFrom" in server:
+        loader["envFrom"] = list(server["envFrom"])
+    return {
+        **pod,
+        "containers": [server, loader],
+        "volumes": [*pod["volumes"], {"name": ADAPTER_CACHE_VOLUME, "emptyDir": {}}],
     }
 
 

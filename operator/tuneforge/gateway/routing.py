@@ -8,9 +8,13 @@ the requested LoRA adapter.
 A fine-tuned model (`ft:...`) is served by a ModelDeployment of the tenant that lists it,
 or else by its base model's shared multi-LoRA deployment in the system namespace, where
 the adapter is loaded on first use through vLLM's `/v1/load_lora_adapter` (the CPU engine
-speaks the same endpoint). The gateway remembers, per Pod, which adapters it loaded (an
-LRU bounded by the deployment's maxAdapters, mirroring the engine's own eviction); if an
-engine has forgotten one anyway (restart, eviction), the chat path reloads it and retries.
+speaks the same endpoint). Loads go to the Pod's port named `adapters` when it declares
+one: vLLM reads adapters from local paths only, so on an object store its Pods run an
+adapter-loader sidecar there that copies the adapter next to vLLM and forwards the load;
+other Pods take loads on their `http` port. The gateway remembers, per Pod, which
+adapters it loaded (an LRU bounded by the deployment's maxAdapters, mirroring the engine's
+own eviction); if an engine has forgotten one anyway (restart, eviction), the chat path
+reloads it and retries.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ LABEL_BASE_MODEL = "tuneforge.io/base-model"
 LABEL_SHARED = "tuneforge.io/shared"
 DEFAULT_MAX_ADAPTERS = 8
 DEFAULT_PORT = 8000
+ADAPTERS_PORT = "adapters"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class Pod:
     name: str
     url: str
     """Base URL of the OpenAI API on the Pod, e.g. http://10.1.2.3:8000."""
+    load_url: str
+    """Base URL for runtime adapter loads: the adapter-loader sidecar, else `url`."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +80,17 @@ def _ready_pods(pods: list[dict]) -> list[Pod]:
         ports = [port for container in spec.get("containers", []) for port in container.get("ports") or []]
         named = [port for port in ports if port.get("name") == "http"]
         port = (named or ports or [{"containerPort": DEFAULT_PORT}])[0]["containerPort"]
+        loader = next((p["containerPort"] for p in ports if p.get("name") == ADAPTERS_PORT), port)
+        ip = status["podIP"]
         ready.append(Pod(uid=pod["metadata"]["uid"], name=pod["metadata"]["name"],
-                         url=f"http://{status['podIP']}:{port}"))
+                         url=f"http://{ip}:{port}", load_url=f"http://{ip}:{loader}"))
     return sorted(ready, key=lambda pod: pod.name)
 
 
 def adapter_path(uri: str) -> str:
     """The path the serving engine loads the adapter from: a local path for file:// and
-    pvc:// URIs (the Pods mount the store), the URI itself for object stores."""
+    pvc:// URIs (the Pods mount the store), the URI itself for object stores (the CPU
+    engine and vLLM's adapter-loader sidecar fetch it)."""
     try:
         resolved = resolve_uri(uri)
     except StoreError as exc:
@@ -188,7 +198,7 @@ class Router:
             if adapter.name in loaded:
                 return
             response = await self.http.post(
-                f"{pod.url}/v1/load_lora_adapter",
+                f"{pod.load_url}/v1/load_lora_adapter",
                 json={"lora_name": adapter.name, "lora_path": adapter.path},
                 headers={"x-request-id": request_id},
             )

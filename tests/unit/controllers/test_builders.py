@@ -148,6 +148,50 @@ def test_serving_deployment() -> None:
     assert spec["progressDeadlineSeconds"] > builders.MODEL_LOAD_TIMEOUT_SECONDS
 
 
+def render_pod(store_root: str, engine: str) -> dict:
+    body, md = mdep()
+    _, bm = base(serving={"engine": engine, "hardware": {"gpuCount": 1 if engine == "vllm" else 0}})
+    settings = SETTINGS.model_copy(update={"store_root": store_root})
+    hardware = builders.serving_hardware(md, bm, settings)
+    serving = builders.serving_spec(md, bm, hardware=hardware, store_root=store_root)
+    deployment = builders.serving_deployment(body, serving, replicas=1, hardware=hardware, settings=settings)
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_vllm_on_an_object_store_gets_the_adapter_loader_sidecar() -> None:
+    pod = render_pod("s3://bucket/tf", "vllm")
+    server, loader = pod["containers"]
+    assert server["name"] == "server" and server["args"] == ["--run", "/etc/tuneforge/run.json"]
+    assert loader["name"] == "adapter-loader" and loader["image"] == server["image"] == "inference:1"
+    assert loader["command"] == ["tuneforge-serve"]
+    assert loader["args"] == ["--adapter-loader", "--run", "/etc/tuneforge/run.json"]
+    assert loader["ports"] == [{"name": "adapters", "containerPort": 8001, "protocol": "TCP"}]
+    assert loader["readinessProbe"]["httpGet"] == {"path": "/health", "port": "adapters"}
+    assert loader["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert builders.GPU_RESOURCE not in loader["resources"].get("limits", {})
+    # The same store access, so s3fs in the sidecar finds the credentials the server has.
+    secret = [{"secretRef": {"name": "tuneforge-store-credentials", "optional": True}}]
+    assert server["envFrom"] == loader["envFrom"] == secret
+    assert server["env"] == loader["env"]
+    env = {e["name"]: e["value"] for e in loader["env"]}
+    assert env["TUNEFORGE_STORE_ROOT"] == "s3://bucket/tf"
+    # One emptyDir at the same path in both: the path the sidecar hands vLLM exists there.
+    [cache] = [v for v in pod["volumes"] if "emptyDir" in v]
+    mounts = [{m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (server, loader)]
+    assert mounts[0][cache["name"]] == mounts[1][cache["name"]] == env["TUNEFORGE_CACHE_DIR"]
+    assert mounts[0]["run"] == mounts[1]["run"] == "/etc/tuneforge"
+
+
+@pytest.mark.parametrize(("store_root", "engine"), [
+    ("s3://bucket/tf", "cpu"), ("pvc://store/root", "vllm"), ("file:///var/lib/tuneforge/store", "vllm"),
+])
+def test_no_sidecar_where_the_engine_can_read_the_store(store_root: str, engine: str) -> None:
+    pod = render_pod(store_root, engine)
+    [server] = pod["containers"]
+    assert not any("emptyDir" in v for v in pod["volumes"])
+    assert "TUNEFORGE_CACHE_DIR" not in {e["name"] for e in server["env"]}
+
+
 def test_serving_spec_change_changes_the_pod_template() -> None:
     _, first = render_serving()
     _, second = render_serving(engineArgs=["--dtype", "float32"])

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tuneforge.config import Settings
+from tuneforge.contracts import Engine, ServingSpec
+from tuneforge.controllers.builders import serving_deployment
 from tuneforge.gateway.batches import batch_object
 from tuneforge.gateway.chat import upstream_error
 from tuneforge.gateway.errors import OpenAIError, _param
@@ -70,6 +73,29 @@ def test_only_ready_pods_route_with_declared_port() -> None:
     ])
     assert [(p.name, p.url) for p in pods] == [
         ("a", "http://10.0.0.1:9000"), ("b", "http://10.0.0.1:8001"), ("g", "http://10.0.0.1:8000")]
+
+
+def test_adapter_loads_go_to_the_sidecar_port_when_the_pod_declares_one() -> None:
+    http = {"containerPort": 8000, "name": "http"}
+    vllm = _pod("vllm", ports=[http])
+    vllm["spec"]["containers"].append({"ports": [{"containerPort": 8001, "name": "adapters"}]})
+    cpu, sidecar = _ready_pods([_pod("cpu", ports=[http]), vllm])
+    assert (cpu.url, cpu.load_url) == ("http://10.0.0.1:8000", "http://10.0.0.1:8000")
+    assert (sidecar.url, sidecar.load_url) == ("http://10.0.0.1:8000", "http://10.0.0.1:8001")
+
+
+def test_the_builders_vllm_pod_on_s3_routes_loads_to_its_sidecar() -> None:
+    """The port names the builder declares are the ones the gateway looks for."""
+    body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "chat", "namespace": "team", "uid": "u"}, "spec": {"baseModel": "smol"}}
+    serving = ServingSpec(deployment="chat", namespace="team", served_model_name="smol", base_model_uri="s3://b/m",
+                          engine=Engine.vllm, gpu_count=1, adapter_loader_port=8123)
+    deployment = serving_deployment(body, serving, replicas=1, hardware=None,
+                                    settings=Settings(store_root="s3://b/tf"))
+    pod = _pod("p")
+    pod["spec"] = deployment["spec"]["template"]["spec"]
+    [ready] = _ready_pods([pod])
+    assert (ready.url, ready.load_url) == ("http://10.0.0.1:8000", "http://10.0.0.1:8123")
 
 
 def _job(**status) -> dict:
