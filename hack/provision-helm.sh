@@ -33,23 +33,14 @@ fi
 
 command -v go >/dev/null || { log "Go is needed to build helm (or set TUNEFORGE_HELM)"; exit 1; }
 mkdir -p "$dest"
-export GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
-export GOPATH="${GOPATH:-$CACHE_ROOT/go}" GOCACHE="${GOCACHE:-$CACHE_ROOT/go-build}"
+source "$(dirname "${BASH_SOURCE[0]}")/go-module.sh"
+go_build_env "$CACHE_ROOT"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 log "building helm $HELM_VERSION; this takes a few minutes once"
-cd "$work"
-go mod init tuneforge.local/helm-build >/dev/null 2>&1
-go mod edit -require="helm.sh/helm/v3@$HELM_VERSION"
-cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import _ "helm.sh/helm/v3/cmd/helm"
-GO
+throwaway_module "$work/helm" helm-build "helm.sh/helm/v3@$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 go mod tidy >/dev/null 2>&1 || true
 
 client_go="$(go list -m -f '{{.Version}}' k8s.io/client-go)"   # e.g. v0.34.2

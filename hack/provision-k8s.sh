@@ -39,34 +39,21 @@ fi
 command -v go >/dev/null || { log "Go is needed to build the control plane (or set KUBEBUILDER_ASSETS)"; exit 1; }
 mkdir -p "$dest"
 staging_version="v0.${K8S_VERSION#v1.}"
-export GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
-export GOPATH="${GOPATH:-$CACHE_ROOT/go}" GOCACHE="${GOCACHE:-$CACHE_ROOT/go-build}"
+source "$(dirname "${BASH_SOURCE[0]}")/go-module.sh"
+go_build_env "$CACHE_ROOT"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 # --- kubernetes ---------------------------------------------------------------------
 log "building Kubernetes $K8S_VERSION (staging modules $staging_version); this takes a while once"
-mkdir -p "$work/k8s"
-cd "$work/k8s"
-go mod init tuneforge.local/k8s-build >/dev/null 2>&1
-go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
+throwaway_module "$work/k8s" k8s-build "k8s.io/kubernetes@$K8S_VERSION" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
 k8s_mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
 for module in $(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\1#p' "$k8s_mod"); do
   go mod edit -replace="$module=$module@$staging_version"
 done
-cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
 go mod tidy >/dev/null 2>&1 || true
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -82,17 +69,7 @@ done
 
 # --- etcd ---------------------------------------------------------------------------
 log "building etcd $ETCD_VERSION"
-mkdir -p "$work/etcd"
-cd "$work/etcd"
-go mod init tuneforge.local/etcd-build >/dev/null 2>&1
-go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import _ "go.etcd.io/etcd/server/v3"
-GO
+throwaway_module "$work/etcd" etcd-build "go.etcd.io/etcd/server/v3@$ETCD_VERSION" go.etcd.io/etcd/server/v3
 go mod tidy >/dev/null 2>&1 || true
 go build -trimpath -ldflags "-s -w" -o "$dest/etcd.tmp" go.etcd.io/etcd/server/v3
 mv "$dest/etcd.tmp" "$dest/etcd"
