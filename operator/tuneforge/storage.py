@@ -30,7 +30,9 @@ from tuneforge.config import settings
 
 SUPPORTED_SCHEMES = ("file", "s3", "pvc", "gguf")
 OBJECT_STORE_SCHEMES = ("s3",)
-COPY_CHUNK = 8 * 1024 * 1024
+COPY_CHUNK = 1024 * 1024
+"""Bytes per read when streaming into or out of the store: the memory a copy holds, so
+uploads, result publishing and model fetches stay small; s3fs batches its own parts."""
 
 
 class StoreError(Exception):

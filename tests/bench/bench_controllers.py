@@ -17,7 +17,7 @@ itself rather than tuneforge.
    trainer Jobs exist, plus a few seconds of steady state (every object's timer ticking
    with nothing to do), then is stopped.
 
-Figures (each process's peak RSS comes from wait4's rusage when it exits):
+Figures (each process's peak RSS is its VmHWM, read just before it is stopped):
 - trainer Jobs per second from operator start (process spawn: interpreter start, kopf
   startup and the initial LIST included) until all N exist; baseline: objects per second
   the no-op operator handled on the same objects. Target: >= 30 jobs/s.
@@ -130,11 +130,13 @@ def populate(plane: Plane, store: Path, workdir: Path) -> None:
 
 
 def stop(process: subprocess.Popen) -> float:
-    """SIGTERM, then the process's peak RSS in MB from wait4."""
+    """The process's peak RSS in MB so far (VmHWM), then SIGTERM. Not wait4's ru_maxrss:
+    that survives exec, so it would count this benchmark's own pages at fork time."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
     process.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024  # Linux reports KiB
+    process.wait()
+    return peak_kib / 1024
 
 
 def tail(path: Path) -> str:
