@@ -13,8 +13,9 @@ itself rather than tuneforge.
 1. The baseline: tests/bench/noop_operator.py, a kopf operator with the same watches,
    indexes, timers and settings that does nothing, runs until its FineTuningJob timer
    has fired for all N objects; then it is stopped.
-2. `tuneforge operator --standalone` with its production defaults runs until all N
-   trainer Jobs exist, plus a few seconds of steady state (every object's timer ticking
+2. `tuneforge operator --standalone` with its production defaults (watching the whole
+   cluster, as the chart runs it) runs until all N trainer Jobs exist and every job is
+   Queued, plus a few seconds of steady state (every object's timer ticking
    with nothing to do), then is stopped.
 
 Figures (each process's peak RSS is its VmHWM, read just before it is stopped):
@@ -22,8 +23,9 @@ Figures (each process's peak RSS is its VmHWM, read just before it is stopped):
   startup and the initial LIST included) until all N exist; baseline: objects per second
   the no-op operator handled on the same objects. Target: >= 30 jobs/s.
 - API writes per reconcile: mutating requests the API server recorded in its audit log
-  from the operator (admin user, not this script's user agent) in the same window, over
-  the reconciles counted by the operator's `tuneforge_reconciles_total`. Baseline: the
+  from the operator (admin user, not this script's user agent) from its start until
+  every FineTuningJob is Queued, over the reconciles `tuneforge_reconciles_total` counted
+  by then. Baseline: the
   no-op operator's writes per handled object (kopf's own writes: none expected). Also
   reported per FineTuningJob against the four writes that bring one to Queued (ConfigMap,
   Job, status patch, Event).
@@ -82,6 +84,10 @@ class Plane:
         without a selector."""
         page = self.batch.list_namespaced_job(NAMESPACE, limit=1)
         return len(page.items) + (page.metadata.remaining_item_count or 0)
+
+    def phases(self) -> Counter:
+        jobs = self.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetuningjobs")["items"]
+        return Counter((job.get("status") or {}).get("phase") for job in jobs)
 
     def audit_offset(self) -> int:
         return self.plane.audit_log.stat().st_size if self.plane.audit_log.exists() else 0
@@ -148,8 +154,7 @@ def run_noop(plane: Plane, workdir: Path) -> dict[str, Any]:
     offset = plane.audit_offset()
     started, started_wall = time.monotonic(), time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.noop_operator", "--namespace", NAMESPACE, "--expect", str(N_JOBS),
-         "--report", str(report)],
+        [sys.executable, "-m", "tests.bench.noop_operator", "--expect", str(N_JOBS), "--report", str(report)],
         cwd=common.REPO_ROOT, env={**os.environ, "KUBECONFIG": str(plane.plane.kubeconfig)},
         stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
@@ -185,24 +190,24 @@ def run_operator(plane: Plane, store: Path, workdir: Path) -> dict[str, Any]:
     offset = plane.audit_offset()
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge", "operator", "--standalone", "--liveness", "", "--metrics-port", str(port),
-         "--namespace", NAMESPACE],
+        [sys.executable, "-m", "tuneforge", "operator", "--standalone", "--liveness", "", "--metrics-port", str(port)],
         cwd=common.REPO_ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         while (count := plane.trainer_jobs()) < N_JOBS:
             if process.poll() is not None or time.monotonic() - started > TIMEOUT_S:
                 raise RuntimeError(f"only {count}/{N_JOBS} trainer Jobs:\n{tail(log)}")
             time.sleep(0.25)
-        seconds, ended_wall = time.monotonic() - started, time.time()
+        seconds = time.monotonic() - started
+        while (phases := plane.phases()) != Counter({"Queued": N_JOBS}):
+            if process.poll() is not None or time.monotonic() - started > TIMEOUT_S:
+                raise RuntimeError(f"not every FineTuningJob is Queued: {dict(phases)}:\n{tail(log)}")
+            time.sleep(0.5)
+        settled_wall = time.time()
         reconciles = metrics(port)
         time.sleep(STEADY_S)
     finally:
         rss = stop(process)
-    writes = plane.writes_since(offset, ended_wall)
-    jobs = plane.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "finetuningjobs")["items"]
-    phases = Counter((job.get("status") or {}).get("phase") for job in jobs)
-    if phases != Counter({"Queued": N_JOBS}):
-        raise RuntimeError(f"not every FineTuningJob is Queued: {dict(phases)}:\n{tail(log)}")
+    writes = plane.writes_since(offset, settled_wall)
     return {"seconds": seconds, "rss_mb": rss, "writes": writes, "reconciles": reconciles}
 
 

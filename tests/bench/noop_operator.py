@@ -8,7 +8,7 @@ memory) is what its own work costs; what both cost is kopf's price for watching 
 objects. It deliberately imports neither tuneforge nor the kubernetes client, so its
 memory is kopf's alone.
 
-    python -m tests.bench.noop_operator --namespace NS --expect N --report PATH [--poll-interval S]
+    python -m tests.bench.noop_operator [--namespace NS] --expect N --report PATH [--poll-interval S]
 
 When the FineTuningJob timer has run for N distinct objects it writes
 time.monotonic() (system-wide on Linux, so the parent can compare it) to PATH.
@@ -83,7 +83,7 @@ def build_registry(seen: Seen, poll_interval: float) -> kopf.OperatorRegistry:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--namespace", action="append", required=True)
+    parser.add_argument("--namespace", action="append", default=[], help="default: the whole cluster")
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--poll-interval", type=float, default=2.0)
@@ -98,7 +98,7 @@ def main() -> None:
     settings.execution.max_workers = args.workers
     settings.watching.server_timeout = 300
     kopf.run(registry=build_registry(Seen(args.expect, args.report), args.poll_interval), settings=settings,
-             standalone=True, clusterwide=False, namespaces=args.namespace)
+             standalone=True, clusterwide=not args.namespace, namespaces=args.namespace)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,8 @@ def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, l
         return state.status
 
     if state.phase in (None, "ValidatingFiles"):
+        if (job is not None or kube.job_exists(namespace, builders.trainer_job_name(name))) and _moved_on(raw):
+            return status
         base = _base_model(basemodels, ft.spec.base_model)
         try:
             training_uri, validation_uri = _validate(ft, base, raw)
@@ -175,6 +177,10 @@ def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, l
         state.transition("Paused", "Paused", "trainer stopped; set spec.suspend=false to resume")
         return state.status
     if job is None:
+        # The Job index trails the API server under load: a Job created a moment ago is
+        # confirmed with one read rather than created again.
+        if kube.job_exists(namespace, builders.trainer_job_name(name)):
+            return state.status
         base = _base_model(basemodels, ft.spec.base_model)
         if base is not None:
             logger.info("trainer Job missing; creating it again")
@@ -242,6 +248,15 @@ def _restart(ft: FineTuningJobResource, state: ReconcileState, job: dict | None,
     state.condition("Running", False, "Queued", "restarting from the latest checkpoint")
     state.transition("Queued", "Restarted", f"restart {requested}: trainer {builders.trainer_job_name(name)} "
                      "resumes from the latest checkpoint")
+
+
+def _moved_on(raw: dict) -> bool:
+    """A trainer Job exists for a job this body shows as still validating: either the body
+    predates the status written with the Job (the watch trails the API server under load;
+    nothing to redo) or the operator stopped between the two writes (the status is to be
+    written again). The stored object tells which."""
+    stored = kube.read_custom(raw["metadata"]["namespace"], KIND, raw["metadata"]["name"])
+    return stored is not None and (stored.get("status") or {}).get("phase") not in (None, "ValidatingFiles")
 
 
 class _Invalid(Exception):

@@ -122,6 +122,17 @@ def delete_job(namespace: str, name: str) -> None:
             raise
 
 
+def job_exists(namespace: str, name: str) -> bool:
+    """Whether the Job is in the API server, whatever the operator's index has seen yet."""
+    try:
+        batch().read_namespaced_job(name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
 def delete_secret(namespace: str, name: str) -> None:
     try:
         core().delete_namespaced_secret(name, namespace)
@@ -133,6 +144,15 @@ def delete_secret(namespace: str, name: str) -> None:
 def read_secret(namespace: str, name: str) -> client.V1Secret | None:
     try:
         return core().read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def read_custom(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    try:
+        return custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
     except ApiException as exc:
         if exc.status == 404:
             return None

@@ -15,7 +15,17 @@ from typing import Any
 
 import kopf
 
-from tuneforge.controllers import basemodel, batch, builders, children, deployment, finetuning, kube, metrics
+from tuneforge.controllers import (
+    basemodel,
+    batch,
+    builders,
+    children,
+    connections,
+    deployment,
+    finetuning,
+    kube,
+    metrics,
+)
 
 MANAGED = {builders.MANAGED_BY: builders.OPERATOR_NAME}
 
@@ -35,9 +45,10 @@ def _deployment_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -
     return {key: children.deployment_summary(body)} if key else None
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def build_registry(*, cluster_wide: bool) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
+    login = connections.login_handler(connections.connection_limit(cluster_wide))
+    kopf.on.login(registry=registry, id="login")(login)
     kopf.index("batch", "v1", "jobs", labels=MANAGED, registry=registry, id="tf_jobs")(_job_index)
     kopf.index("v1", "pods", labels=MANAGED, registry=registry, id="tf_pods")(_pod_index)
     kopf.index("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="tf_deployments")(_deployment_index)
@@ -73,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     kube.OPTIONS.dependency_grace = args.dependency_grace
     metrics.serve(args.metrics_port)
     kopf.run(
-        registry=build_registry(),
+        registry=build_registry(cluster_wide=not args.namespace),
         settings=operator_settings(args),
         standalone=args.standalone,
         priority=args.priority,

@@ -253,7 +253,7 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(op, "tuneforge.io", kinds, "get list watch patch"),
         _expand(op, "tuneforge.io", " ".join(f"{k}/status" for k in kinds.split()), "patch"),
         _expand(op, "tuneforge.io", "modeldeployments", "create delete"),
-        _expand(op, "batch", "jobs", "list watch create delete"),
+        _expand(op, "batch", "jobs", "get list watch create delete"),
         _expand(op, "apps", "deployments", "list watch create patch"),
         _expand(op, "", "pods", "list watch"),
         _expand(op, "", "configmaps services", "create patch"),
