@@ -10,7 +10,8 @@ from that copy (`BatchRun.journal_snapshot_s` sets the period).
 Each snapshot reads the state first, then uploads the result files, then the state:
 every line recorded before the state was read is in the uploaded files, so a snapshot
 whose state says the batch's end was decided (all requests recorded) carries all their
-lines. Lines recorded after a snapshot are simply missing from it, and their requests are
+lines, and result files from a snapshot whose state never arrived are still worth
+restoring. Lines recorded after a snapshot are simply missing from it, and their requests are
 sent again after a restore, so every custom_id still ends in exactly one line. A line
 being appended while its file is uploaded may arrive torn; the journal cuts torn tails
 when it opens, as after a crash.
@@ -39,14 +40,19 @@ def take(journal: Journal, batch_dir: ArtifactStore) -> None:
 
 
 def restore(work_dir: Path, batch_dir: ArtifactStore) -> bool:
-    """Fills an empty local work directory from the latest snapshot; False when there is
-    a local journal already (a container restart in the same Pod) or no snapshot."""
-    if (work_dir / STATE).exists() or not batch_dir.exists(batch_dir.path(SNAPSHOT_DIR, STATE)):
+    """Fills an empty local work directory from whatever the latest snapshot holds; False
+    when there is a local journal already (a container restart in the same Pod) or no
+    snapshot at all.
+
+    A Pod lost between a snapshot's result files and its state leaves results without a
+    state; they are restored all the same (the state only spares re-validating the input),
+    so no recorded answer is requested twice."""
+    if any((work_dir / name).exists() for name in (STATE, OUTPUT, ERRORS)):
+        return False
+    found = [name for name in (OUTPUT, ERRORS, STATE) if batch_dir.exists(batch_dir.path(SNAPSHOT_DIR, name))]
+    if not found:
         return False
     work_dir.mkdir(parents=True, exist_ok=True)
-    for name in (OUTPUT, ERRORS):
-        remote = batch_dir.path(SNAPSHOT_DIR, name)
-        if batch_dir.exists(remote):
-            (work_dir / name).write_bytes(batch_dir.read_bytes(remote))
-    (work_dir / STATE).write_bytes(batch_dir.read_bytes(batch_dir.path(SNAPSHOT_DIR, STATE)))
+    for name in found:
+        (work_dir / name).write_bytes(batch_dir.read_bytes(batch_dir.path(SNAPSHOT_DIR, name)))
     return True
