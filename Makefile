@@ -33,9 +33,13 @@ provision: ## Build or reuse the pinned etcd / kube-apiserver / kube-controller-
 	@bash hack/provision-helm.sh >/dev/null
 
 .PHONY: test
-test: venv provision ## Run unit, integration and end-to-end tests (the CI command)
+test: venv provision lint ## Lint, then run unit, integration and end-to-end tests (the CI command)
 	@set +e; $(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
+
+.PHONY: lint
+lint: venv ## ruff: errors, unused names, import order (rules in pyproject.toml)
+	$(BIN)/ruff check .
 
 .PHONY: test-unit
 test-unit: venv ## Run the unit tests only (no control plane)

@@ -18,6 +18,7 @@ import sys
 
 from tuneforge.config import settings
 from tuneforge.contracts import RUN_FILE, Engine, ErrorInfo, ServingSpec
+
 from tuneforge_inference.fetch import FetchError
 from tuneforge_inference.launcher import LaunchError
 

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from tuneforge.contracts import ServingSpec
+
 from tuneforge_inference.cpu.errors import APIError, bad_request
 from tuneforge_inference.cpu.protocol import LoadLoRAAdapterRequest, parse_request
 from tuneforge_inference.fetch import FetchError, fetch_adapter

@@ -14,13 +14,13 @@ expose a partial object).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import posixpath
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-import importlib.util
 from typing import IO, Any
 
 import fsspec

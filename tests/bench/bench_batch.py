@@ -33,11 +33,11 @@ from typing import Any
 import httpx
 
 from tuneforge.config import settings
-from tuneforge_inference.batch.runner import run_batch
 
 from tests.bench import common
 from tests.support.batches import API_KEY, BatchFiles, request_line
 from tests.support.openai_upstream import REPO_ROOT, UpstreamConfig, serve_in_subprocess
+from tuneforge_inference.batch.runner import run_batch
 
 LATENCIES_MS = (0, 50)
 CONCURRENCIES = (1, 8, 64)

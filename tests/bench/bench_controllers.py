@@ -52,9 +52,10 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneforge.local.controlplane import ControlPlane, free_port
+
 from tests.bench import common
 from tests.integration.controllers.conftest import chat_example, upload
-from tuneforge.local.controlplane import ControlPlane, free_port
 
 GROUP, VERSION = "tuneforge.io", "v1alpha1"
 N_JOBS = 100 if common.quick() else 1_000

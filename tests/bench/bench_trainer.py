@@ -49,6 +49,7 @@ def chat_dataset(n: int) -> list[dict]:
 
 def run_tuneforge(model_dir: Path, records: list[dict], work: Path) -> tuple[float, float, int]:
     from tuneforge.contracts import TrainingRun
+
     from tuneforge_trainer.loop import Trainer
 
     training = work / "train.jsonl"

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tuneforge.local.devstack import TINY
+
 from tests.e2e.conftest import (
     batch_lines,
     final_batch,
@@ -17,7 +19,6 @@ from tests.e2e.conftest import (
     upload_jsonl,
     wait_for,
 )
-from tuneforge.local.devstack import TINY
 
 pytestmark = pytest.mark.e2e
 

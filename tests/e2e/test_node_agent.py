@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from tests.e2e.conftest import core, kubectl_json, wait_for
 from tuneforge.local.node import NODE_NAME
+
+from tests.e2e.conftest import core, kubectl_json, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import final_job, json_training_rows, pods_of, upload_jsonl
 from tuneforge.local.devstack import TINY
+
+from tests.e2e.conftest import final_job, json_training_rows, pods_of, upload_jsonl
 
 pytestmark = pytest.mark.e2e
 

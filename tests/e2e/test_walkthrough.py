@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from tuneforge.local.devstack import TINY
+
 from tests.e2e.conftest import (
     batch_lines,
     final_batch,
@@ -18,7 +20,6 @@ from tests.e2e.conftest import (
     pods_of,
     upload_jsonl,
 )
-from tuneforge.local.devstack import TINY
 
 pytestmark = pytest.mark.e2e
 

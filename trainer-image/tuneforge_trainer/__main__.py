@@ -16,6 +16,7 @@ import pydantic
 
 from tuneforge.contracts import RUN_FILE, ErrorInfo, TrainingProgress, TrainingRun
 from tuneforge.storage import ArtifactStore
+
 from tuneforge_trainer.errors import TrainerError
 from tuneforge_trainer.loop import train
 from tuneforge_trainer.report import Reporter, write_termination_message

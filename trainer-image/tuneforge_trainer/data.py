@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from tuneforge import datasets, storage
+
 from tuneforge_trainer.errors import TrainerError
 
 IGNORE = -100

@@ -30,7 +30,9 @@ from transformers import get_scheduler
 
 from tuneforge.contracts import TrainingProgress, TrainingResult, TrainingRun
 from tuneforge.storage import ArtifactStore
-from tuneforge_trainer import checkpoint, data, hparams, model as modelling
+
+from tuneforge_trainer import checkpoint, data, hparams
+from tuneforge_trainer import model as modelling
 from tuneforge_trainer.objective import token_stats
 from tuneforge_trainer.report import Reporter
 

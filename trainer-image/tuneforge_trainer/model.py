@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tuneforge import weights
 from tuneforge.contracts import LoraSettings
+
 from tuneforge_trainer.errors import TrainerError
 
 
@@ -65,8 +66,8 @@ def quantization_config():
             param="lora.quantize_4bit",
         )
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401  (the config only fails later, at load, without it)
+        from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise TrainerError("unsupported_hardware", "QLoRA needs the bitsandbytes package in the image",
                            param="lora.quantize_4bit") from exc

@@ -27,8 +27,8 @@ from tuneforge.contracts import BatchRun, ErrorInfo
 from tuneforge.datasets import BatchRequest, DatasetError, iter_batch_requests, validate_batch_file
 from tuneforge.storage import ArtifactStore, filesystem
 
-from tuneforge_inference.batch.cancel import CancelRequest
 from tuneforge_inference.batch import snapshot
+from tuneforge_inference.batch.cancel import CancelRequest
 from tuneforge_inference.batch.journal import Journal
 from tuneforge_inference.batch.progress import ProgressReporter
 from tuneforge_inference.batch.publish import publish

@@ -9,6 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from tuneforge.contracts import ServingSpec
+
 from tuneforge_inference.cpu.app import create_app
 from tuneforge_inference.cpu.engine import Engine
 from tuneforge_inference.cpu.errors import APIError

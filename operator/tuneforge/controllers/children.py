@@ -13,7 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuneforge.api.v1alpha1.common import ApiError
-from tuneforge.controllers.builders import COMPONENT, LABEL_BATCH_JOB, LABEL_FINE_TUNING_JOB, LABEL_MODEL_DEPLOYMENT
+from tuneforge.controllers.builders import (
+    COMPONENT,
+    LABEL_BATCH_JOB,
+    LABEL_FINE_TUNING_JOB,
+    LABEL_MODEL_DEPLOYMENT,
+)
 
 OWNER_LABELS = (LABEL_FINE_TUNING_JOB, LABEL_BATCH_JOB, LABEL_MODEL_DEPLOYMENT)
 Key = tuple[str, str, str]

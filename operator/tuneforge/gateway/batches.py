@@ -6,7 +6,6 @@ error file ids); the gateway writes spec and renders status as the OpenAI batch 
 
 from __future__ import annotations
 
-
 from fastapi import APIRouter, Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 

@@ -26,7 +26,14 @@ from kubernetes.client.rest import ApiException
 
 from tuneforge.local import podstatus
 from tuneforge.local.nodeapi import NodeApi
-from tuneforge.local.pods import ImageCatalog, MissingReference, PodPlace, ProcessPlan, UnsupportedContainer, plan_container
+from tuneforge.local.pods import (
+    ImageCatalog,
+    MissingReference,
+    PodPlace,
+    ProcessPlan,
+    UnsupportedContainer,
+    plan_container,
+)
 from tuneforge.local.podstatus import ContainerRecord, PodConditions, Terminated
 from tuneforge.local.probes import ProbeSpecError, ProbeState, http_probe, http_target
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.helm import Helm, provision_helm
 from tuneforge.local.controlplane import ControlPlane
+
+from tests.support.helm import Helm, provision_helm
 
 
 @pytest.fixture(scope="session")

@@ -27,13 +27,14 @@ import yaml
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneforge.gateway import keys
+from tuneforge.local.controlplane import ControlPlane, free_port
+from tuneforge.weights import SMOLLM2_GGUF_URI
+
 from tests.integration.chart.conftest import service_account_kubeconfig
 from tests.integration.controllers.conftest import Kube, wait_for
 from tests.integration.gateway.gateway_testkit import batch_lines, training_lines
 from tests.support.helm import CHART, NAMESPACE, RELEASE, Helm
-from tuneforge.gateway import keys
-from tuneforge.local.controlplane import ControlPlane, free_port
-from tuneforge.weights import SMOLLM2_GGUF_URI
 
 pytestmark = pytest.mark.integration
 BASE_MODEL = "smollm2-135m-instruct"

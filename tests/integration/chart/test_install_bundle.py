@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.support.helm import NAMESPACE, REPO
 from tuneforge.local.controlplane import ControlPlane
+
+from tests.support.helm import NAMESPACE, REPO
 
 pytestmark = pytest.mark.integration
 BUNDLE = REPO / "dist" / "install.yaml"

@@ -14,6 +14,7 @@ import pytest
 from tuneforge import apikeys
 from tuneforge.contracts import BatchRun
 from tuneforge.controllers import batch as batch_controller
+
 from tests.integration.controllers.conftest import (
     DEPENDENCY_GRACE_SECONDS,
     Kube,

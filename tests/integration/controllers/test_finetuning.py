@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client
 
 from tuneforge.contracts import TrainingRun
+
 from tests.integration.controllers.conftest import (
     DEPENDENCY_GRACE_SECONDS,
     Kube,

@@ -14,13 +14,14 @@ import httpx
 import pytest
 from kubernetes import client
 
-from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for
-from tests.integration.gateway.gateway_testkit import ServerThread, training_lines
 from tuneforge.contracts import TrainingRun
 from tuneforge.gateway import keys
 from tuneforge.gateway.app import create_app
 from tuneforge.local.controlplane import free_port
 from tuneforge.storage import ArtifactStore
+
+from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for
+from tests.integration.gateway.gateway_testkit import ServerThread, training_lines
 
 pytestmark = pytest.mark.integration
 PLURAL = "finetuningjobs"

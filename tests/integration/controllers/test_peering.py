@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 
 from tuneforge.local.controlplane import ControlPlane
+
 from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for
 
 pytestmark = pytest.mark.integration

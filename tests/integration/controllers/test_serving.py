@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge.contracts import ServingSpec
+
 from tests.integration.controllers.conftest import Kube, Operator, wait_for
 
 pytestmark = pytest.mark.integration

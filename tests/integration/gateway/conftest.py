@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import httpx
 import openai
 import pytest
+from gateway_testkit import ServerThread
 from kubernetes import client
 
 from tuneforge.config import settings
 from tuneforge.gateway import keys
-from gateway_testkit import ServerThread
 from tuneforge.gateway.app import create_app
 from tuneforge.gateway.settings import gateway_settings
 from tuneforge.local.controlplane import free_port

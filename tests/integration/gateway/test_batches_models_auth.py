@@ -8,9 +8,9 @@ import sys
 
 import openai
 import pytest
+from gateway_testkit import batch_lines, training_lines
 from kubernetes import client
 
-from gateway_testkit import batch_lines, training_lines
 from tuneforge.config import settings
 
 pytestmark = pytest.mark.integration

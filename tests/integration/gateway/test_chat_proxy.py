@@ -13,9 +13,9 @@ import time
 import httpx
 import openai
 import pytest
+from gateway_testkit import ServerThread, make_upstream, ready_shared_deployment, training_lines
 from kubernetes import client
 
-from gateway_testkit import ServerThread, make_upstream, ready_shared_deployment, training_lines
 from tuneforge.config import settings
 from tuneforge.local.controlplane import free_port
 

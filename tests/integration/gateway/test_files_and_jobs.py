@@ -7,9 +7,8 @@ import json
 
 import openai
 import pytest
-from kubernetes import client
-
 from gateway_testkit import batch_lines, training_lines
+from kubernetes import client
 
 pytestmark = pytest.mark.integration
 

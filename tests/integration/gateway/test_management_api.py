@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from gateway_testkit import training_lines
 from kubernetes import client
 
-from gateway_testkit import training_lines
 from tuneforge.apikeys import secret_name
 from tuneforge.config import settings
 from tuneforge.gateway.openai_types import unix

@@ -10,9 +10,8 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-from tuneforge_inference.batch.runner import RunnerTuning, run_batch
-
 from tests.support.batches import request_line
+from tuneforge_inference.batch.runner import RunnerTuning, run_batch
 
 TICK = RunnerTuning(tick_s=0.05)
 

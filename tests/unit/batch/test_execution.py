@@ -9,11 +9,10 @@ import sys
 
 from openai.types.chat import ChatCompletion
 
-from tuneforge_inference.batch.retry import RetryPolicy
-from tuneforge_inference.batch.runner import RunnerTuning, run_batch
-
 from tests.support.batches import request_line
 from tests.support.openai_upstream import Step
+from tuneforge_inference.batch.retry import RetryPolicy
+from tuneforge_inference.batch.runner import RunnerTuning, run_batch
 
 FAST = RunnerTuning(retry=RetryPolicy(base_delay_s=0.01, max_delay_s=0.05), tick_s=0.1)
 

@@ -34,7 +34,7 @@ def test_torn_last_line_is_cut_and_state_rebuilt(tmp_path):
     assert reopened.usage_report().model_dump() == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
     reopened.record(Outcome("d", error_code="batch_expired", error_message="late"))
     reopened.close()
-    ids = [json.loads(l)["custom_id"] for f in ("output.jsonl", "errors.jsonl") for l in (tmp_path / f).open()]
+    ids = [json.loads(line)["custom_id"] for f in ("output.jsonl", "errors.jsonl") for line in (tmp_path / f).open()]
     assert sorted(ids) == ["a", "b", "c", "d"]
 
 

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from tuneforge_inference.batch.runner import run_batch
-
 from tests.support.batches import request_line
+from tuneforge_inference.batch.runner import run_batch
 
 
 def _with(line: int, bad: dict | str, n: int = 3) -> list:

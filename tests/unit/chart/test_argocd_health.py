@@ -11,11 +11,12 @@ import pytest
 import yaml
 from lupa.lua51 import LuaRuntime
 
-from tests.support.helm import REPO
 from tuneforge.api.v1alpha1.basemodel import BaseModelPhase
 from tuneforge.api.v1alpha1.batchjob import BatchJobPhase
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase
 from tuneforge.api.v1alpha1.modeldeployment import ModelDeploymentPhase
+
+from tests.support.helm import REPO
 
 SCRIPTS = yaml.safe_load((REPO / "deploy" / "argocd" / "argocd-cm-health.yaml").read_text())["data"]
 ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}

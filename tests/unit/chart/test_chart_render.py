@@ -8,12 +8,13 @@ import json
 
 import pytest
 
-from tests.support.helm import CHART, CI_VALUES, NAMESPACE, Helm, Rendered
 from tuneforge.__main__ import build_parser
 from tuneforge.api.v1alpha1.basemodel import BaseModelResource
 from tuneforge.config import Settings
 from tuneforge.controllers.builders import STORE_CREDENTIALS_SECRET, serving_labels
 from tuneforge.storage import resolve_uri
+
+from tests.support.helm import CHART, CI_VALUES, NAMESPACE, Helm, Rendered
 
 CI = {path.stem: path for path in CI_VALUES}
 OPERATOR, GATEWAY, SETTINGS = "tuneforge-operator", "tuneforge-gateway", "tuneforge-settings"

@@ -6,7 +6,12 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tuneforge.api.v1alpha1 import BaseModelResource, BatchJobResource, FineTuningJobResource, ModelDeploymentResource
+from tuneforge.api.v1alpha1 import (
+    BaseModelResource,
+    BatchJobResource,
+    FineTuningJobResource,
+    ModelDeploymentResource,
+)
 from tuneforge.config import HardwareProfile, Settings
 from tuneforge.contracts import BatchRun, ServingSpec, TrainingRun
 from tuneforge.controllers import builders

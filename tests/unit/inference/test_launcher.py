@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge.contracts import AdapterSource, Engine, ServingSpec
+
 from tuneforge_inference.launcher import LaunchError, vllm_command, vllm_lora_rank
 
 MODEL = Path("/cache/models/smollm2")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import settings
-from tuneforge_trainer.__main__ import main
 
 from .conftest import echo_examples, make_run, write_jsonl
+from tuneforge_trainer.__main__ import main
 
 GOOD = json.dumps(echo_examples(1)[0])
 CASES = {

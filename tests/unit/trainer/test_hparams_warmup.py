@@ -1,6 +1,7 @@
 """Warmup given in steps (the management API's warmupSteps) replaces the warmup ratio."""
 
 from tuneforge.contracts import BASE_LEARNING_RATE, TrainingHyperparameters
+
 from tuneforge_trainer.hparams import resolve
 
 

@@ -9,9 +9,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tuneforge_trainer.loop import train
-
 from .conftest import make_run, write_jsonl
+from tuneforge_trainer.loop import train
 
 GOOD = "wonderful great delightful superb charming brilliant lovely excellent".split()
 BAD = "awful boring terrible dreadful clumsy tedious horrible dull".split()

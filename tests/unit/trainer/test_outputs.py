@@ -13,10 +13,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from .conftest import echo_examples, make_run, write_jsonl
 from tests.support.s3 import new_bucket
 from tuneforge_trainer.loop import Trainer
-
-from .conftest import echo_examples, make_run, write_jsonl
 
 
 def _upload(local: Path, uri: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from tuneforge_trainer import data, model as modelling
-from tuneforge_trainer.objective import token_stats
-
 from .conftest import echo_examples
+from tuneforge_trainer import data
+from tuneforge_trainer import model as modelling
+from tuneforge_trainer.objective import token_stats
 
 
 def _load(model_dir):

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tuneforge_trainer import checkpoint
 from tuneforge.storage import ArtifactStore
 
 from .conftest import echo_examples, make_run, write_jsonl
+from tuneforge_trainer import checkpoint
 
 
 def _start(tmp_path: Path, name: str, model_dir: Path, training: Path) -> tuple[subprocess.Popen, Path]:

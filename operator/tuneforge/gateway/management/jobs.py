@@ -23,8 +23,8 @@ from tuneforge.gateway.catalog import is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.fine_tuning import (
     JobDraft,
-    create_job_once,
     complete_checkpoint_steps,
+    create_job_once,
 )
 from tuneforge.gateway.kube import AlreadyExists
 from tuneforge.gateway.management.shapes import (
