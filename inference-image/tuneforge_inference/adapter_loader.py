@@ -23,11 +23,11 @@ from pathlib import Path
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from tuneforge.contracts import ServingSpec
 
-from tuneforge_inference.cpu.errors import APIError, bad_request
+from tuneforge_inference.cpu.errors import APIError, bad_request, install_handlers
 from tuneforge_inference.cpu.protocol import LoadLoRAAdapterRequest, parse_request
 from tuneforge_inference.fetch import FetchError, fetch_adapter
 
@@ -66,13 +66,7 @@ def create_app(engine: str, cache_dir: Path | None = None) -> FastAPI:
 
     app = FastAPI(title="tuneforge adapter loader", lifespan=lifespan)
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}").response()
+    install_handlers(app)
 
     async def forward(path: str, content: bytes) -> Response:
         try:

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneforge_inference.cpu.engine import Engine
-from tuneforge_inference.cpu.errors import APIError, bad_request
+from tuneforge_inference.cpu.errors import APIError, bad_request, install_handlers
 from tuneforge_inference.cpu.generation import Delta, GenerationResult
 from tuneforge_inference.cpu.metrics import EngineMetrics
 from tuneforge_inference.cpu.protocol import (
@@ -54,6 +54,7 @@ def create_app(engine: Engine, max_queue: int) -> FastAPI:
         known_adapters=lambda: len(engine.adapters.known),
     )
     adapter_lock = asyncio.Lock()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -63,13 +64,7 @@ def create_app(engine: Engine, max_queue: int) -> FastAPI:
     app.state.engine = engine
     app.state.worker = worker
 
-    @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}").response()
+    install_handlers(app)
 
     @app.middleware("http")
     async def _count(request: Request, call_next):

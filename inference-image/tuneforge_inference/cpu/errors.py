@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 ERROR_TYPES = {
@@ -46,6 +47,19 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=int(self.status), headers=self.headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Answers APIError with its own JSON and anything unexpected with a 500 in the same
+    shape, so that a client never has to parse a bare text error."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}").response()
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:
