@@ -169,9 +169,9 @@ class Gateway(Values):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """Largest file accepted by POST /v1/files."""
     key_cache_seconds: float = Field(default=5, ge=0)
-    """Seconds an API-key lookup is reused."""
+    """Seconds an API-key lookup is reused; up to twice this while it is reloaded in the background."""
     route_cache_seconds: float = Field(default=2, ge=0)
-    """Seconds the ready Pods of a deployment are reused for routing."""
+    """Seconds a deployment's ready Pods are reused for routing; up to twice this while reloaded."""
     upstream_timeout_seconds: float = Field(default=600, gt=0)
     """Read timeout towards the serving Pods."""
     service: Service = Field(default_factory=Service)

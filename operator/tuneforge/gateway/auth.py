@@ -3,13 +3,12 @@
 The key arrives as `Authorization: Bearer <key>` (what the openai client sends) or
 `X-API-Key: <key>`. Its Secret is found by name (derived from the key's hash) in the
 system namespace, with one GET; lookups are cached for a few seconds so the hot chat path
-does not hit the API server per request (a revoked key stops working within
-`key_cache_seconds`). Every handler receives a `Principal` and acts inside its tenant only.
+does not hit the API server per request (a revoked key stops working within twice
+`key_cache_seconds`: see `caching`). Every handler receives a `Principal` and acts inside its tenant only.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
@@ -17,6 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from tuneforge import apikeys
 from tuneforge.config import settings
+from tuneforge.gateway.caching import RefreshingCache
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import Kube
 from tuneforge.gateway.settings import gateway_settings
@@ -36,30 +36,24 @@ class Principal:
 
 
 class KeyResolver:
-    """Key -> Principal, with a short TTL cache keyed by the key's hash."""
+    """Key -> Principal, cached by the key's hash (see `caching` for how long)."""
 
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._cache: RefreshingCache[str, Principal | None] = RefreshingCache(gateway_settings().key_cache_seconds)
 
     async def resolve(self, key: str) -> Principal | None:
-        digest = apikeys.key_hash(key)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached and cached[0] > now:
-            return cached[1]
+        return await self._cache.get(apikeys.key_hash(key), lambda: self._lookup(key))
+
+    async def _lookup(self, key: str) -> Principal | None:
         secret = await self.kube.get_secret(settings().system_namespace, apikeys.secret_name(key))
-        principal = None
-        if secret is not None and (secret.get("metadata", {}).get("labels") or {}).get(apikeys.LABEL_API_KEY) == "true":
-            try:
-                grant = apikeys.parse_key_secret(secret, key)
-                principal = Principal(tenant=grant.tenant, scopes=grant.scopes, key_name=grant.name)
-            except apikeys.ApiKeyError:
-                principal = None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + gateway_settings().key_cache_seconds, principal)
-        return principal
+        if secret is None or (secret.get("metadata", {}).get("labels") or {}).get(apikeys.LABEL_API_KEY) != "true":
+            return None
+        try:
+            grant = apikeys.parse_key_secret(secret, key)
+        except apikeys.ApiKeyError:
+            return None
+        return Principal(tenant=grant.tenant, scopes=grant.scopes, key_name=grant.name)
 
 
 async def authenticate(

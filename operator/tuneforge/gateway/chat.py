@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -84,13 +84,20 @@ def upstream_error(status: int, content: bytes) -> OpenAIError:
     return OpenAIError(502, f"The model server failed: {message}", code="upstream_error", type="server_error")
 
 
-async def _send(router_: Router, pod: Pod, route: Route, raw: bytes, request_id: str, stream: bool) -> httpx.Response:
+async def _send(router_: Router, pod: Pod, route: Route, raw: bytes, request_id: str) -> aiohttp.ClientResponse:
+    """The Pod's response with its body still unread (a stream is relayed as it comes);
+    the caller releases it."""
     await router_.ensure_adapter(pod, route, request_id)
-    request = router_.http.build_request(
-        "POST", f"{pod.url}/v1/chat/completions", content=raw,
+    return await router_.http.post(
+        f"{pod.url}/v1/chat/completions", data=raw,
         headers={"content-type": "application/json", "x-request-id": request_id},
     )
-    return await router_.http.send(request, stream=stream)
+
+
+async def _release(upstream: aiohttp.ClientResponse) -> None:
+    """Returns a relayed stream's connection to the pool (or closes it when the client
+    left mid-stream); Starlette runs it after the response, disconnects included."""
+    upstream.release()
 
 
 @router.post("/chat/completions", openapi_extra=_BODY_SCHEMA, summary="Create a chat completion")
@@ -105,26 +112,24 @@ async def chat_completions(request: Request, principal: Principal = Depends(requ
         tried.add(pod.uid)
         presumed_loaded = route.adapter is not None and router_.holds(pod, route.adapter)
         try:
-            upstream = await _send(router_, pod, route, raw, request_id, stream)
-            if upstream.status_code == 404 and presumed_loaded:
+            upstream = await _send(router_, pod, route, raw, request_id)
+            if upstream.status == 404 and presumed_loaded:
                 # The engine dropped the adapter (restart or its own LRU): load it again.
-                await upstream.aclose()
+                upstream.release()
                 router_.forget_adapter(pod, route.adapter)
-                upstream = await _send(router_, pod, route, raw, request_id, stream)
-        except httpx.TransportError:
+                upstream = await _send(router_, pod, route, raw, request_id)
+            if not stream or upstream.status >= 400:
+                content = await upstream.read()
+                upstream.release()
+        except aiohttp.ClientError:
             router_.forget(principal.tenant, model)
             continue
-        if upstream.status_code >= 400:
-            content = await upstream.aread()
-            await upstream.aclose()
-            raise upstream_error(upstream.status_code, content)
+        if upstream.status >= 400:
+            raise upstream_error(upstream.status, content)
         media_type = upstream.headers.get("content-type", "application/json")
         if stream:
-            return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, media_type=media_type,
-                                     background=BackgroundTask(upstream.aclose))
-        return Response(upstream.content, status_code=upstream.status_code, media_type=media_type)
+            return StreamingResponse(upstream.content.iter_any(), status_code=upstream.status, media_type=media_type,
+                                     background=BackgroundTask(_release, upstream))
+        return Response(content, status_code=upstream.status, media_type=media_type)
     raise OpenAIError(502, f"No replica serving '{model}' could be reached.", code="upstream_unreachable",
                       type="server_error")
-
-
-

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from tuneforge.config import settings
+from tuneforge.gateway.caching import RefreshingCache
 from tuneforge.gateway.catalog import catalog_model, fine_tuned_job, job_name_of
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import Kube
@@ -65,7 +65,6 @@ class Route:
     pods: list[Pod]
     adapter: Adapter | None
     max_adapters: int
-    expires: float = 0.0
     counter: itertools.count = field(default_factory=itertools.count)
 
 
@@ -100,33 +99,24 @@ def adapter_path(uri: str) -> str:
 
 
 class Router:
-    """Resolves models to routes (cached briefly) and tracks adapters loaded per Pod."""
+    """Resolves models to routes (cached briefly, see `caching`) and tracks adapters
+    loaded per Pod."""
 
-    def __init__(self, kube: Kube, http: httpx.AsyncClient, cache_seconds: float) -> None:
+    def __init__(self, kube: Kube, http: aiohttp.ClientSession, cache_seconds: float) -> None:
         self.kube = kube
         self.http = http
-        self.cache_seconds = cache_seconds
-        self._routes: dict[tuple[str, str], Route] = {}
+        self._routes: RefreshingCache[tuple[str, str], Route] = RefreshingCache(cache_seconds)
         self._loaded: dict[str, OrderedDict[str, None]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- resolution --------------------------------------------------------------------
 
     async def route(self, tenant: str, model: str) -> Route:
-        key = (tenant, model)
-        cached = self._routes.get(key)
-        if cached and cached.expires > time.monotonic():
-            return cached
-        route = await self._resolve(tenant, model)
-        route.expires = time.monotonic() + self.cache_seconds
-        if len(self._routes) > 10_000:
-            self._routes.clear()
-        self._routes[key] = route
-        return route
+        return await self._routes.get((tenant, model), lambda: self._resolve(tenant, model))
 
     def forget(self, tenant: str, model: str) -> None:
         """Drops a cached route, e.g. after a Pod refused connections."""
-        self._routes.pop((tenant, model), None)
+        self._routes.forget((tenant, model))
 
     async def _resolve(self, tenant: str, model: str) -> Route:
         adapter = None
@@ -197,14 +187,14 @@ class Router:
         async with lock:
             if adapter.name in loaded:
                 return
-            response = await self.http.post(
+            async with self.http.post(
                 f"{pod.load_url}/v1/load_lora_adapter",
                 json={"lora_name": adapter.name, "lora_path": adapter.path},
                 headers={"x-request-id": request_id},
-            )
-            if response.status_code >= 400 and "already" not in response.text.lower():
-                raise OpenAIError(502, f"Loading adapter '{adapter.name}' on {pod.name} failed: "
-                                       f"{response.status_code} {response.text[:500]}",
+            ) as response:
+                status, text = response.status, await response.text(errors="replace")
+            if status >= 400 and "already" not in text.lower():
+                raise OpenAIError(502, f"Loading adapter '{adapter.name}' on {pod.name} failed: {status} {text[:500]}",
                                   code="adapter_load_failed", type="server_error")
             loaded[adapter.name] = None
             while len(loaded) > route.max_adapters:

@@ -17,9 +17,11 @@ class GatewaySettings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """Largest file accepted by POST /v1/files; larger uploads get 413."""
     key_cache_seconds: float = Field(default=5.0, ge=0)
-    """How long a key lookup is reused; a revoked key stops working within this time."""
+    """How long a key lookup is used as is; for as long again it is used while being
+    reloaded, so a revoked key stops working within twice this time."""
     route_cache_seconds: float = Field(default=2.0, ge=0)
-    """How long the ready Pods of a deployment are reused for routing chat requests."""
+    """How long the ready Pods of a deployment are used as is for routing chat requests
+    (and for as long again while being reloaded)."""
     upstream_timeout_seconds: float = Field(default=600.0, gt=0)
     """Read timeout towards the serving Pods (long generations)."""
     port: int = Field(default=8000, ge=1, le=65535)

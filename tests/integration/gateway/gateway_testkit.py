@@ -28,13 +28,14 @@ GROUP, VERSION = "tuneforge.io", "v1alpha1"
 
 @contextmanager
 def ready_shared_deployment(api_client: client.ApiClient, system_namespace: str, base_model: str,
-                            port: int) -> Iterator[str]:
+                            *ports: int) -> Iterator[str]:
     """The base model's shared ModelDeployment in the system namespace with one ready Pod
-    at 127.0.0.1:`port`, deleted afterwards; yields the deployment's name.
+    at 127.0.0.1:`port` for each of `ports`, deleted afterwards; yields the deployment's
+    name.
 
-    The Pod object is real (created in the API server, its status patched to Running/Ready
-    as a kubelet would report it), so the gateway routes through exactly what it uses in
-    a cluster: ModelDeployment -> Deployment selector -> ready Pods -> IP:port.
+    The Pod objects are real (created in the API server, their status patched to
+    Running/Ready as a kubelet would report it), so the gateway routes through exactly what
+    it uses in a cluster: ModelDeployment -> Deployment selector -> ready Pods -> IP:port.
     """
     name = f"shared-{uuid.uuid4().hex[:8]}"
     labels = {"app": name}
@@ -50,20 +51,22 @@ def ready_shared_deployment(api_client: client.ApiClient, system_namespace: str,
         "spec": {"replicas": 0, "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}},
     })
-    pod = f"{name}-pod"
-    core.create_namespaced_pod(system_namespace, {
-        "metadata": {"name": pod, "labels": labels},
-        "spec": {"containers": [{**container, "ports": [{"name": "http", "containerPort": port}]}]},
-    })
+    pods = [f"{name}-pod-{i}" for i in range(len(ports))]
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    core.patch_namespaced_pod_status(pod, system_namespace, {"status": {
-        "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
-        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
-    }})
+    for pod, port in zip(pods, ports, strict=True):
+        core.create_namespaced_pod(system_namespace, {
+            "metadata": {"name": pod, "labels": labels},
+            "spec": {"containers": [{**container, "ports": [{"name": "http", "containerPort": port}]}]},
+        })
+        core.patch_namespaced_pod_status(pod, system_namespace, {"status": {
+            "phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+        }})
     try:
         yield name
     finally:
-        core.delete_namespaced_pod(pod, system_namespace, grace_period_seconds=0)
+        for pod in pods:
+            core.delete_namespaced_pod(pod, system_namespace, grace_period_seconds=0)
         apps.delete_namespaced_deployment(name, system_namespace)
         custom.delete_namespaced_custom_object(GROUP, VERSION, system_namespace, "modeldeployments", name)
 

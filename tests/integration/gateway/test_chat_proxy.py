@@ -99,3 +99,26 @@ def test_chat_errors(tenant, gateway, base_model, shared_deployment) -> None:
     response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                           json={"model": base_model})
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+
+
+def test_a_replica_that_refuses_connections_is_skipped(tenant, api_client, base_model) -> None:
+    """Two ready Pods, one of them not listening (its engine restarting): every request is
+    answered, by the live one."""
+    _, api = tenant
+    upstream, live, dead = make_upstream(base_model), free_port(), free_port()
+    with ready_shared_deployment(api_client, settings().system_namespace, base_model, dead, live), \
+            ServerThread(upstream, live):
+        for _ in range(4):
+            reply = api.with_options(max_retries=0).chat.completions.create(
+                model=base_model, messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == f"hello from {base_model}"
+    assert len(upstream.state.requests) == 4
+
+
+def test_no_reachable_replica_is_a_502(tenant, api_client, base_model) -> None:
+    _, api = tenant
+    with ready_shared_deployment(api_client, settings().system_namespace, base_model, free_port()):
+        with pytest.raises(openai.InternalServerError) as exc:
+            api.with_options(max_retries=0).chat.completions.create(
+                model=base_model, messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert exc.value.status_code == 502 and exc.value.code == "upstream_unreachable"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import fsspec
 import httpx
 import pytest
@@ -141,7 +142,7 @@ def test_the_gateway_sends_loads_for_a_pod_with_the_sidecar_through_it(engine: R
     adapter = Adapter(name=name, path=adapter_path(f"{bucket}/team/fine-tuning/ftjob-s3/adapter"))
 
     async def load() -> None:
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
             router = Router(kube=None, http=http, cache_seconds=0)
             await router.ensure_adapter(pod, Route(deployment="d", pods=[pod], adapter=adapter, max_adapters=4), "r-1")
 
