@@ -27,6 +27,7 @@ from tuneforge.storage import ArtifactStore
 from tuneforge_inference.batch.journal import ERRORS, OUTPUT, STATE, Journal
 
 SNAPSHOT_DIR = "journal"
+JOURNAL_FILES = (OUTPUT, ERRORS, STATE)
 
 
 def take(journal: Journal, batch_dir: ArtifactStore) -> None:
@@ -47,9 +48,9 @@ def restore(work_dir: Path, batch_dir: ArtifactStore) -> bool:
     A Pod lost between a snapshot's result files and its state leaves results without a
     state; they are restored all the same (the state only spares re-validating the input),
     so no recorded answer is requested twice."""
-    if any((work_dir / name).exists() for name in (STATE, OUTPUT, ERRORS)):
+    if any((work_dir / name).exists() for name in JOURNAL_FILES):
         return False
-    found = [name for name in (OUTPUT, ERRORS, STATE) if batch_dir.exists(batch_dir.path(SNAPSHOT_DIR, name))]
+    found = [name for name in JOURNAL_FILES if batch_dir.exists(batch_dir.path(SNAPSHOT_DIR, name))]
     if not found:
         return False
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,7 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
         # Idle connections are dropped before the serving Pods' own keep-alive timeout
         # (uvicorn's and vLLM's 5 s), so a request never goes out on a connection the Pod
         # is closing at that moment.
-        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=2.0)
+        connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=2.0)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             app.state.kube = kube
             app.state.store = store or ArtifactStore()

@@ -4,7 +4,8 @@ The key arrives as `Authorization: Bearer <key>` (what the openai client sends) 
 `X-API-Key: <key>`. Its Secret is found by name (derived from the key's hash) in the
 system namespace, with one GET; lookups are cached for a few seconds so the hot chat path
 does not hit the API server per request (a revoked key stops working within twice
-`key_cache_seconds`: see `caching`). Every handler receives a `Principal` and acts inside its tenant only.
+`key_cache_seconds`: see `caching`). Every handler receives a `Principal` and acts inside
+its tenant only.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class RefreshingCache(Generic[K, V]):
                 return entry.value
             if age < 2 * self.ttl:
                 if key not in self._loading:
-                    self._start_load(key, load).add_done_callback(_log_failure)
+                    self._start_load(key, load, background=True)
                 return entry.value
         pending = self._loading.get(key) or self._start_load(key, load)
         # Shielded: a caller that goes away (client disconnect) leaves the load to the others.
@@ -62,10 +62,11 @@ class RefreshingCache(Generic[K, V]):
         """Drops a value known to be wrong (say, a route to a Pod that refused connections)."""
         self._entries.pop(key, None)
 
-    def _start_load(self, key: K, load: Callable[[], Awaitable[V]]) -> asyncio.Task[V]:
+    def _start_load(
+        self, key: K, load: Callable[[], Awaitable[V]], *, background: bool = False
+    ) -> asyncio.Task[V]:
         task = asyncio.ensure_future(self._load_and_store(key, load))
-        # Its waiters may all have gone away; the failure is theirs, not asyncio's to report.
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        task.add_done_callback(_log_failure if background else _retrieve_failure)
         self._loading[key] = task
         return task
 
@@ -81,6 +82,13 @@ class RefreshingCache(Generic[K, V]):
             self._entries.clear()
         self._entries[key] = _Entry(value, self._clock())
         return value
+
+
+def _retrieve_failure(task: asyncio.Task) -> None:
+    """A request's load may have lost all its waiters (clients gone): its failure was
+    theirs, not something for asyncio to report as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _log_failure(task: asyncio.Task) -> None:
