@@ -81,11 +81,52 @@ class TrainingHyperparameters(Contract):
     micro_batch_size: int | None = Field(
         default=None, ge=1, description="Rows per forward pass; gradient accumulation makes up the rest."
     )
+    attention: Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"] = Field(
+        default="auto",
+        description="transformers' attn_implementation; auto takes flash_attention_2 when the flash-attn "
+        "package and a CUDA GPU are there (packed rows without an L x L mask), sdpa otherwise.",
+    )
 
 
 class CheckpointSettings(Contract):
     every_n_steps: int = Field(default=50, ge=1)
     keep_last: int = Field(default=3, ge=1)
+
+
+RENDEZVOUS_PORT = 29400
+"""Where node 0 of a multi-node run serves the c10d rendezvous (torchrun's default)."""
+
+
+class DistributedSettings(Contract):
+    """How many processes train, and how they share the model. The controller resolves
+    `auto` before it writes the run: the trainer only ever sees ddp or fsdp."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp", description="ddp replicates the model per process; fsdp shards it (FSDP2)."
+    )
+    nodes: int = Field(default=1, ge=1, description="Pods of the group (an Indexed Job when > 1).")
+    processes_per_node: int = Field(default=1, ge=1, description="Processes per Pod, one per GPU.")
+    rendezvous_host: str | None = Field(
+        default=None, description="Host of node 0 (`<job>-0.<service>`); required when nodes > 1."
+    )
+    rendezvous_port: int = Field(default=RENDEZVOUS_PORT, ge=1, le=65535)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+class TrainerExit(int, Enum):
+    """Exit statuses of `tuneforge-train`, which the trainer Job's podFailurePolicy reads:
+    bad data or configuration fail the job at once; anything a new Pod may not meet again
+    (a preemption, a store outage outlasting the retries, an NCCL timeout, a CUDA error or
+    out-of-memory) is retried within the Job's backoffLimit, from the newest checkpoint."""
+
+    succeeded = 0
+    fatal = 1  # bad data, bad run spec, unsupported request: retrying cannot help
+    usage = 2  # argparse's own exit status for a bad command line
+    retryable = 75  # EX_TEMPFAIL: a transient fault
+    preempted = 143  # 128 + SIGTERM: stopped on request after a last checkpoint
 
 
 class TrainingRun(Contract):
@@ -103,6 +144,7 @@ class TrainingRun(Contract):
     hyperparameters: TrainingHyperparameters = Field(default_factory=TrainingHyperparameters)
     checkpoints: CheckpointSettings = Field(default_factory=CheckpointSettings)
     merge_adapter: bool = Field(default=False, description="Also write a merged full model.")
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
 
 
 class TrainingProgress(Report):
@@ -120,6 +162,20 @@ class TrainingProgress(Report):
     updated_at: datetime | None = None
 
 
+class TrainingPerformance(Report):
+    """How fast the run trained, measured over optimizer steps only (evaluation,
+    checkpoints and uploads excluded)."""
+
+    tokens_per_second: float = Field(description="Example tokens trained per second, all processes.")
+    flops_per_token: float = Field(description="Model FLOPs per trained token (see docs/trainer.md).")
+    mfu: float | None = Field(default=None, description="Model FLOPs utilisation against the GPUs' bf16 peak.")
+    peak_memory_bytes: int | None = Field(default=None, description="Peak accelerator memory of one process.")
+    attention: str = Field(description="The attention implementation the model ran with.")
+    packed: bool = Field(description="Whether examples were packed into shared rows.")
+    world_size: int = 1
+    strategy: str = "ddp"
+
+
 class TrainingResult(Report):
     """`result.json`, written once when the trainer exits successfully."""
 
@@ -131,6 +187,7 @@ class TrainingResult(Report):
     hyperparameters: dict[str, float | int | str]
     result_files: list[str] = Field(default_factory=list, description="URIs, e.g. the results CSV.")
     merged_model_uri: str | None = None
+    performance: TrainingPerformance | None = None
 
 
 # -- serving -----------------------------------------------------------------------------
