@@ -11,7 +11,9 @@ so nothing reading node health sees it as dead.
 Each Pod gets its own loopback address (127.0.<n>.1, 127.0.<n>.2, ..., in the /24 this
 agent claimed) as its podIP; Linux routes all of 127.0.0.0/8 to the loopback interface,
 so servers of different Pods can all listen on port 8000 and the gateway reaches them by
-podIP, as on a cluster.
+podIP, as on a cluster. Having every Pod's IP, the agent also keeps each Pod's managed
+/etc/hosts, where Pods of a subdomain find each other as through cluster DNS
+(`tuneforge.local.hosts`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from tuneforge.config import Settings
+from tuneforge.local.hosts import hosts_file, probe_own_names, write_in_place
 from tuneforge.local.nodeapi import NodeApi
 from tuneforge.local.pods import Image, ImageCatalog
 from tuneforge.local.podworker import NodeContext, PodWorker
@@ -111,6 +114,17 @@ class PodIps:
         self.used.discard(ip)
 
 
+def write_hosts_files(pods: list[tuple[Mapping[str, Any], str, Path]]) -> None:
+    """Writes each (pod, pod IP, hosts file) its managed /etc/hosts, naming the others where
+    cluster DNS would; a file that cannot be written is logged, and its Pod keeps the last one."""
+    node_pods = [(pod, ip) for pod, ip, _ in pods]
+    for pod, ip, path in pods:
+        try:
+            write_in_place(path, hosts_file(pod, ip, node_pods))
+        except OSError as exc:
+            log.warning("hosts file %s not written: %s", path, exc)
+
+
 def claim_subnet(lock_dir: Path, remembered: Path) -> tuple[ipaddress.IPv4Network, IO[bytes]]:
     """Locks a free 127.0.<n>.0/24 for this agent's lifetime (the returned file holds the
     lock; the OS releases it when the process dies), preferring the one this state
@@ -146,7 +160,7 @@ class NodeAgent:
         self.context = NodeContext(
             api=self.api, catalog=image_catalog(settings, scripts),
             base_env=image_environment(settings, scripts, os.environ), capacity=self.capacity,
-            pods_dir=state_dir / "pods", claims_dir=state_dir / "claims",
+            pods_dir=state_dir / "pods", claims_dir=state_dir / "claims", own_names=probe_own_names(),
         )
         self.shutdown_grace = shutdown_grace
         self.workers: dict[str, PodWorker] = {}
@@ -269,6 +283,7 @@ class NodeAgent:
                     return
                 worker = PodWorker(self.context, pod, self.ips.take(status.get("podIP")), self._worker_done)
                 self.workers[meta["uid"]] = worker
+                self._write_hosts()
             worker.start()
         elif wants_scheduling(pod):
             self._schedule(pod)
@@ -280,6 +295,13 @@ class NodeAgent:
                 self.ips.release(worker.pod_ip)
                 if worker.finished:
                     self.finished.add(uid)
+                self._write_hosts()
+
+    def _write_hosts(self) -> None:
+        """Every running Pod's managed /etc/hosts from the Pods this node runs now (called with
+        the lock held whenever one comes or goes), so a Pod finds the Pods of its subdomain
+        however they were started after it, and no longer finds those that are gone."""
+        write_hosts_files([(worker.pod, worker.pod_ip, worker.hosts_file) for worker in self.workers.values()])
 
     def _schedule(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]

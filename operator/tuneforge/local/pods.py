@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.local.hosts import pod_hostname
+
 BIND_HOST_ENV = "TUNEFORGE_BIND_HOST"
 TERMINATION_LOG_ENV = "TUNEFORGE_TERMINATION_LOG"
 AGENT_ENV = (BIND_HOST_ENV, TERMINATION_LOG_ENV)
@@ -397,6 +399,7 @@ def plan_container(
         links[place.rootfs / mount_path.lstrip("/")] = target
 
     env = dict(base_env)
+    env["HOSTNAME"] = pod_hostname(pod)  # set by the container runtime; the spec's env may override it
     env.update(container_env(pod, container, sources, place, node_capacity))
     env = {key: rewrite_path(value, mount_paths, place.rootfs) for key, value in env.items()}
     name = container["name"]

@@ -25,6 +25,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from tuneforge.local import podstatus
+from tuneforge.local.hosts import HOSTS_FILE, OwnNames, needs_own_names, pod_hostname
 from tuneforge.local.nodeapi import NodeApi
 from tuneforge.local.pods import (
     ImageCatalog,
@@ -53,6 +54,8 @@ class NodeContext:
     capacity: Mapping[str, str]
     pods_dir: Path
     claims_dir: Path
+    own_names: OwnNames | str
+    """How Pods get their own /etc/hosts and hostname here, or why they cannot."""
     host_ip: str = "127.0.0.1"
 
 
@@ -111,6 +114,8 @@ class PodWorker:
         self.shutdown_grace: float | None = None
         self.place = PodPlace(root=node.pods_dir / pod_dir_name(pod), pod_ip=pod_ip,
                               node_name=node.api.node_name, host_ip=node.host_ip)
+        self.hosts_file = self.place.root / HOSTS_FILE
+        """The Pod's managed /etc/hosts, which the agent keeps up to date."""
         spec = pod["spec"]
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.containers = {c["name"]: c for c in spec.get("containers") or []}
@@ -237,6 +242,9 @@ class PodWorker:
         spec = self.pod["spec"]
         if spec.get("initContainers"):
             problems.append("init containers are not supported on the local node")
+        if needs_own_names(self.pod) and not isinstance(self.node.own_names, OwnNames):
+            problems.append("the Pod sets a hostname or subdomain, which needs its own /etc/hosts and hostname, and "
+                            f"this machine cannot give a process its own mount and UTS namespaces: {self.node.own_names}")
         for container in self.containers.values():
             try:
                 self.node.catalog.image(container)
@@ -289,8 +297,9 @@ class PodWorker:
         materialise(plan)
         log_file = open(plan.log, "ab")
         try:
-            process = subprocess.Popen(plan.argv, env=plan.env, cwd=plan.workdir, stdout=log_file,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(self._with_own_names(plan.argv), env=plan.env, cwd=plan.workdir,
+                                       stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
         except OSError as exc:
             record.finish(Terminated(exit_code=128, started_at=podstatus.now(), finished_at=podstatus.now(),
                                      message=f"failed to start {plan.argv[0]}: {exc}"))
@@ -310,6 +319,14 @@ class PodWorker:
             record.started = True
         self.running[name] = running
         self.node.api.event(self.pod, "Normal", "Started", f"Started container {name} (pid {process.pid})")
+
+    def _with_own_names(self, argv: list[str]) -> list[str]:
+        """The container's command in its own /etc/hosts and hostname where this machine allows
+        it; as it is elsewhere, for the Pods that do not rely on them (see `_check_support`)."""
+        own = self.node.own_names
+        if isinstance(own, OwnNames):
+            return own.argv(self.hosts_file, pod_hostname(self.pod), argv)
+        return argv
 
     # -- running -----------------------------------------------------------------------
 

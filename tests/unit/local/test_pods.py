@@ -191,3 +191,26 @@ def test_trainer_pod_plan():
     plan = _plan(pod, PodSources(config_maps={"ftjob-1-run": {"run.json": b"{}"}}))
     assert plan.argv == [str(SCRIPTS / "tuneforge-train"), "--run", f"{PLACE.rootfs}/etc/tuneforge/run.json"]
     assert plan.env["TUNEFORGE_STORE_ROOT"] == "file:///store"
+
+
+def test_indexed_job_pod_gets_its_hostname_and_completion_index():
+    """As the Job controller of Kubernetes 1.34 builds an Indexed Job's Pod: the index in a
+    label and an annotation, JOB_COMPLETION_INDEX from the label, hostname `<job>-<index>`."""
+    index_key = "batch.kubernetes.io/job-completion-index"
+    container = {"name": "c", "image": SETTINGS.trainer_image, "env": [
+        {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{index_key}']"}}},
+        {"name": "FROM_ANNOTATION", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{index_key}']"}}},
+    ]}
+    pod = _pod({"containers": [container], "hostname": "mn-1", "subdomain": "mn-svc"}, name="mn-1-abcde")
+    pod["metadata"]["labels"][index_key] = "1"
+    pod["metadata"]["annotations"] = {index_key: "1"}
+    plan = _plan(pod, PodSources())
+    assert plan.env["JOB_COMPLETION_INDEX"] == plan.env["FROM_ANNOTATION"] == "1"
+    assert plan.env["HOSTNAME"] == "mn-1"
+
+
+def test_hostname_defaults_to_the_pod_name_and_the_spec_env_wins():
+    container = {"name": "c", "image": SETTINGS.trainer_image}
+    assert _plan(_pod({"containers": [container]}, name="web-7"), PodSources()).env["HOSTNAME"] == "web-7"
+    container["env"] = [{"name": "HOSTNAME", "value": "chosen"}]
+    assert _plan(_pod({"containers": [container]}), PodSources()).env["HOSTNAME"] == "chosen"
