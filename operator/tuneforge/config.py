@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tuneforge.api.v1alpha1.common import MAX_NODES
+
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(k|Ki|Mi|Gi|Ti|M|G|T)?$"
+"""A Kubernetes memory quantity such as 512Mi or 16Gi."""
 
 
 class HardwareProfile(BaseModel):
@@ -36,6 +42,30 @@ class HardwareProfile(BaseModel):
     tolerations: list[dict[str, str | int]] = Field(default_factory=list, description="core/v1 tolerations.")
     cost_per_hour: float | None = Field(default=None, ge=0, description="Price of one Pod-hour on this profile.")
     currency: str = Field(default="USD", description="Currency of cost_per_hour.")
+    nodes: int = Field(
+        default=1, ge=1, le=MAX_NODES,
+        description="Pods a FineTuningJob on this profile trains on together unless it sets hardware.nodes.",
+    )
+    max_nodes: int = Field(
+        default=1, ge=1, le=MAX_NODES,
+        description="The most Pods one FineTuningJob may train on together; 1 offers single-Pod jobs only.",
+    )
+    shared_memory: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN,
+        description="Size of the memory-backed /dev/shm of trainer Pods that run several processes (a "
+        "Kubernetes quantity); NCCL and data loader workers exchange data through it.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every trainer Pod on this profile, e.g. NCCL_* settings for the "
+        "cluster's network.",
+    )
+
+    @model_validator(mode="after")
+    def _nodes_within_max(self) -> "HardwareProfile":
+        if self.nodes > self.max_nodes:
+            raise ValueError(f"nodes ({self.nodes}) must not exceed maxNodes ({self.max_nodes})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -55,6 +85,23 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "tuneforge",
         description="Local cache for materialised model weights.",
+    )
+    store_retry_attempts: int = Field(
+        default=5, ge=1, le=20,
+        description="Tries of one object-store request, the first included, before botocore gives "
+        "up on a transient fault (5xx, throttling, reset connection, timeout) (its "
+        "total_max_attempts); s3fs then repeats the whole cycle as often (its retries). 1 disables "
+        "the client's retries.",
+    )
+    store_retry_mode: Literal["standard", "adaptive", "legacy"] = Field(
+        default="standard",
+        description="botocore's retry mode: exponential backoff with jitter ('standard'), plus "
+        "client-side rate limiting after throttling ('adaptive').",
+    )
+    store_retry_deadline_s: float = Field(
+        default=120.0, ge=0,
+        description="How long an artifact-store operation keeps retrying, with backoff, a transient "
+        "fault the client gave up on; a store outage shorter than this does not fail a job. 0 disables.",
     )
     system_namespace: str = Field(
         default="tuneforge-system",

@@ -44,13 +44,18 @@ def test_kubectl_explain_shows_field_docs(control_plane):
     assert "Name of a BaseModel in the catalog" in result.stdout
     hyper = _retry_kubectl(control_plane, "explain", "finetuningjob.spec.hyperparameters.nEpochs")
     assert "Passes over the training data" in hyper.stdout
+    strategy = _retry_kubectl(control_plane, "explain", "finetuningjob.spec.distributed.strategy")
+    assert "auto picks fsdp when" in strategy.stdout
 
 
 def test_examples_apply_cleanly(control_plane, namespace):
     result = control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples"))
     assert "created" in result.stdout
     listing = control_plane.kubectl("get", "ftjob,bjob,mdep", "-n", namespace, "-o", "name").stdout.split()
-    assert len(listing) == 3
+    assert len(listing) == 4
+    nodes = control_plane.kubectl("get", "ftjob", "ftjob-0123456789abcd02", "-n", namespace,
+                                  "-o", "jsonpath={.spec.hardware.nodes}").stdout
+    assert nodes == "2"
     columns = control_plane.kubectl("get", "ftjob", "-n", namespace).stdout.splitlines()[0].split()
     assert columns[:3] == ["NAME", "PHASE", "BASE"]
 

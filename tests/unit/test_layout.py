@@ -8,7 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "operator" / "tuneforge"
-GROUND_FLOOR = {"api", "config", "contracts", "storage", "datasets", "weights", "apikeys"}
+GROUND_FLOOR = {"api", "config", "contracts", "storage", "datasets", "weights", "apikeys", "jobfiles"}
 UPPER_FLOORS = {"controllers", "gateway", "local"}
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from tuneforge.api.sizing import TrainingSize, resolve_hardware
 from tuneforge.api.v1alpha1 import (
     API_VERSION,
     BaseModelResource,
@@ -26,16 +27,20 @@ from tuneforge.api.v1alpha1 import (
     FineTuningJobResource,
     ModelDeploymentResource,
 )
-from tuneforge.api.v1alpha1.common import Hardware, ResourceList, Toleration
+from tuneforge.api.v1alpha1.common import MAX_NODES, Hardware
+from tuneforge.api.v1alpha1.finetuningjob import DistributedStrategy
 from tuneforge.config import HardwareProfile, Settings, find_hardware_profile
 from tuneforge.contracts import (
+    RENDEZVOUS_PORT,
     RUN_FILE,
     AdapterSource,
     BatchRun,
     CheckpointSettings,
+    DistributedSettings,
     Engine,
     LoraSettings,
     ServingSpec,
+    TrainerExit,
     TrainingHyperparameters,
     TrainingRun,
 )
@@ -69,15 +74,26 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 STORE_CREDENTIALS_SECRET = "tuneforge-store-credentials"
 BATCH_KEY_ENV = "TUNEFORGE_BATCH_API_KEY"
 
-FATAL_EXIT_CODES = (1, 2)
-"""Exit codes of the images' own errors (a TrainerError or a bad run spec exits 1,
-argparse usage errors 2): retrying cannot fix bad data or a bad spec, so the Job fails at
-once. Other exits (OOM kill 137, node trouble) count against `backoffLimit`, and a Pod
+FATAL_EXIT_CODES = (int(TrainerExit.fatal), int(TrainerExit.usage))
+"""Exit codes of the images' own errors (the trainer's TrainerExit.fatal for bad data or a
+bad run spec, argparse's usage error; the batch runner follows the same convention):
+retrying cannot fix bad data or a bad spec, so the Job fails at once. Other exits (OOM
+kill 137, node trouble, TrainerExit.retryable) count against `backoffLimit`, and a Pod
 evicted by a disruption (preemption, drain) is retried without counting at all."""
 TRAINER_BACKOFF_LIMIT = 3
 BATCH_BACKOFF_LIMIT = 3
 TRAINER_GRACE_SECONDS = 120
 """SIGTERM to SIGKILL: time for the trainer to write a last checkpoint when paused."""
+RENDEZVOUS_PORT_NAME = "rendezvous"
+SHM_VOLUME = "dshm"
+SHM_DIR = "/dev/shm"
+DEFAULT_SHARED_MEMORY = "2Gi"
+"""/dev/shm of a multi-process trainer Pod whose profile names no size: enough for NCCL's
+shared-memory transport between eight local processes and the data loader; the 64 MiB a
+container gets otherwise is too small for NCCL's buffers."""
+USABLE_GPU_MEMORY = 0.9
+"""Share of a GPU's memory training may plan on; the rest goes to the CUDA context, the
+allocator's fragmentation and the small LoRA gradients and optimizer states."""
 
 MODEL_LOAD_TIMEOUT_SECONDS = 1800
 """How long a serving Pod may take to load its weights before it counts as failed: big
@@ -92,23 +108,37 @@ _MAX_NAME = 63
 # -- names -------------------------------------------------------------------------------
 
 
-def child_name(owner: str, suffix: str) -> str:
-    """`<owner>-<suffix>`, shortened with a hash when it would exceed 63 characters (the
-    limit of label values such as the `job-name` label the Job controller adds)."""
+def child_name(owner: str, suffix: str, limit: int = _MAX_NAME) -> str:
+    """`<owner>-<suffix>`, shortened with a hash when it would exceed `limit`, by default 63
+    characters (the limit of label values such as the `job-name` label the Job controller
+    adds)."""
     name = f"{owner}-{suffix}"
-    if len(name) <= _MAX_NAME:
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
-    keep = _MAX_NAME - len(suffix) - len(digest) - 2
+    keep = limit - len(suffix) - len(digest) - 2
     return f"{owner[:keep].rstrip('-')}-{digest}-{suffix}"
 
 
 def trainer_job_name(ftjob: str) -> str:
-    return child_name(ftjob, "trainer")
+    """Short enough that `<name>-<index>`, the hostname the Job controller gives each Pod of
+    an Indexed Job, stays a DNS label for the largest group."""
+    return child_name(ftjob, "trainer", limit=_MAX_NAME - len(f"-{MAX_NODES - 1}"))
 
 
 def trainer_configmap_name(ftjob: str) -> str:
     return child_name(ftjob, "run")
+
+
+def trainer_service_name(ftjob: str) -> str:
+    """The headless Service of a multi-node trainer, the DNS subdomain of its Pods."""
+    return child_name(ftjob, "trainers")
+
+
+def rendezvous_host(ftjob: str) -> str:
+    """Node 0 of a multi-node trainer: an Indexed Job's Pod `i` is named `<job>-<i>` in DNS
+    under the Job's subdomain, resolvable from the Pods' own namespace."""
+    return f"{trainer_job_name(ftjob)}-0.{trainer_service_name(ftjob)}"
 
 
 def serving_configmap_name(mdep: str) -> str:
@@ -222,50 +252,6 @@ def store_access(settings: Settings, uris: Iterable[str | None]) -> dict[str, An
     return {"volumes": volumes, "mounts": mounts, "env": env, "env_from": env_from}
 
 
-class UnknownHardwareProfile(ValueError):
-    """A job or deployment names a hardware profile the platform does not offer."""
-
-    def __init__(self, name: str, offered: Iterable[str]) -> None:
-        offered = sorted(offered)
-        super().__init__(
-            f"hardware profile {name!r} does not exist; offered: {', '.join(offered) if offered else 'none'}"
-        )
-        self.name = name
-
-
-def resolve_hardware(requested: Hardware | None, fallback_profile: str | None, settings: Settings) -> Hardware | None:
-    """The hardware a workload gets: the profile it names (else the base model's default
-    profile, else the platform default) supplies every field; fields set on the request
-    override it, node selectors merge and tolerations add up."""
-    name = (requested.profile if requested else None) or fallback_profile or settings.default_hardware_profile
-    if name is None:
-        return requested
-    profile = find_hardware_profile(settings, name)
-    if profile is None:
-        raise UnknownHardwareProfile(name, (p.name for p in settings.hardware_profiles))
-    merged = _profile_hardware(profile)
-    if requested is None:
-        return merged
-    own = requested.model_dump(exclude_none=True, exclude={"profile", "node_selector", "tolerations"})
-    return merged.model_copy(update={
-        **{key: getattr(requested, key) for key in own},
-        "node_selector": {**(merged.node_selector or {}), **(requested.node_selector or {})} or None,
-        "tolerations": [*(merged.tolerations or []), *(requested.tolerations or [])] or None,
-    })
-
-
-def _profile_hardware(profile: HardwareProfile) -> Hardware:
-    requests = ResourceList(cpu=profile.cpu, memory=profile.memory) if profile.cpu or profile.memory else None
-    return Hardware(
-        profile=profile.name,
-        gpu_count=profile.gpu_count,
-        gpu_type=profile.gpu_type,
-        requests=requests,
-        node_selector=dict(profile.node_selector) or None,
-        tolerations=[Toleration.model_validate(t) for t in profile.tolerations] or None,
-    )
-
-
 def placement(hardware: Hardware | None) -> dict[str, Any]:
     """Container resources, node selector and tolerations for a hardware request: GPUs
     become `nvidia.com/gpu` limits, the GPU type a node-selector on the GPU operator's
@@ -345,12 +331,28 @@ def _pod_failure_policy(container: str) -> dict[str, Any]:
     return {
         "rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            {
-                "action": "FailJob",
-                "onExitCodes": {"containerName": container, "operator": "In", "values": list(FATAL_EXIT_CODES)},
-            },
+            _fail_on_exit_codes(container, "In", FATAL_EXIT_CODES),
         ]
     }
+
+
+def _group_failure_policy(container: str) -> dict[str, Any]:
+    """A multi-node group fails as a whole: the Job fails on any Pod failure (the Job
+    controller then stops the other Pods) and the FineTuningJob controller replaces the
+    whole group, telling a disruption (not counted against the budget) and a fatal exit
+    (no replacement) from the rest by the rule that matched. Retrying one Pod in place
+    would leave the others waiting in a broken collective."""
+    return {
+        "rules": [
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            _fail_on_exit_codes(container, "In", FATAL_EXIT_CODES),
+            _fail_on_exit_codes(container, "NotIn", (int(TrainerExit.succeeded),)),
+        ]
+    }
+
+
+def _fail_on_exit_codes(container: str, operator: str, codes: Iterable[int]) -> dict[str, Any]:
+    return {"action": "FailJob", "onExitCodes": {"containerName": container, "operator": operator, "values": list(codes)}}
 
 
 # -- fine-tuning -------------------------------------------------------------------------
@@ -363,6 +365,7 @@ def training_run(
     training_uri: str,
     validation_uri: str | None,
     store_root: str,
+    distributed: DistributedSettings,
 ) -> TrainingRun:
     """The TrainingRun contract for a validated FineTuningJob."""
     name, namespace = ftjob.metadata["name"], ftjob.metadata["namespace"]
@@ -395,18 +398,71 @@ def training_run(
             max_seq_length=hp.max_seq_length,
             seed=hp.seed,
             gradient_checkpointing=hp.gradient_checkpointing,
+            micro_batch_size=hp.micro_batch_size,
+            attention=hp.attention.value,
         ),
         checkpoints=CheckpointSettings(
             every_n_steps=spec.checkpoints.every_n_steps, keep_last=spec.checkpoints.keep_last
         ),
         merge_adapter=spec.merge_adapter,
+        distributed=distributed,
     )
 
 
-def training_hardware(ftjob: FineTuningJobResource, base: BaseModelResource, settings: Settings) -> Hardware | None:
-    """The job's own hardware, else the base model's serving hardware (which names the
-    model's GPU needs), resolved against the hardware profiles; None means CPU."""
-    return resolve_hardware(ftjob.spec.hardware or base.spec.serving.hardware, base.spec.default_hardware, settings)
+def training_memory_bytes(parameter_count: int, max_seq_length: int, micro_batch_size: int = 1) -> float:
+    """GPU memory one process needs to train a LoRA adapter on an unsharded bf16 model:
+
+        weights      = 2 bytes x P
+        width h      = (128 x P / 12) ^ (1/3)   (P = 12 L h^2 with depth L = h / 128, as in
+                                                 Llama-class models)
+        activations  = 34 x L x h bytes per token (Korthikanti et al. 2022, 16-bit, flash
+                       attention) = 34 x P / (12 h), times maxSeqLength x microBatchSize
+
+    Only the parameter count is known of a catalog model, hence the shape assumption; LoRA's
+    own weights, gradients and optimizer states are a fraction of a percent of P and are
+    left to the USABLE_GPU_MEMORY margin. Gradient checkpointing would cut the activations,
+    so the estimate errs towards sharding, the choice that still trains."""
+    width = (128 * parameter_count / 12) ** (1 / 3)
+    activations_per_token = 34 * parameter_count / (12 * width)
+    return 2 * parameter_count + activations_per_token * max_seq_length * micro_batch_size
+
+
+def fits_one_gpu(parameter_count: int | None, gpu_memory_gb: float | None, max_seq_length: int,
+                 micro_batch_size: int = 1) -> bool:
+    """Whether a whole model copy trains on one GPU; True when either size is unknown, since
+    ddp is the safe default for the small models that usually leave them out."""
+    if not parameter_count or not gpu_memory_gb:
+        return True
+    needed = training_memory_bytes(parameter_count, max_seq_length, micro_batch_size)
+    return needed <= USABLE_GPU_MEMORY * gpu_memory_gb * 2**30
+
+
+def resolve_distributed(ftjob: FineTuningJobResource, base: BaseModelResource, size: TrainingSize) -> DistributedSettings:
+    """The run's DistributedSettings for a job whose size passed `size_training`: the
+    strategy with `auto` decided, Pods and processes, and node 0 as rendezvous when the
+    group spans Pods."""
+    name = ftjob.metadata["name"]
+    return DistributedSettings(
+        strategy=_strategy(ftjob, base, size),
+        nodes=size.nodes,
+        processes_per_node=size.processes_per_node,
+        rendezvous_host=rendezvous_host(name) if size.nodes > 1 else None,
+        rendezvous_port=RENDEZVOUS_PORT,
+    )
+
+
+def _strategy(ftjob: FineTuningJobResource, base: BaseModelResource, size: TrainingSize) -> str:
+    """auto shards (fsdp) only when there is more than one process to shard across, the
+    base is not 4-bit (fsdp cannot shard it) and a whole copy would not fit one GPU."""
+    spec = ftjob.spec
+    if spec.distributed.strategy is not DistributedStrategy.auto:
+        return spec.distributed.strategy.value
+    if size.world_size == 1 or spec.method.lora.quantization.value == "nf4":
+        return "ddp"
+    hp = spec.hyperparameters
+    gpu_memory = size.profile.gpu_memory_gb if size.profile and size.gpus_per_node else None
+    fits = fits_one_gpu(base.spec.parameter_count, gpu_memory, hp.max_seq_length, hp.micro_batch_size or 1)
+    return "ddp" if fits else "fsdp"
 
 
 def trainer_labels(ftjob: str) -> dict[str, str]:
@@ -430,52 +486,126 @@ def trainer_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `tuneforge-train` on the run spec.
 
-    One Pod, never restarted in place (restartPolicy Never, which podFailurePolicy needs);
-    the Job retries a Pod lost to a disruption without counting it, fails at once on the
-    trainer's own errors. With a Kueue queue the Job starts suspended and labelled, and
-    Kueue unsuspends it on admission. Resuming after a pause is a new Pod of a new Job with
-    the same name; the trainer continues from the newest checkpoint in its output dir.
+    Pods are never restarted in place (restartPolicy Never, which podFailurePolicy needs).
+    One Pod: the Job retries a Pod lost to a disruption without counting it and fails at
+    once on the trainer's own errors. A group of `run.distributed.nodes` Pods is an Indexed
+    Job (see `_group`) that fails as a whole for the controller to replace. With a Kueue
+    queue the Job starts suspended and labelled, and Kueue unsuspends it on admission.
+    Resuming after a pause is a new Job with the same name; the trainer continues from the
+    newest checkpoint in its output dir.
     """
     name = body["metadata"]["name"]
-    namespace = body["metadata"]["namespace"]
     labels = trainer_labels(name)
     job_labels = dict(labels)
     if queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = queue_name
     access = store_access(settings, [run.base_model_uri, run.training_file, run.validation_file, run.output_uri])
+    profile = find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
     container = {
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
         "command": ["tuneforge-train"],
         "args": ["--run", RUN_FILE],
-        "env": access["env"],
+        "env": [*access["env"], *_profile_env(profile)],
     }
+    pod = _pod_spec(
+        container=container,
+        configmap=trainer_configmap_name(name),
+        access=access,
+        place=placement(hardware),
+        restart_policy="Never",
+        grace_seconds=TRAINER_GRACE_SECONDS,
+    )
+    if run.distributed.world_size > 1:
+        pod = _with_shared_memory(pod, profile.shared_memory if profile else None)
+    spec: dict[str, Any] = {
+        "suspend": bool(queue_name),
+        "backoffLimit": TRAINER_BACKOFF_LIMIT,
+        "completions": 1,
+        "parallelism": 1,
+        "podFailurePolicy": _pod_failure_policy(TRAINER_CONTAINER),
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    }
+    if run.distributed.nodes > 1:
+        spec = _group(spec, name, run.distributed.nodes)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": trainer_job_name(name),
-            "namespace": namespace,
+            "namespace": body["metadata"]["namespace"],
             "labels": job_labels,
             "ownerReferences": [owner_reference(body)],
         },
+        "spec": spec,
+    }
+
+
+def _profile_env(profile: HardwareProfile | None) -> list[dict[str, str]]:
+    return [{"name": key, "value": value} for key, value in sorted((profile.env if profile else {}).items())]
+
+
+def _with_shared_memory(pod: dict[str, Any], size: str | None) -> dict[str, Any]:
+    """A memory-backed /dev/shm for Pods running several processes: NCCL's intra-node
+    transport and data loader workers share memory there, and a container's own /dev/shm
+    is only 64 MiB. It counts against the Pod's memory, hence the size limit."""
+    [container] = pod["containers"]
+    mount = {"name": SHM_VOLUME, "mountPath": SHM_DIR}
+    volume = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size or DEFAULT_SHARED_MEMORY}}
+    return {
+        **pod,
+        "containers": [{**container, "volumeMounts": [*container["volumeMounts"], mount]}],
+        "volumes": [*pod["volumes"], volume],
+    }
+
+
+def _group(spec: dict[str, Any], ftjob: str, nodes: int) -> dict[str, Any]:
+    """The Job spec of a group of `nodes` trainer Pods: an Indexed Job (each Pod gets its
+    node rank as JOB_COMPLETION_INDEX and the hostname `<job>-<rank>` under the headless
+    Service's subdomain, so node 0 is the rendezvous host), all Pods running at once, and
+    any failure failing the whole Job (backoffLimit 0 for failures no rule names) so the
+    controller replaces the group rather than one Pod of it."""
+    template = spec["template"]
+    [container] = template["spec"]["containers"]
+    port = {"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+    pod = {
+        **template["spec"],
+        "subdomain": trainer_service_name(ftjob),
+        "containers": [{**container, "ports": [port]}],
+    }
+    return {
+        **spec,
+        "backoffLimit": 0,
+        "completions": nodes,
+        "parallelism": nodes,
+        "completionMode": "Indexed",
+        "podFailurePolicy": _group_failure_policy(TRAINER_CONTAINER),
+        "template": {**template, "spec": pod},
+    }
+
+
+def trainer_service(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The headless Service of a multi-node trainer: it gives each Pod of the Indexed Job a
+    DNS name, and node 0's is the rendezvous host. It publishes Pods that are not ready
+    (the trainer has no readiness probe, and the Pods must find each other before any of
+    them is up). Owned by the FineTuningJob, not the Job, so it outlives group restarts."""
+    name = body["metadata"]["name"]
+    labels = trainer_labels(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": trainer_service_name(name),
+            "namespace": body["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(body)],
+        },
         "spec": {
-            "suspend": bool(queue_name),
-            "backoffLimit": TRAINER_BACKOFF_LIMIT,
-            "completions": 1,
-            "parallelism": 1,
-            "podFailurePolicy": _pod_failure_policy(TRAINER_CONTAINER),
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": _pod_spec(
-                    container=container,
-                    configmap=trainer_configmap_name(name),
-                    access=access,
-                    place=placement(hardware),
-                    restart_policy="Never",
-                    grace_seconds=TRAINER_GRACE_SECONDS,
-                ),
-            },
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels,
+            "ports": [{"name": RENDEZVOUS_PORT_NAME, "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                       "protocol": "TCP"}],
         },
     }
 

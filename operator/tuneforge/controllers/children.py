@@ -9,12 +9,16 @@ functions of one object, keyed by (component, namespace, owner name).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.api.v1alpha1.common import ApiError
+from tuneforge.contracts import TrainerExit
 from tuneforge.controllers.builders import (
     COMPONENT,
+    FATAL_EXIT_CODES,
     LABEL_BATCH_JOB,
     LABEL_FINE_TUNING_JOB,
     LABEL_MODEL_DEPLOYMENT,
@@ -49,6 +53,7 @@ def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "failure_reason": (failed or {}).get("reason", ""),
         "failure_message": (failed or {}).get("message", ""),
         "active": status.get("active") or 0,
+        "indexed": spec.get("completionMode") == "Indexed",
     }
 
 
@@ -70,6 +75,7 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase", "Pending"),
         "created": body["metadata"].get("creationTimestamp", ""),
         "terminated": terminated,
+        "disrupted": "DisruptionTarget" in _true_conditions(status),
     }
 
 
@@ -96,6 +102,40 @@ def first(values: Iterable[dict[str, Any]] | None) -> dict[str, Any] | None:
     for value in values or ():
         return value
     return None
+
+
+_EXIT_CODE = re.compile(r"failed with exit code (-?\d+)")
+
+
+@dataclass(frozen=True)
+class GroupFailure:
+    """Why a multi-node trainer Job failed, as far as replacing its group is concerned."""
+
+    fatal: bool
+    """A Pod exited with one of the trainer's fatal codes: a new group would fail alike."""
+    disrupted: bool
+    """A Pod was disrupted (preemption, drain): not the job's fault, not counted."""
+
+
+def group_failure(job: Mapping[str, Any], pods: Iterable[dict[str, Any]] | None) -> GroupFailure:
+    """Reads a failed Indexed trainer Job. The podFailurePolicy rule that failed it names the
+    exit code or the DisruptionTarget condition in the Job's condition message; the Pods
+    (whose watch may trail the Job's) confirm it, so either source alone decides."""
+    message = job.get("failure_message") or ""
+    code = _EXIT_CODE.search(message)
+    codes = {int(code.group(1))} if code else set()
+    pods = list(pods or ())
+    codes |= {p["terminated"]["exit_code"] for p in pods if p["phase"] == "Failed" and p.get("terminated")}
+    disrupted = "condition DisruptionTarget" in message or any(p.get("disrupted") for p in pods)
+    return GroupFailure(fatal=bool(codes & set(FATAL_EXIT_CODES)), disrupted=disrupted)
+
+
+def failed_first(pods: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The Pods that ended on their own: when a group fails, the Job controller stops the
+    other Pods, whose SIGTERM exit (TrainerExit.preempted) says nothing about the cause."""
+    pods = list(pods or ())
+    own = [p for p in pods if (p.get("terminated") or {}).get("exit_code") != TrainerExit.preempted]
+    return own or pods
 
 
 def termination_error(pods: Iterable[dict[str, Any]] | None, *, default_code: str, fallback: str) -> ApiError:

@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from tuneforge.api.sizing import UnknownHardwareProfile
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube, metrics
@@ -85,7 +86,7 @@ def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> di
     config = settings()
     try:
         hardware = builders.serving_hardware(mdep, base, config)
-    except builders.UnknownHardwareProfile as exc:
+    except UnknownHardwareProfile as exc:
         desired["phase"] = "Failed"
         conditions(False, "InvalidHardwareProfile", str(exc))
         _event(raw, previous, "Failed", "InvalidHardwareProfile", str(exc))

@@ -14,8 +14,10 @@ Pause deletes the trainer Job (in the foreground, so no old Pod lingers); resume
 creates it again under the same name and the trainer continues from its newest
 checkpoint. A restart of a Failed job does the same with the failed Job: it is deleted,
 the error cleared, and a new trainer resumes from the newest checkpoint (a job that
-failed validation is validated again). When the job ends, an optional webhook is called
-once per ending (HMAC-signed).
+failed validation is validated again). A multi-node trainer (an Indexed Job) fails as a
+whole when one of its Pods fails; unless the exit was fatal, the controller replaces the
+group the same way while spec.distributed.maxGroupRestarts lasts (disruptions are not
+counted). When the job ends, an optional webhook is called once per ending (HMAC-signed).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ from typing import Any
 import httpx
 import kopf
 
+from tuneforge.api.sizing import SizingError, size_training
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
 from tuneforge.config import settings
-from tuneforge.contracts import TrainingProgress, TrainingResult
 from tuneforge.controllers import builders, kube, metrics
-from tuneforge.controllers.children import first, termination_error
+from tuneforge.controllers.children import failed_first, first, group_failure, termination_error
 from tuneforge.controllers.status import (
     FINE_TUNING_OPENAI_STATUS,
     FINE_TUNING_TERMINAL,
@@ -50,6 +52,7 @@ from tuneforge.controllers.status import (
 )
 from tuneforge.controllers.store import open_lines, resolve_file, store
 from tuneforge.datasets import DatasetError, validate_fine_tune_file
+from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import StoreError
 
 KIND = "FineTuningJob"
@@ -194,9 +197,12 @@ def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, l
         _succeed(ft, state)
         return state.status
     if job["failed"]:
+        if job["indexed"] and _replace_group(ft, state, job, job_pods):
+            return state.status
         _progress(ft, state, force=True)
         error = termination_error(
-            job_pods, default_code="training_failed", fallback=job["failure_message"] or "the trainer failed"
+            failed_first(job_pods), default_code="training_failed",
+            fallback=job["failure_message"] or "the trainer failed",
         )
         state.status["error"] = error.to_wire()
         _finish(state, "Failed", "TrainingFailed", f"{error.code}: {error.message}", ok=False)
@@ -233,6 +239,7 @@ def _restart(ft: FineTuningJobResource, state: ReconcileState, job: dict | None,
     requested = ft.spec.restart_count
     state.status["restarts"] = requested
     state.status["error"] = None
+    state.status["groupRestarts"] = None  # a restarted job gets its group-restart budget back
     state.status["finishedAt"] = None
     state.status["conditions"] = [c for c in state.status.get("conditions") or [] if c.get("type") != "Notified"]
     state.condition("Succeeded", "Unknown", "Restarted", f"restart {requested} requested")
@@ -248,6 +255,35 @@ def _restart(ft: FineTuningJobResource, state: ReconcileState, job: dict | None,
     state.condition("Running", False, "Queued", "restarting from the latest checkpoint")
     state.transition("Queued", "Restarted", f"restart {requested}: trainer {builders.trainer_job_name(name)} "
                      "resumes from the latest checkpoint")
+
+
+def _replace_group(ft: FineTuningJobResource, state: ReconcileState, job: dict, pods: Any) -> bool:
+    """A multi-node trainer Job failed, and with it every Pod of the group: unless a Pod
+    exited fatally or the group-restart budget is spent, the failed Job is deleted (in the
+    foreground) and the Job-missing path creates it again under the same name, as after a
+    pause; the new group resumes from the newest checkpoint. Disruptions are not counted.
+    False means the job fails instead."""
+    failure = group_failure(job, pods)
+    restarts = int(state.status.get("groupRestarts") or 0)
+    budget = ft.spec.distributed.max_group_restarts
+    if failure.fatal or (not failure.disrupted and restarts >= budget):
+        return False
+    namespace = ft.metadata["namespace"]
+    if kube.job_going(namespace, job["name"]):
+        return True  # replaced on an earlier tick whose delete the index has not seen yet
+    kube.delete_job(namespace, job["name"])
+    cause = termination_error(failed_first(pods), default_code="training_failed",
+                              fallback=job["failure_message"] or "a trainer Pod failed")
+    if failure.disrupted:
+        message = f"a trainer Pod was disrupted; replacing the group (not counted): {cause.message}"
+    else:
+        restarts += 1
+        state.status["groupRestarts"] = restarts
+        message = f"group restart {restarts} of {budget} after {cause.code}: {cause.message}"
+    state.condition("Running", False, "GroupRestart", message)
+    if not state.transition("Queued", "GroupRestart", message, warning=True):
+        kopf.warn(state.raw, reason="GroupRestart", message=message)
+    return True
 
 
 def _moved_on(raw: dict) -> bool:
@@ -286,9 +322,9 @@ def _validate(ft: FineTuningJobResource, base: dict | None, raw: dict) -> tuple[
     if not base["spec"].get("fineTunable", True):
         raise _Invalid(ApiError(code="model_not_fine_tunable", message=f"model {spec.base_model!r} cannot be fine-tuned", param="model"))
     try:
-        builders.training_hardware(ft, BaseModelResource.model_validate(base), settings())
-    except builders.UnknownHardwareProfile as exc:
-        raise _Invalid(ApiError(code="invalid_hardware_profile", message=str(exc), param="hardware.profile")) from None
+        size_training(spec, BaseModelResource.model_validate(base).spec, settings())
+    except SizingError as exc:
+        raise _Invalid(exc.api_error()) from None
     lrm = spec.hyperparameters.learning_rate_multiplier
     if lrm != "auto" and not 0 < lrm <= 100:
         raise _Invalid(ApiError(
@@ -316,17 +352,19 @@ def _check_file(namespace: str, ref: str, param: str) -> str:
 def _start_trainer(ft: FineTuningJobResource, raw: dict, base_raw: dict, training: str, validation: str | None) -> None:
     base = BaseModelResource.model_validate(base_raw)
     config = settings()
-    run = builders.training_run(ft, base, training_uri=training, validation_uri=validation, store_root=config.store_root)
+    size = size_training(ft.spec, base.spec, config)
+    run = builders.training_run(ft, base, training_uri=training, validation_uri=validation, store_root=config.store_root,
+                                distributed=builders.resolve_distributed(ft, base, size))
     kube.create(builders.trainer_configmap(raw, run))
+    if size.nodes > 1:
+        kube.create(builders.trainer_service(raw))
     kube.create(
-        builders.trainer_job(
-            raw, run, hardware=builders.training_hardware(ft, base, config), queue_name=ft.spec.queue_name, settings=config
-        )
+        builders.trainer_job(raw, run, hardware=size.hardware, queue_name=ft.spec.queue_name, settings=config)
     )
 
 
-def _job_dir(ft: FineTuningJobResource) -> str:
-    return store().fine_tuning_dir(ft.metadata["namespace"], ft.metadata["name"])
+def _files(ft: FineTuningJobResource) -> JobFiles:
+    return JobFiles.of(store(), ft.metadata["namespace"], ft.metadata["name"])
 
 
 def _progress(ft: FineTuningJobResource, state: ReconcileState, *, force: bool) -> None:
@@ -334,11 +372,10 @@ def _progress(ft: FineTuningJobResource, state: ReconcileState, *, force: bool) 
     unless forced (on transitions)."""
     if not force and not _throttle.ready(ft.metadata["uid"]):
         return
-    directory = _job_dir(ft)
-    data = store().read_json(f"{directory}/progress.json")
-    if data is None:
+    files = _files(ft)
+    progress = files.progress()
+    if progress is None:
         return
-    progress = TrainingProgress.model_validate(data)
     state.status["progress"] = {
         "step": progress.step,
         "totalSteps": progress.total_steps,
@@ -348,26 +385,21 @@ def _progress(ft: FineTuningJobResource, state: ReconcileState, *, force: bool) 
     metrics_ = {"trainLoss": progress.train_loss, "validLoss": progress.valid_loss, "tokensPerSecond": progress.tokens_per_second}
     state.status["metrics"] = {k: v for k, v in metrics_.items() if v is not None}
     state.status["trainedTokens"] = progress.trained_tokens
-    steps = sorted(
-        int(entry.removeprefix("step-"))
-        for entry in store().listdir(f"{directory}/checkpoints")
-        if entry.startswith("step-") and entry.removeprefix("step-").isdigit()
-    )
+    steps = files.complete_checkpoints()
     if steps:
         state.status["checkpoints"] = {
             "count": len(steps),
             "latestStep": steps[-1],
-            "latestUri": store().uri(ft.metadata["namespace"], "fine-tuning", ft.metadata["name"], "checkpoints", f"step-{steps[-1]}"),
+            "latestUri": files.checkpoint_uri(steps[-1]),
         }
 
 
 def _succeed(ft: FineTuningJobResource, state: ReconcileState) -> None:
-    data = store().read_json(f"{_job_dir(ft)}/result.json")
-    if data is None:
+    result = _files(ft).result()
+    if result is None:
         state.status["error"] = {"code": "missing_result", "message": "the trainer exited without writing result.json"}
         _finish(state, "Failed", "TrainingFailed", "the trainer exited without writing result.json", ok=False)
         return
-    result = TrainingResult.model_validate(data)
     state.status["fineTunedModel"] = builders.fine_tuned_model_id(
         ft.spec.base_model, ft.metadata["namespace"], ft.spec.suffix, ft.metadata["name"]
     )

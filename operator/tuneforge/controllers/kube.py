@@ -133,6 +133,18 @@ def job_exists(namespace: str, name: str) -> bool:
     return True
 
 
+def job_going(namespace: str, name: str) -> bool:
+    """Whether the Job is gone from the API server or being deleted, whatever the operator's
+    index shows: a delete issued on an earlier tick that the index has not seen yet."""
+    try:
+        job = batch().read_namespaced_job(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return job.metadata.deletion_timestamp is not None
+
+
 def delete_secret(namespace: str, name: str) -> None:
     try:
         core().delete_namespaced_secret(name, namespace)

@@ -2,12 +2,11 @@
 
 The resource name is the job id. The gateway writes only spec (desired state: cancel and
 suspend included) and reads status written by the controller, plus the trainer's reports
-(events.jsonl, metrics.jsonl, checkpoints/) from the artifact store.
+(events, metrics, complete checkpoints) from the artifact store through `tuneforge.jobfiles`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,14 +15,17 @@ from fastapi import APIRouter, Depends, Header, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from tuneforge.api.v1alpha1 import FineTuningJobResource, FineTuningJobSpec, finetuningjob
+from tuneforge.api.sizing import SizingError, size_training
+from tuneforge.api.v1alpha1 import BaseModelSpec, FineTuningJobResource, FineTuningJobSpec, finetuningjob
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
+from tuneforge.config import settings
 from tuneforge.gateway import catalog
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
 from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.openai_types import FineTuningJobCreate, Hyperparameters, Limit, page, unix
+from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
 router = APIRouter(tags=["fine-tuning"])
@@ -32,7 +34,6 @@ PLURAL = "finetuningjobs"
 CREATED_BY = "tuneforge.io/created-by"
 """Annotation naming the API key (its Secret) that created a job through either API."""
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-STEP_DIR = re.compile(r"^step-(\d+)$")
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 _STATUS = finetuningjob.OPENAI_STATUS
 
@@ -122,6 +123,8 @@ def _hyperparameters(body: FineTuningJobCreate) -> Hyperparameters:
 OPENAI_PARAMS: Mapping[str, str] = {
     "model": "model", "training_file": "training_file", "validation_file": "validation_file", "suffix": "suffix",
 }
+"""The caller's name of each field a create check can name; the sizing checks' params
+(hardware.nodes, distributed.processes_per_node, ...) are already spelt as here."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,11 @@ class JobDraft:
     metadata: Mapping[str, str] | None = None
     display_name: str | None = None
     description: str | None = None
+    hardware: Mapping[str, object] | None = None
+    """FineTuningJobSpec.hardware fields (Python names); tenants may pick a profile, the GPU
+    count and the nodes, never placement (node selectors, tolerations)."""
+    distributed: Mapping[str, object] = field(default_factory=dict)
+    """FineTuningJobSpec.distributed fields (Python names)."""
     params: Mapping[str, str] = field(default_factory=lambda: OPENAI_PARAMS)
 
 
@@ -183,14 +191,27 @@ async def _build_job(request: Request, principal: Principal, draft: JobDraft, na
             display_name=draft.display_name,
             description=draft.description,
             hyperparameters=dict(draft.hyperparameters),
+            hardware=dict(draft.hardware) if draft.hardware else None,
+            distributed=dict(draft.distributed),
         )
     except ValidationError as exc:
         first = exc.errors()[0]
         raise bad_request(f"{first['msg']}", param=".".join(map(str, first["loc"])), code="invalid_value") from exc
+    _check_size(spec, base, params)
     annotations = {CREATED_BY: principal.key_name} if principal.key_name else {}
     return FineTuningJobResource(
         metadata={"name": name, "namespace": principal.tenant, "annotations": annotations}, spec=spec
     ).to_wire()
+
+
+def _check_size(spec: FineTuningJobSpec, base: dict, params: Mapping[str, str]) -> None:
+    """The hardware checks the controller would fail the job with (tuneforge.api.sizing),
+    made before the job exists: GPUs, nodes and processes no profile offers, fsdp with
+    QLoRA, an unknown profile."""
+    try:
+        size_training(spec, BaseModelSpec.model_validate(base["spec"]), settings())
+    except SizingError as exc:
+        raise bad_request(exc.message, param=params.get(exc.param, exc.param), code=exc.code) from exc
 
 
 def _draft(body: FineTuningJobCreate) -> JobDraft:
@@ -208,6 +229,8 @@ def _draft(body: FineTuningJobCreate) -> JobDraft:
             "learning_rate_multiplier": hyper.learning_rate_multiplier,
             **({"seed": body.seed} if body.seed is not None else {}),
         },
+        hardware=body.hardware.model_dump(exclude_none=True) if body.hardware else None,
+        distributed=body.distributed.model_dump(exclude_none=True) if body.distributed else {},
         params={**OPENAI_PARAMS, "suffix": "nickname"} if nickname else OPENAI_PARAMS,
     )
 
@@ -301,16 +324,9 @@ async def resume_job(fine_tuning_job_id: str, request: Request,
 
 
 def read_events(store: ArtifactStore, namespace: str, job: str) -> list[dict]:
-    """The trainer's events.jsonl as `fine_tuning.job.event` objects, newest first."""
-    path = store.path(namespace, "fine-tuning", job, "events.jsonl")
-    if not store.exists(path):
-        return []
+    """The trainer's events as `fine_tuning.job.event` objects, newest first."""
     events = []
-    for number, line in enumerate(store.iter_lines(path), start=1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line being appended right now; it is complete on the next read
+    for number, record in enumerate(JobFiles.of(store, namespace, job).events(), start=1):
         events.append({
             "object": "fine_tuning.job.event",
             "id": record.get("id") or f"ftevent-{job.removeprefix('ftjob-')}-{number}",
@@ -333,40 +349,22 @@ async def list_events(fine_tuning_job_id: str, request: Request,
     return page(events, after=after, limit=limit)
 
 
-def complete_checkpoint_steps(store: ArtifactStore, namespace: str, job: str) -> list[int]:
-    """Steps of the checkpoints the trainer finished writing (COMPLETE marker), newest
-    first: what a resumed trainer can continue from."""
-    root = store.fine_tuning_dir(namespace, job)
-    return sorted(
-        (int(match.group(1)) for entry in store.listdir(f"{root}/checkpoints") if (match := STEP_DIR.match(entry))
-         if store.exists(f"{root}/checkpoints/{entry}/COMPLETE")),
-        reverse=True,
-    )
-
-
 def _checkpoints(store: ArtifactStore, resource: dict) -> list[dict]:
+    """The complete checkpoints, newest first, with the metrics of their steps."""
     namespace, job = resource["metadata"]["namespace"], resource["metadata"]["name"]
-    root = store.fine_tuning_dir(namespace, job)
-    steps = complete_checkpoint_steps(store, namespace, job)
+    files = JobFiles.of(store, namespace, job)
+    steps = files.complete_checkpoints()
     if not steps:
         return []
-    metrics: dict[int, dict] = {}
-    if store.exists(f"{root}/metrics.jsonl"):
-        for line in store.iter_lines(f"{root}/metrics.jsonl"):
-            try:
-                record = json.loads(line)
-                metrics[int(record["step"])] = record
-            except (ValueError, KeyError, TypeError):
-                continue
+    metrics = files.metrics_by_step()
     model = (resource.get("status") or {}).get("fineTunedModel") or fine_tuned_model_id(resource)
     result = []
-    for step in steps:
-        marker = store.fs.info(f"{root}/checkpoints/step-{step}/COMPLETE")
+    for step in reversed(steps):
         record = metrics.get(step, {})
         result.append({
             "object": "fine_tuning.job.checkpoint",
             "id": f"ftckpt-{job.removeprefix('ftjob-')}-{step}",
-            "created_at": int(marker.get("mtime") or marker.get("created") or 0),
+            "created_at": files.checkpoint_created_at(step),
             "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{step}",
             "fine_tuning_job_id": job,
             "step_number": step,

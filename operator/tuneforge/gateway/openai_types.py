@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from tuneforge.api.v1alpha1.common import MAX_NODES
 from tuneforge.gateway.errors import bad_request
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -41,6 +42,25 @@ class Method(Request):
     supervised: Supervised | None = None
 
 
+class JobHardware(Request):
+    """tuneforge extension (the openai client sends it with `extra_body`): what to train on."""
+
+    profile: str | None = Field(default=None, min_length=1, max_length=63)
+    """A hardware profile; defaults to the base model's, else the platform's."""
+    gpu_count: int | None = Field(default=None, ge=0, le=64)
+    """GPUs per Pod, overriding the profile's."""
+    nodes: int | None = Field(default=None, ge=1, le=MAX_NODES)
+    """Pods that train together; more than 1 needs a profile whose maxNodes allows it."""
+
+
+class JobDistributed(Request):
+    """tuneforge extension: how the training processes share the model."""
+
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    processes_per_node: int | None = Field(default=None, ge=1, le=64)
+    """Defaults to the GPUs per Pod (1 on CPU)."""
+
+
 class FineTuningJobCreate(Request):
     model: str = Field(min_length=1, max_length=253)
     training_file: str = Field(min_length=1)
@@ -55,6 +75,8 @@ class FineTuningJobCreate(Request):
     metadata: Metadata | None = None
     integrations: list[dict[str, Any]] | None = Field(default=None, max_length=0)
     """Not supported; only null or an empty list is accepted."""
+    hardware: JobHardware | None = None
+    distributed: JobDistributed | None = None
 
 
 class BatchCreate(Request):

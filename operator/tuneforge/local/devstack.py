@@ -41,6 +41,16 @@ log = logging.getLogger("tuneforge.local.dev")
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-smollm2"
 DEV_TENANT = "dev"
+LOCAL_CPU_PROFILE = "local-cpu"
+LOCAL_HARDWARE_PROFILES = [{
+    "name": LOCAL_CPU_PROFILE,
+    "displayName": "This machine's CPUs",
+    "gpuCount": 0,
+    "maxNodes": 2,
+}]
+"""The hardware the local platform offers: CPU Pods, up to two of them training as one
+group (the node agent gives them the names an Indexed Job's Pods have on a cluster). A
+TUNEFORGE_HARDWARE_PROFILES of the caller's own wins."""
 READY_TIMEOUT_SECONDS = 900.0
 
 
@@ -231,6 +241,8 @@ class DevStack:
             "TUNEFORGE_SYSTEM_NAMESPACE": self.settings.system_namespace,
             "TUNEFORGE_GATEWAY_INTERNAL_URL": self.base_url,
             "TUNEFORGE_CACHE_DIR": str(self.settings.cache_dir),
+            "TUNEFORGE_HARDWARE_PROFILES": os.environ.get("TUNEFORGE_HARDWARE_PROFILES",
+                                                          json.dumps(LOCAL_HARDWARE_PROFILES)),
             "PYTHONUNBUFFERED": "1",
         }
 

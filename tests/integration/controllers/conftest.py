@@ -30,7 +30,9 @@ from tuneforge.local.controlplane import ControlPlane, free_port
 GROUP, VERSION = "tuneforge.io", "v1alpha1"
 HARDWARE_PROFILES = [{"name": "a100-2", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpuCount": 2, "memory": "64Gi",
                       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-                      "costPerHour": 7.5}]
+                      "costPerHour": 7.5},
+                     {"name": "h100-8x2", "gpuType": "NVIDIA-H100-80GB-HBM3", "gpuCount": 8, "gpuMemoryGb": 80,
+                      "maxNodes": 2, "sharedMemory": "32Gi", "env": {"NCCL_DEBUG": "WARN"}}]
 
 DEPENDENCY_GRACE_SECONDS = 8
 """Shorter than the operator's default, so that tests of a missing model fail in seconds."""

@@ -97,6 +97,7 @@ def test_job_walks_queued_running_succeeded(kube: Kube, operator: Operator, name
     write_json(job_dir / "progress.json", {"status": "running", "step": 7, "total_steps": 20, "epoch": 0.35,
                                            "trained_tokens": 700, "train_loss": 1.25})
     (job_dir / "checkpoints" / "step-5").mkdir(parents=True)
+    (job_dir / "checkpoints" / "step-5" / "COMPLETE").write_text("")  # only complete checkpoints count
     wait_for(lambda: (kube.status(namespace, PLURAL, name).get("progress") or {}).get("step") == 7, 30,
              "progress", operator)
     status = kube.status(namespace, PLURAL, name)

@@ -10,6 +10,8 @@ import pytest
 from gateway_testkit import batch_lines, training_lines
 from kubernetes import client
 
+from tuneforge.jobfiles import EVENTS, METRICS, JobFiles
+
 pytestmark = pytest.mark.integration
 
 
@@ -108,14 +110,24 @@ def test_fine_tuning_walkthrough(tenant, base_model, gateway, api_client) -> Non
         api.fine_tuning.jobs.resume(job.id)
     assert exc.value.code == "invalid_job_state"
 
-    # Events and checkpoints, as the trainer writes them into the store.
+    # Events and checkpoints, as trainers write them into the store: steps 1-3 in the single
+    # files of an older trainer, steps 4-5 in the segments of the current one.
     store = gateway.store
     job_dir = store.fine_tuning_dir(namespace, job.id)
+    files = JobFiles.of(store, namespace, job.id)
+    events, metrics = files.log_writer(EVENTS), files.log_writer(METRICS)
     for n in range(1, 6):
-        store.append_line(f"{job_dir}/events.jsonl", json.dumps({
-            "object": "fine_tuning.job.event", "id": f"ftevent-{n}", "created_at": 1700000000 + n,
-            "level": "info", "message": f"Step {n}", "type": "metrics", "data": {"step": n}}))
-        store.append_line(f"{job_dir}/metrics.jsonl", json.dumps({"step": n, "train_loss": 1.0 / n}))
+        event = json.dumps({"object": "fine_tuning.job.event", "id": f"ftevent-{n}", "created_at": 1700000000 + n,
+                            "level": "info", "message": f"Step {n}", "type": "metrics", "data": {"step": n}})
+        metric = json.dumps({"step": n, "train_loss": 1.0 / n})
+        if n <= 3:
+            store.append_line(f"{job_dir}/events.jsonl", event)
+            store.append_line(f"{job_dir}/metrics.jsonl", metric)
+        else:
+            events.append(event)
+            metrics.append(metric)
+            events.flush()
+            metrics.flush()
     for step in (2, 4):
         store.write_bytes(f"{job_dir}/checkpoints/step-{step}/COMPLETE", b"")
     store.write_bytes(f"{job_dir}/checkpoints/step-5/adapter_model.safetensors", b"partial")  # no marker yet

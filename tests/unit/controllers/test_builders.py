@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from tuneforge.api.sizing import UnknownHardwareProfile, size_training, training_hardware
 from tuneforge.api.v1alpha1 import (
     BaseModelResource,
     BatchJobResource,
@@ -34,13 +35,15 @@ def ftjob(**spec: object) -> tuple[dict, FineTuningJobResource]:
     return body, FineTuningJobResource.model_validate(body)
 
 
-def render_trainer(**spec: object) -> tuple[TrainingRun, dict, dict]:
+def render_trainer(settings: Settings = SETTINGS, base_spec: dict | None = None,
+                   **spec: object) -> tuple[TrainingRun, dict, dict]:
     body, ft = ftjob(**spec)
-    _, bm = base()
+    _, bm = base(**(base_spec or {}))
+    size = size_training(ft.spec, bm.spec, settings)
     run = builders.training_run(ft, bm, training_uri="pvc://store/root/team/files/file-1234abcd/content",
-                                validation_uri=None, store_root=SETTINGS.store_root)
-    job = builders.trainer_job(body, run, hardware=builders.training_hardware(ft, bm, SETTINGS),
-                               queue_name=ft.spec.queue_name, settings=SETTINGS)
+                                validation_uri=None, store_root=settings.store_root,
+                                distributed=builders.resolve_distributed(ft, bm, size))
+    job = builders.trainer_job(body, run, hardware=size.hardware, queue_name=ft.spec.queue_name, settings=settings)
     return run, builders.trainer_configmap(body, run), job
 
 
@@ -276,7 +279,7 @@ PROFILES = SETTINGS.model_copy(update={"hardware_profiles": [
 def test_a_named_profile_supplies_gpus_placement_and_requests() -> None:
     body, ft = ftjob(hardware={"profile": "a100-2"})
     _, bm = base()
-    hardware = builders.training_hardware(ft, bm, PROFILES)
+    hardware = training_hardware(ft.spec, bm.spec, PROFILES)
     place = builders.placement(hardware)
     assert place["resources"] == {"requests": {"cpu": "16", "memory": "128Gi"}, "limits": {"nvidia.com/gpu": "2"}}
     assert place["node_selector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
@@ -286,7 +289,7 @@ def test_a_named_profile_supplies_gpus_placement_and_requests() -> None:
 def test_fields_on_the_request_override_the_profile_and_selectors_merge() -> None:
     _, ft = ftjob(hardware={"profile": "a100-2", "gpuCount": 1, "nodeSelector": {"zone": "b"}})
     _, bm = base()
-    hardware = builders.training_hardware(ft, bm, PROFILES)
+    hardware = training_hardware(ft.spec, bm.spec, PROFILES)
     assert hardware.gpu_count == 1 and hardware.gpu_type == "NVIDIA-A100-SXM4-80GB"
     assert hardware.node_selector == {"pool": "gpu", "zone": "b"}
 
@@ -294,15 +297,15 @@ def test_fields_on_the_request_override_the_profile_and_selectors_merge() -> Non
 def test_the_base_models_default_profile_applies_when_the_job_names_none() -> None:
     _, ft = ftjob()
     _, bm = base(defaultHardware="cpu-small")
-    assert builders.training_hardware(ft, bm, PROFILES).requests.memory == "8Gi"
+    assert training_hardware(ft.spec, bm.spec, PROFILES).requests.memory == "8Gi"
     _, plain = base()
-    assert builders.training_hardware(ft, plain, PROFILES) is None
+    assert training_hardware(ft.spec, plain.spec, PROFILES) is None
     platform_default = PROFILES.model_copy(update={"default_hardware_profile": "a100-2"})
-    assert builders.training_hardware(ft, plain, platform_default).gpu_count == 2
+    assert training_hardware(ft.spec, plain.spec, platform_default).gpu_count == 2
 
 
 def test_an_unknown_profile_names_the_offered_ones() -> None:
     _, ft = ftjob(hardware={"profile": "h100-8"})
     _, bm = base()
-    with pytest.raises(builders.UnknownHardwareProfile, match="'h100-8' does not exist; offered: a100-2, cpu-small"):
-        builders.training_hardware(ft, bm, PROFILES)
+    with pytest.raises(UnknownHardwareProfile, match="'h100-8' does not exist; offered: a100-2, cpu-small"):
+        training_hardware(ft.spec, bm.spec, PROFILES)

@@ -3,7 +3,6 @@ log parsing and the cost estimate."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import pytest
@@ -18,7 +17,6 @@ from tuneforge.gateway.management.shapes import (
     job_detail,
     job_status,
     learning_rate_multiplier,
-    metric_records,
     metrics_view,
     newest_pod,
     parse_sort,
@@ -140,13 +138,9 @@ def test_sort_and_status_parsing() -> None:
     assert exc.value.param == "since"
 
 
-def test_metrics_curve_dedupes_steps_and_reads_latest() -> None:
-    lines = [json.dumps({"step": 1, "train_loss": 2.0, "learning_rate": 1e-4, "epoch": 0.5, "trained_tokens": 10}),
-             json.dumps({"step": 2, "train_loss": 1.8, "valid_loss": 1.9, "learning_rate": 2e-4, "epoch": 1.0}),
-             json.dumps({"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0}),
-             '{"step": 3, "train_lo']
-    records = metric_records(lines)
-    assert [r["step"] for r in records] == [1, 2]
+def test_metrics_curve_reads_latest() -> None:
+    records = [{"step": 1, "train_loss": 2.0, "learning_rate": 1e-4, "epoch": 0.5, "trained_tokens": 10},
+               {"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0}]
     view = metrics_view(job("ftjob-a", phase="Running", status={"trainedTokens": 40, "progress": {
         "step": 2, "epoch": 1.0, "totalSteps": 6}}), records)
     assert view["trainingLoss"] == 1.5 and view["validationLoss"] == 1.7 and view["currentEpoch"] == 1.0

@@ -22,6 +22,10 @@ FILE_REF_PATTERN = r"^(file-[a-z0-9]{8,64}|(s3|pvc|file)://.+)$"
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+MAX_NODES = 256
+"""The most Pods one training group may span; trainer Job names leave room for the
+`-<index>` of the Pod hostnames of an Indexed Job that large."""
+
 
 class ApiModel(BaseModel):
     """Base for every schema: camelCase on the wire, snake_case in Python."""
@@ -115,6 +119,9 @@ class Hardware(ApiModel):
     """Name of a hardware profile from the platform configuration."""
     gpu_count: int | None = Field(default=None, ge=0, le=64)
     """GPUs per Pod; 0 runs on CPU."""
+    nodes: int | None = Field(default=None, ge=1, le=MAX_NODES)
+    """FineTuningJobs: Pods (one per node) that train together, defaulting to the profile's
+    nodes, else 1; more than 1 needs a profile whose maxNodes allows it. Serving ignores it."""
     gpu_type: str | None = None
     """GPU product, matched against the node label nvidia.com/gpu.product."""
     requests: ResourceList | None = None

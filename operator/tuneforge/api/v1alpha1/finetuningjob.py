@@ -53,6 +53,14 @@ class Method(ApiModel):
     """Adapter settings."""
 
 
+class Attention(str, Enum):
+    auto = "auto"
+    sdpa = "sdpa"
+    flash_attention_2 = "flash_attention_2"
+    flex_attention = "flex_attention"
+    eager = "eager"
+
+
 class Hyperparameters(ApiModel):
     """Training hyperparameters; each of the first three is a number or "auto"."""
 
@@ -80,6 +88,35 @@ class Hyperparameters(ApiModel):
     """Random seed; runs with the same seed on CPU are reproducible."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on long sequences."""
+    micro_batch_size: int | None = Field(default=None, ge=1, le=1024)
+    """Rows (packed examples) per forward pass; gradient accumulation makes up the rest of
+    batchSize. Defaults to 1."""
+    attention: Attention = Attention.auto
+    """Attention implementation: auto takes flash_attention_2 when the trainer image has
+    flash-attn and a CUDA GPU, sdpa otherwise."""
+
+
+class DistributedStrategy(str, Enum):
+    auto = "auto"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class Distributed(ApiModel):
+    """How the training processes of a job share the work (docs/trainer.md, sizing a job)."""
+
+    strategy: DistributedStrategy = DistributedStrategy.auto
+    """ddp keeps a whole copy of the model in every process; fsdp shards the weights across
+    all processes (FSDP2), for models that do not fit one GPU. auto picks fsdp when the base
+    model's bf16 weights plus the activations of maxSeqLength tokens do not fit one GPU of the
+    hardware profile, ddp otherwise. fsdp cannot shard a 4-bit (nf4) base model."""
+    processes_per_node: int | None = Field(default=None, ge=1, le=64)
+    """Training processes per Pod; defaults to the Pod's GPU count (1 on CPU). On GPUs it
+    may not exceed the GPU count: each process drives one GPU."""
+    max_group_restarts: int = Field(default=3, ge=0, le=100)
+    """Multi-node jobs: how often the whole group of trainer Pods is replaced after one of
+    them fails (the trainer resumes from its newest checkpoint) before the job fails.
+    Replacements after a disruption (preemption, node drain) are not counted."""
 
 
 class CheckpointPolicy(ApiModel):
@@ -134,6 +171,9 @@ class FineTuningJobSpec(ApiModel):
     """Up to 16 key-value pairs (the OpenAI metadata field)."""
     hardware: Hardware | None = None
     """Hardware to train on; defaults to the base model's defaultHardware."""
+    distributed: Distributed = Field(default_factory=Distributed)
+    """How many processes train per Pod and how they share the model; the number of Pods
+    is hardware.nodes."""
     suspend: bool = False
     """Pause: stop the trainer after its last checkpoint; set back to false to resume."""
     cancel: bool = False
@@ -246,6 +286,9 @@ class FineTuningJobStatus(ApiModel):
     validation_file_uri: str | None = None
     restarts: int | None = None
     """The spec.restartCount the controller last acted on (restarts of a failed job)."""
+    group_restarts: int | None = None
+    """Times a multi-node trainer group was replaced after one of its Pods failed, counted
+    against spec.distributed.maxGroupRestarts (replacements after a disruption are not)."""
 
 
 class FineTuningJobResource(Resource):

@@ -8,7 +8,7 @@ spec.suspend and spec.restartCount the controller acts on.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1 import API_VERSION, ModelDeploymentResource, ModelDeploymentSpec
+from tuneforge.api.v1alpha1.common import MAX_NODES
 from tuneforge.config import settings
 from tuneforge.contracts import BASE_LEARNING_RATE
 from tuneforge.gateway.auth import Principal, require
@@ -23,7 +24,6 @@ from tuneforge.gateway.catalog import is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.fine_tuning import (
     JobDraft,
-    complete_checkpoint_steps,
     create_job_once,
 )
 from tuneforge.gateway.kube import AlreadyExists
@@ -40,6 +40,7 @@ from tuneforge.gateway.management.shapes import (
     stats,
 )
 from tuneforge.gateway.routing import LABEL_BASE_MODEL, LABEL_SHARED
+from tuneforge.jobfiles import JobFiles
 
 router = APIRouter()
 
@@ -48,7 +49,9 @@ LABEL_FINE_TUNING_JOB = "tuneforge.io/fine-tuning-job"
 """The label the operator puts on a job's trainer Pods, and deploy on its ModelDeployment."""
 MAX_LIMIT = 100
 PARAMS = {"model": "baseModel", "training_file": "trainingDataset", "validation_file": "validationFile",
-          "suffix": "suffix"}
+          "suffix": "suffix", "hardware.profile": "hardware.profile", "hardware.gpu_count": "hardware.gpuCount",
+          "hardware.nodes": "hardware.nodes", "distributed.strategy": "distributed.strategy",
+          "distributed.processes_per_node": "distributed.processesPerNode"}
 
 
 class CamelBody(BaseModel):
@@ -69,6 +72,22 @@ class JobHyperparameters(CamelBody):
     """Learning-rate warmup steps (capped at the run's steps); 3% of the steps when omitted."""
 
 
+class JobHardware(CamelBody):
+    profile: str | None = Field(default=None, min_length=1, max_length=63)
+    """A profile from GET /hardware; defaults to the base model's, else the platform's."""
+    gpu_count: int | None = Field(default=None, ge=0, le=64)
+    """GPUs per Pod, overriding the profile's."""
+    nodes: int | None = Field(default=None, ge=1, le=MAX_NODES)
+    """Pods that train together; more than 1 needs a profile whose maxNodes allows it."""
+
+
+class JobDistributed(CamelBody):
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """auto, ddp or fsdp (docs/trainer.md, sizing a job)."""
+    processes_per_node: int | None = Field(default=None, ge=1, le=64)
+    """Training processes per Pod; defaults to its GPU count (1 on CPU)."""
+
+
 class JobCreate(CamelBody):
     name: str = Field(min_length=1, max_length=200)
     base_model: str = Field(min_length=1, max_length=253)
@@ -78,6 +97,8 @@ class JobCreate(CamelBody):
     validation_file: str | None = Field(default=None, max_length=100)
     hyperparameters: JobHyperparameters | None = None
     suffix: str | None = Field(default=None, max_length=40)
+    hardware: JobHardware | None = None
+    distributed: JobDistributed | None = None
 
 
 class DeployRequest(CamelBody):
@@ -120,7 +141,9 @@ def _draft(body: JobCreate) -> JobDraft:
     }
     return JobDraft(model=body.base_model, training_file=body.training_dataset, validation_file=body.validation_file,
                     suffix=body.suffix, hyperparameters=hyperparameters, display_name=body.name,
-                    description=body.description, params=PARAMS)
+                    description=body.description, params=PARAMS,
+                    hardware=body.hardware.model_dump(exclude_none=True) if body.hardware else None,
+                    distributed=body.distributed.model_dump(exclude_none=True) if body.distributed else {})
 
 
 # -- routes --------------------------------------------------------------------------------
@@ -172,7 +195,7 @@ async def delete_job(job_id: str, request: Request,
                        "then delete it.", code="job_active")
     await request.app.state.kube.delete(PLURAL, principal.tenant, job_id)
     store = request.app.state.store
-    await run_in_threadpool(store.delete, store.fine_tuning_dir(principal.tenant, job_id))
+    await run_in_threadpool(store.delete, JobFiles.of(store, principal.tenant, job_id).path())
     return Response(status_code=204)
 
 
@@ -206,8 +229,8 @@ async def restart_job(job_id: str, request: Request,
         raise conflict(f"Job '{job_id}' is {status}; only stopped or failed jobs can be restarted.")
     patched = await request.app.state.kube.patch(PLURAL, principal.tenant, job_id, patch)
     store = request.app.state.store
-    steps = await run_in_threadpool(complete_checkpoint_steps, store, principal.tenant, job_id)
-    return {**job_detail(patched), "resumeFromStep": steps[0] if steps else None}
+    steps = await run_in_threadpool(JobFiles.of(store, principal.tenant, job_id).complete_checkpoints)
+    return {**job_detail(patched), "resumeFromStep": steps[-1] if steps else None}
 
 
 @router.post("/jobs/{job_id}/deploy", summary="Serve a completed job's fine-tuned model")

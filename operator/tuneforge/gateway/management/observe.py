@@ -1,5 +1,5 @@
 """A job's logs and metrics: the trainer Pod's log through the Kubernetes API (the
-trainer's events.jsonl when no Pod log can be had), and its metrics.jsonl curve."""
+trainer's events when no Pod log can be had), and the curve of its metrics log."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from tuneforge.gateway.fine_tuning import read_events
 from tuneforge.gateway.management.jobs import LABEL_FINE_TUNING_JOB, load_job
 from tuneforge.gateway.management.shapes import (
     event_log_entries,
-    metric_records,
     metrics_view,
     newest_pod,
     parse_time,
     pod_log_entries,
     rfc3339,
 )
+from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
 router = APIRouter()
@@ -52,14 +52,13 @@ async def job_logs(
             "logs": event_log_entries(reversed(events), since=since_at, lines=lines)}
 
 
-def _metric_lines(store: ArtifactStore, namespace: str, job: str) -> list[bytes]:
-    path = f"{store.fine_tuning_dir(namespace, job)}/metrics.jsonl"
-    return list(store.iter_lines(path)) if store.exists(path) else []
+def _metric_records(store: ArtifactStore, namespace: str, job: str) -> list[dict]:
+    return list(JobFiles.of(store, namespace, job).metrics_by_step().values())
 
 
 @router.get("/jobs/{job_id}/metrics", summary="Latest losses, epochs, tokens and the per-step curve")
 async def job_metrics(job_id: str, request: Request,
                       principal: Principal = Depends(require("fine-tuning:read"))) -> dict:
     resource = await load_job(request, principal, job_id)
-    lines = await run_in_threadpool(_metric_lines, request.app.state.store, principal.tenant, job_id)
-    return metrics_view(resource, metric_records(lines))
+    records = await run_in_threadpool(_metric_records, request.app.state.store, principal.tenant, job_id)
+    return metrics_view(resource, records)

@@ -228,19 +228,6 @@ def stats(resources: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 # -- metrics -----------------------------------------------------------------------------
 
 
-def metric_records(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
-    """metrics.jsonl as records by step, ascending, one per step (the last one wins: a step
-    repeated after a crash is reported once). A line being appended is skipped."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in lines:
-        try:
-            record = json.loads(line)
-            by_step[int(record["step"])] = record
-        except (ValueError, KeyError, TypeError):
-            continue
-    return [by_step[step] for step in sorted(by_step)]
-
-
 def total_epochs(resource: Mapping[str, Any]) -> int | None:
     """The trainer's resolved epochs, else the requested number, else what the progress
     implies (total steps over steps per epoch, where steps per epoch = step / epoch)."""
@@ -264,8 +251,9 @@ def _validation_loss(record: Mapping[str, Any]) -> float | None:
 
 
 def metrics_view(resource: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Latest values and the per-step curve; the store's records win over the status copy,
-    which the controller refreshes only every few seconds."""
+    """Latest values and the per-step curve from the metric records, one per step in
+    ascending order (`JobFiles.metrics_by_step`); the store's records win over the status
+    copy, which the controller refreshes only every few seconds."""
     status = resource.get("status") or {}
     summary = status.get("metrics") or {}
     progress = status.get("progress") or {}
@@ -334,7 +322,7 @@ def pod_log_entries(text: str, *, since: datetime | None = None) -> list[dict[st
 
 
 def event_log_entries(events: Iterable[Mapping[str, Any]], *, since: datetime | None, lines: int) -> list[dict[str, Any]]:
-    """The trainer's events.jsonl records as log entries, oldest first: those at or after
+    """The trainer's event records as log entries, oldest first: those at or after
     `since`, at most the newest `lines`."""
     entries = []
     for event in events:
