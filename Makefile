@@ -67,6 +67,25 @@ bench-inference: venv ## Runtime adapter load vs cold restart; adapter switching
 bench-trainer: venv ## Trainer tokens/s vs TRL SFTTrainer (padded and packed)
 	$(BIN)/python -m tests.bench.bench_trainer $(BENCH_ARGS)
 
+GPU_BUNDLE := .gpu-bundle
+GPU_SITE ?= /tmp/tuneforge-gpu-site
+GPU_CHECK_OUT ?= bench-results/gpu-check
+GPU_CHECK_ARGS ?=
+
+.PHONY: gpu-check-bundle
+gpu-check-bundle: venv ## Fill .gpu-bundle/ (wheels the GPU machine lacks, incl. bitsandbytes; SmolLM2's tokenizer)
+	$(BIN)/python -m tests.gpu.bundle --dest $(GPU_BUNDLE)
+
+# Runs on the GPU machine with its own python3 (PYTHON=...), no network: the bundle's
+# wheels go into a target directory put first on PYTHONPATH.
+.PHONY: gpu-check
+gpu-check: ## On a GPU machine: LoRA, checkpointing, QLoRA+merge, 2 GPUs; MFU, memory, packing (GPU_CHECK_OUT)
+	@test -d $(GPU_BUNDLE)/wheels || { echo "no $(GPU_BUNDLE)/wheels: run make gpu-check-bundle first"; exit 1; }
+	$(PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	  --target $(GPU_SITE) $(GPU_BUNDLE)/wheels/*.whl
+	PYTHONPATH=$(GPU_SITE):operator:trainer-image:inference-image $(PYTHON) -m tests.gpu.gpu_check \
+	  --out $(GPU_CHECK_OUT) --tokenizer $(GPU_BUNDLE)/tokenizer $(GPU_CHECK_ARGS)
+
 .PHONY: crds
 crds: venv ## Regenerate crds/, the chart's crds/ and values.schema.json, and the Argo CD health ConfigMap
 	$(BIN)/tuneforge crds --out crds --chart charts/tuneforge/crds

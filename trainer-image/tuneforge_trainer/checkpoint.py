@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import tempfile
 import uuid
@@ -30,12 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
+from peft import get_peft_model
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
 
+from tuneforge import jobfiles
+from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
-MARKER = "COMPLETE"
-STEP_DIR = re.compile(r"^step-(\d+)$")
+MARKER = jobfiles.COMPLETE
 TMP_PREFIX = ".tmp-"
+TRAINABLE_FILE = "trainable.safetensors"
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,19 @@ def _fsync_tree(path: str) -> None:
             os.fsync(handle.fileno())
 
 
-def save_checkpoint(store: ArtifactStore, state: TrainState, *, model, optimizer, scheduler,
-                    rng_states: list[dict]) -> str:
-    """Publishes `checkpoints/step-<n>/`; returns its store path. Main process only."""
-    name = f"checkpoints/step-{state.step}"
+def save_checkpoint(store: ArtifactStore, state: TrainState, *, model, trainable: dict, optimizer_state: dict,
+                    scheduler, rng_states: list[dict]) -> str:
+    """Publishes `checkpoints/step-<n>/`; returns its store path. Main process only.
+
+    `trainable` and `optimizer_state` are full (gathered) state keyed by parameter name,
+    so any world size and strategy can resume from it; the adapter is written beside them
+    in peft's format, so a checkpoint is also a servable adapter."""
+    name = JobFiles(store).checkpoint_name(state.step)
 
     def build(path: Path) -> None:
-        model.save_pretrained(path)
-        torch.save(optimizer.state_dict(), path / "optimizer.pt")
+        model.save_pretrained(path, state_dict=trainable)
+        save_file({k: v.contiguous() for k, v in trainable.items()}, path / TRAINABLE_FILE)
+        torch.save(optimizer_state, path / "optimizer.pt")
         torch.save(scheduler.state_dict(), path / "scheduler.pt")
         torch.save(rng_states, path / "rng.pt")
         (path / "state.json").write_text(json.dumps(asdict(state)))
@@ -120,12 +129,7 @@ def save_checkpoint(store: ArtifactStore, state: TrainState, *, model, optimizer
 
 def complete_checkpoints(store: ArtifactStore) -> list[int]:
     """Steps of the complete checkpoints, oldest first."""
-    steps = []
-    for entry in store.listdir(store.path("checkpoints")):
-        match = STEP_DIR.match(entry)
-        if match and store.exists(store.path("checkpoints", entry, MARKER)):
-            steps.append(int(match.group(1)))
-    return sorted(steps)
+    return JobFiles(store).complete_checkpoints()
 
 
 def prune(store: ArtifactStore, keep_last: int) -> None:
@@ -134,9 +138,9 @@ def prune(store: ArtifactStore, keep_last: int) -> None:
     job's checkpoints (the main process of the one running pod)."""
     complete = complete_checkpoints(store)
     keep = {f"step-{s}" for s in complete[-keep_last:]}
-    for entry in store.listdir(store.path("checkpoints")):
-        if entry not in keep and (entry.startswith(TMP_PREFIX) or STEP_DIR.match(entry)):
-            store.delete(store.path("checkpoints", entry))
+    for entry in store.listdir(store.path(jobfiles.CHECKPOINTS)):
+        if entry not in keep and (entry.startswith(TMP_PREFIX) or jobfiles.STEP_DIR.match(entry)):
+            store.delete(store.path(jobfiles.CHECKPOINTS, entry))
 
 
 @dataclass
@@ -152,7 +156,7 @@ def latest_checkpoint(store: ArtifactStore, scratch: Path) -> Restored | None:
     steps = complete_checkpoints(store)
     if not steps:
         return None
-    remote = store.path("checkpoints", f"step-{steps[-1]}")
+    remote = store.path(JobFiles(store).checkpoint_name(steps[-1]))
     local = store.local_path(remote)
     if local is None:
         local = str(scratch / f"step-{steps[-1]}")
@@ -163,23 +167,31 @@ def latest_checkpoint(store: ArtifactStore, scratch: Path) -> Restored | None:
     return Restored(state, directory, rng_states)
 
 
-def save_final_adapter(store: ArtifactStore, *, model, tokenizer) -> str:
+def save_final_adapter(store: ArtifactStore, *, model, trainable: dict, tokenizer) -> str:
     """Publishes `adapter/` (adapter weights, config and tokenizer files)."""
 
     def build(path: Path) -> None:
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=trainable)
         tokenizer.save_pretrained(path)
 
     publish_directory(store, "adapter", build, commit_file="adapter_config.json")
     return store.uri("adapter")
 
 
-def save_merged_model(store: ArtifactStore, *, model, tokenizer) -> str:
-    """Publishes `merged/`: the base with the adapter folded in, for engines without LoRA."""
+def save_merged_model(store: ArtifactStore, *, base_dir: Path, lora_config, trainable: dict, tokenizer) -> str:
+    """Publishes `merged/`: the base with the adapter folded in, for engines without LoRA.
+
+    The base is loaded afresh, on the CPU, in the dtype its weights are stored in, and the
+    trained adapter is applied to it there: the training copy may be sharded (FSDP) or
+    4-bit (QLoRA), and folding an update into NF4 weights would quantize it away."""
 
     def build(path: Path) -> None:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(path)
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+        model = get_peft_model(base, lora_config)
+        unexpected = model.load_state_dict(trainable, strict=False).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"adapter weights do not fit the base model: {unexpected[:3]}")
+        model.merge_and_unload().save_pretrained(path)
         tokenizer.save_pretrained(path)
 
     publish_directory(store, "merged", build, commit_file="config.json")

@@ -9,6 +9,8 @@ it with peft's LoRA.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tuneforge import weights
 from tuneforge.contracts import LoraSettings
 
-from tuneforge_trainer.errors import TrainerError
+from tuneforge_trainer.errors import TrainerError, is_transient
 
 
 @dataclass(frozen=True)
@@ -27,21 +29,54 @@ class Precision:
     """How the base weights are held and how the forward pass runs."""
 
     dtype: torch.dtype
-    mixed_precision: str  # accelerate's value: "bf16" or "no"
+    mixed_precision: str  # accelerate's value: "bf16", "fp16" or "no"
 
 
 def choose_precision() -> Precision:
     """bf16 on CUDA devices that support it (half the memory, tensor cores, no loss
-    scaling needed unlike fp16); fp32 everywhere else, CPU included, for exactness."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return Precision(torch.bfloat16, "bf16")
+    scaling); fp16 on older GPUs, where accelerate adds a gradient scaler and peft keeps the
+    adapter in fp32; fp32 on CPU, for exactness."""
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return Precision(torch.bfloat16, "bf16")
+        return Precision(torch.float16, "fp16")
     return Precision(torch.float32, "no")
+
+
+def choose_attention(requested: str) -> str:
+    """transformers' attn_implementation for a setting. `auto` takes flash-attention 2 on
+    a CUDA GPU when the flash-attn package is installed (packed rows become varlen kernels,
+    no L x L mask), sdpa otherwise (packed rows get a block-diagonal mask)."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def fsdp_plugin():
+    """accelerate's FSDP2: one shard group per decoder layer (the model's `_no_split_modules`),
+    weights loaded by rank 0 alone and broadcast, full state dicts for checkpoints."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    # transformers reads these at from_pretrained: ranks other than 0 load on the meta device.
+    os.environ["ACCELERATE_USE_FSDP"] = "true"
+    os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "true"
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        reshard_after_forward=True,
+        state_dict_type="FULL_STATE_DICT",
+        cpu_ram_efficient_loading=True,
+    )
 
 
 def materialize(uri: str) -> Path:
     try:
         return weights.materialize_base_model(uri)
-    except Exception as exc:  # any failure to obtain weights is the same user-facing error
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # a store outage, not a bad model: the Pod is retried
         raise TrainerError("model_load_failed", f"cannot load base model from {uri}: {exc}",
                            param="base_model_uri") from exc
 
@@ -79,14 +114,19 @@ def quantization_config():
     )
 
 
-def load_base(model_dir: Path, lora: LoraSettings, precision: Precision, *, device: torch.device):
-    """The frozen base model, on `device` (bitsandbytes places 4-bit weights itself)."""
-    kwargs: dict = {"dtype": precision.dtype}
+def load_base(model_dir: Path, lora: LoraSettings, precision: Precision, *, device: torch.device,
+              attention: str = "sdpa"):
+    """The frozen base model, on the CPU (bitsandbytes places 4-bit weights on `device`
+    itself); the loop moves or shards it."""
+    kwargs: dict = {"dtype": precision.dtype, "attn_implementation": attention}
     if lora.quantize_4bit:
         kwargs["quantization_config"] = quantization_config()
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except ImportError as exc:
+        raise TrainerError("unsupported_hardware", f"attention implementation {attention!r} is not available "
+                           f"in this image: {exc}", param="hyperparameters.attention") from exc
     except (OSError, ValueError) as exc:
         raise TrainerError("model_load_failed", f"cannot load base model: {exc}", param="base_model_uri") from exc
     # Training never decodes, and a KV cache would also disable the packed-sequence mask.
@@ -97,11 +137,13 @@ def load_base(model_dir: Path, lora: LoraSettings, precision: Precision, *, devi
 def attach_lora(model, lora: LoraSettings, *, gradient_checkpointing: bool):
     """Wraps the base with a fresh LoRA adapter (all linear layers but the output head by
     default, which is what QLoRA showed matters for quality)."""
+    # Non-reentrant checkpointing: works with frozen inputs (the embeddings are frozen),
+    # under DDP's and FSDP's hooks, and without the reentrant variant's deprecation.
     if lora.quantize_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs (the embeddings are frozen).
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -110,6 +152,15 @@ def attach_lora(model, lora: LoraSettings, *, gradient_checkpointing: bool):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """transformers renamed gradient checkpointing to activation checkpointing in 5.2x
+    and the old name's keyword is rejected by the new method; take whichever exists."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @torch.no_grad()

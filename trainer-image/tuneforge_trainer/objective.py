@@ -20,27 +20,30 @@ from tuneforge_trainer.data import IGNORE, Batch
 
 @dataclass
 class TokenStats:
+    """Sums over a micro-batch, left on the device: reading them back would stall the
+    GPU queue once per micro-batch, so the loop adds them up and reads once per step."""
+
     loss_sum: torch.Tensor  # scalar, differentiable when computed with grad
-    correct: int
-    tokens: int
+    correct: torch.Tensor  # scalar count of correctly predicted targets
+    tokens: int  # target tokens, counted on the host from the batch itself
 
 
 def token_stats(model, batch: Batch, device: torch.device) -> TokenStats:
-    targets = batch.targets.to(device)
-    keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
+    # Which positions carry targets is decided on the host, where the batch was built, so
+    # no device-to-host copy is needed to size the output head's input.
+    keep = (batch.targets != IGNORE).any(dim=0).nonzero().squeeze(-1)
     if keep.numel() == 0:
         # Every process must run a forward pass each step (DDP synchronises gradients in
         # backward); a step share with no targets contributes an exact zero.
-        keep = torch.zeros(1, dtype=torch.long, device=device)
+        keep = torch.zeros(1, dtype=torch.long)
+    kept = batch.targets[:, keep].to(device, non_blocking=True)
     logits = model(
-        input_ids=batch.input_ids.to(device),
-        position_ids=batch.position_ids.to(device),
-        logits_to_keep=keep,
+        input_ids=batch.input_ids.to(device, non_blocking=True),
+        position_ids=batch.position_ids.to(device, non_blocking=True),
+        logits_to_keep=keep.to(device, non_blocking=True),
         use_cache=False,
     ).logits.float()
-    kept = targets[:, keep]
     loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), kept.reshape(-1),
                                ignore_index=IGNORE, reduction="sum")
-    valid = kept != IGNORE
-    correct = int(((logits.argmax(-1) == kept) & valid).sum())
-    return TokenStats(loss_sum, correct, int(valid.sum()))
+    correct = ((logits.argmax(-1) == kept) & (kept != IGNORE)).sum()
+    return TokenStats(loss_sum, correct, batch.label_tokens)

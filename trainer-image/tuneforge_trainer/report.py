@@ -1,40 +1,62 @@
-"""What the trainer tells the platform: files in the job's store directory, and the
-container's termination message.
+"""What the trainer tells the platform: files in the job's store directory (named by
+`tuneforge.jobfiles`), and the container's termination message.
 
 - `progress.json`: a `TrainingProgress`, rewritten atomically at most every
   `min_interval_s` (the gateway polls it; rewriting an S3 object per step would cost more
   than the step) and always at start, end and failure.
-- `events.jsonl`: OpenAI `fine_tuning.job.event` objects, one per line, `type` "message"
-  or "metrics" (metrics carry `data` with step, train_loss, valid_loss, ...).
-- `metrics.jsonl`: one record per optimizer step (the source of the results CSV).
+- the events log: OpenAI `fine_tuning.job.event` objects, `type` "message" or "metrics"
+  (metrics carry `data` with step, train_loss, valid_loss, ...); the metrics log: one
+  record per optimizer step (the source of the results CSV). `event()` and `metrics()`
+  only buffer: a background thread flushes both logs every `flush_interval_s`, so the
+  uploads never run on the training thread, and each flush rewrites only the logs' open
+  segments: one request per log and at most a segment's bytes, at step 10 as at step
+  100,000. A failed background flush is logged and retried at the next interval with the
+  same lines; `flush()` (the loop calls it at checkpoints) and `close()` (end of run,
+  failure) write synchronously and raise what the store raises.
 - `results.csv`: OpenAI's result-file columns, written at the end.
 - `result.json`: a `TrainingResult`, written once on success.
 
 On resume, metric lines and metric events of steps after the checkpoint are dropped, so
 a step that is repeated after a crash is reported once.
+
+The logs of one job directory have one writer per process, shared by every `Reporter` on
+it: the failure path opens a second Reporter while the trainer's may still hold unflushed
+lines, and sharing keeps the lines in order and lets the second `close()` flush them all.
+Writers still open when the interpreter exits (a rank leaving through an exception) are
+flushed then.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
+import logging
 import os
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
 
 from tuneforge.config import settings
 from tuneforge.contracts import ErrorInfo, TrainingProgress, TrainingResult
+from tuneforge.jobfiles import EVENTS, METRICS, JobFiles
 from tuneforge.storage import ArtifactStore
 
 CSV_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+FLUSH_INTERVAL_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class Reporter:
-    def __init__(self, store: ArtifactStore, *, min_interval_s: float = 2.0) -> None:
+    def __init__(self, store: ArtifactStore, *, min_interval_s: float = 2.0,
+                 flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         self.store = store
+        self.files = JobFiles(store)
         self.min_interval_s = min_interval_s
+        self.flush_interval_s = flush_interval_s
         self._last_progress = float("-inf")
 
     # -- progress --------------------------------------------------------------------
@@ -45,7 +67,7 @@ class Reporter:
         if not force and now - self._last_progress < self.min_interval_s:
             return False
         progress.updated_at = datetime.now(UTC)
-        self.store.write_json(self.store.path("progress.json"), progress.model_dump(mode="json"))
+        self.files.write_progress(progress)
         self._last_progress = now
         return True
 
@@ -61,11 +83,11 @@ class Reporter:
             "data": data or {},
             "type": type,
         }
-        self.store.append_line(self.store.path("events.jsonl"), json.dumps(record))
+        self._logs().events.append(json.dumps(record))
 
     def metrics(self, record: dict, total_steps: int) -> None:
-        """One step's metrics: a metrics.jsonl line and a metrics event."""
-        self.store.append_line(self.store.path("metrics.jsonl"), json.dumps(record))
+        """One step's metrics: a metrics-log line and a metrics event."""
+        self._logs().metrics.append(json.dumps(record))
         parts = [f"training loss={record['train_loss']:.4f}"]
         if record.get("valid_loss") is not None:
             parts.append(f"validation loss={record['valid_loss']:.4f}")
@@ -77,41 +99,109 @@ class Reporter:
     def forget_after(self, step: int) -> None:
         """Drops metrics (and metric events) of steps after `step`: they are about to be
         recomputed by a resumed run."""
-        for name in ("metrics.jsonl", "events.jsonl"):
-            path = self.store.path(name)
-            if not self.store.exists(path):
-                continue
-            kept = []
-            for line in self.store.read_bytes(path).decode().splitlines():
-                record = json.loads(line)
-                record_step = record.get("data", record).get("step") if record.get("type", "metrics") == "metrics" else None
-                if record_step is None or record_step <= step:
-                    kept.append(line)
-            self.store.write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+        logs = self._logs()
+        for writer in logs.writers:
+            writer.forget_after(step)
 
-    def read_metrics(self) -> list[dict]:
-        path = self.store.path("metrics.jsonl")
-        if not self.store.exists(path):
-            return []
-        return [json.loads(line) for line in self.store.read_bytes(path).decode().splitlines()]
+    def flush(self) -> None:
+        """Writes buffered lines now, on the caller's thread."""
+        logs = _open_logs.get(self.files.uri())
+        if logs is not None:
+            logs.flush()
+
+    def close(self) -> None:
+        """Flushes and stops the background thread; later lines start a new writer."""
+        _close_logs(self.files.uri())
+
+    def _logs(self) -> _Logs:
+        return _logs_for(self.files, self.flush_interval_s)
 
     # -- end of run ------------------------------------------------------------------
 
     def write_results_csv(self) -> str:
         """results.csv with OpenAI's columns, one row per step; empty cells where a value
         was not measured at that step."""
+        self.flush()
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
-        for m in self.read_metrics():
+        for m in self.files.metrics_by_step().values():
             row = [m["step"], m["train_loss"], m["train_mean_token_accuracy"], m.get("valid_loss"),
                    m.get("valid_mean_token_accuracy")]
             writer.writerow(["" if v is None else v for v in row])
-        self.store.write_bytes(self.store.path("results.csv"), out.getvalue().encode())
-        return self.store.uri("results.csv")
+        return self.files.write_results_csv(out.getvalue())
 
     def write_result(self, result: TrainingResult) -> None:
-        self.store.write_json(self.store.path("result.json"), result.model_dump(mode="json"))
+        self.files.write_result(result)
+
+
+class _Logs:
+    """The events and metrics writers of one job directory, and the daemon thread that
+    flushes them every `interval_s`."""
+
+    def __init__(self, files: JobFiles, interval_s: float) -> None:
+        self.events = files.log_writer(EVENTS)
+        self.metrics = files.log_writer(METRICS)
+        self.writers = (self.metrics, self.events)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tuneforge-report-flush", daemon=True)
+        self._thread.start()
+
+    def flush(self) -> None:
+        """Flushes every writer, even after one failed; then raises the first failure."""
+        failures = []
+        for writer in self.writers:
+            try:
+                writer.flush()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.flush()
+            except Exception:
+                pending = sum(writer.pending for writer in self.writers)
+                log.warning("report: flushing events and metrics failed; %d bytes stay buffered and are "
+                            "retried in %.0f s", pending, self.interval_s, exc_info=True)
+
+
+_open_logs: dict[str, _Logs] = {}
+_open_logs_lock = threading.Lock()
+
+
+def _logs_for(files: JobFiles, interval_s: float) -> _Logs:
+    """The process's writers for a job directory, started on first use."""
+    with _open_logs_lock:
+        logs = _open_logs.get(files.uri())
+        if logs is None:
+            logs = _open_logs[files.uri()] = _Logs(files, interval_s)
+        return logs
+
+
+def _close_logs(key: str) -> None:
+    with _open_logs_lock:
+        logs = _open_logs.pop(key, None)
+    if logs is not None:
+        logs.close()
+
+
+@atexit.register
+def _close_all_logs() -> None:
+    """Flushes what a process leaving without `close()` still buffers."""
+    for key in list(_open_logs):
+        try:
+            _close_logs(key)
+        except Exception:
+            log.exception("report: the last flush of %s failed; its buffered events and metrics are lost", key)
 
 
 def write_termination_message(info: ErrorInfo) -> None:

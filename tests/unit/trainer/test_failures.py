@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import settings
+from tuneforge.jobfiles import JobFiles
+from tuneforge.storage import ArtifactStore
 
 from .conftest import echo_examples, make_run, write_jsonl
 from tuneforge_trainer.__main__ import main
@@ -55,7 +57,7 @@ def test_each_dataset_error_code_terminates_the_run(code, tmp_path, tiny_model_d
     out = Path(run.output_uri)
     assert not (out / "adapter").exists() and not (out / "result.json").exists()
     assert json.loads((out / "progress.json").read_text())["status"] == "failed"
-    last_event = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
+    last_event = JobFiles(ArtifactStore(str(out))).events()[-1]
     assert last_event["level"] == "error" and last_event["data"]["code"] == code
 
 

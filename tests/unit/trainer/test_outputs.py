@@ -13,6 +13,9 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from tuneforge.jobfiles import JobFiles
+from tuneforge.storage import ArtifactStore
+
 from .conftest import echo_examples, make_run, write_jsonl
 from tests.support.s3 import new_bucket
 from tuneforge_trainer.loop import Trainer
@@ -47,7 +50,8 @@ def test_a_run_publishes_everything_to_s3(s3_run, tmp_path, tiny_model_dir):
     steps = sorted(int(p.rsplit("-", 1)[1]) for p in fs.ls(f"{root}/checkpoints", detail=False))
     assert len(steps) == 2 and steps[-1] == result.steps, "keep_last=2 checkpoints, the last at the final step"
 
-    metrics = [json.loads(line) for line in fs.cat(f"{root}/metrics.jsonl").decode().splitlines()]
+    metrics = JobFiles(ArtifactStore(s3_run.output_uri)).metrics()
+    assert fs.ls(f"{root}/metrics", detail=False) == [f"{root}/metrics/00000000.jsonl"], "one segment, no legacy file"
     assert len(metrics) == result.steps == 8
     assert any("valid_loss" in m for m in metrics), "periodic validation on a window of the validation set"
     full = [m for m in metrics if "full_valid_loss" in m]
@@ -76,6 +80,6 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tmp_path, tiny_mod
         trainer = Trainer(run, progress_interval_s=0.0)
         assert trainer._unwrapped().get_base_model().is_activation_checkpointing is checkpointing
         trainer.run()
-        metrics = (Path(run.output_uri) / "metrics.jsonl").read_text().splitlines()
-        losses[checkpointing] = [json.loads(line)["train_loss"] for line in metrics]
+        metrics = JobFiles(ArtifactStore(run.output_uri)).metrics()
+        losses[checkpointing] = [record["train_loss"] for record in metrics]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)

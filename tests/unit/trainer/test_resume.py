@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
 from .conftest import echo_examples, make_run, write_jsonl
@@ -57,12 +58,13 @@ def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path, tiny_model_dir
                              capture_output=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
 
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    assert any(e["message"] == f"Resumed from checkpoint step-{killed_at}" for e in events)
+    files = JobFiles(store)
+    events = files.events()
+    assert any(e["message"].startswith(f"Resumed from checkpoint step-{killed_at} ") for e in events)
     expected, got = (json.loads((d / "result.json").read_text()) for d in (ref_out, out))
     assert got["steps"] == expected["steps"] == 48
     assert got["trained_tokens"] == expected["trained_tokens"]
-    metric_steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metric_steps = [record["step"] for record in files.metrics()]
     assert metric_steps == list(range(1, 49))  # each step reported once
 
     ref_weights = load_file(ref_out / "adapter" / "adapter_model.safetensors")
