@@ -3,7 +3,7 @@ two processes, and two Pods (an Indexed Job) of one process each, train, from th
 seed and data, the adapter one process trains; killing one Pod of the pair restarts the
 whole group, which resumes from its newest checkpoint and finishes.
 
-Tolerance (as in tests/unit/trainer/test_distributed.py): splitting a step's rows across
+Tolerance (as in tests/unit/trainer/test_processes.py): splitting a step's rows across
 processes only reorders fp32 sums; over this run that moves the adapter by about 1e-7 of
 its size, so 1e-5 leaves room for rounding while one missing or repeated step (about
 1e-3 here) would fail."""
