@@ -64,23 +64,29 @@ def chat_dataset(n: int) -> list[dict]:
     return records
 
 
-def run_tuneforge(model_dir: Path, records: list[dict], work: Path) -> tuple[float, float, int]:
+def bench_run(model_dir: Path, records: list[dict], work: Path, **extra):
+    """The run every tuneforge measurement trains: one epoch, no checkpoints on the way."""
     from tuneforge.contracts import TrainingRun
+
+    work.mkdir(parents=True, exist_ok=True)
+    training = work / "train.jsonl"
+    training.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return TrainingRun.model_validate({
+        "job_id": "ftjob-bench", "namespace": "bench", "base_model": "tiny", "base_model_uri": str(model_dir),
+        "training_file": str(training), "output_uri": str(work / "out"), "fine_tuned_model": "ft:tiny:bench::b",
+        "hyperparameters": {"n_epochs": 1, "batch_size": BATCH, "max_seq_length": SEQ},
+        "checkpoints": {"every_n_steps": 10_000, "keep_last": 1},
+        **extra,
+    })
+
+
+def run_tuneforge(model_dir: Path, records: list[dict], work: Path) -> tuple[float, float, int]:
     from tuneforge.jobfiles import JobFiles
     from tuneforge.storage import ArtifactStore
 
     from tuneforge_trainer.loop import Trainer
 
-    work.mkdir(parents=True, exist_ok=True)
-    training = work / "train.jsonl"
-    training.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run = TrainingRun.model_validate({
-        "job_id": "ftjob-bench", "namespace": "bench", "base_model": "tiny", "base_model_uri": str(model_dir),
-        "training_file": str(training), "output_uri": str(work / "out"), "fine_tuned_model": "ft:tiny:bench::b",
-        "hyperparameters": {"n_epochs": 1, "batch_size": BATCH, "max_seq_length": SEQ},
-        "checkpoints": {"every_n_steps": 10_000, "keep_last": 1},
-    })
-    trainer = Trainer(run)
+    trainer = Trainer(bench_run(model_dir, records, work))
     start = time.perf_counter()
     result = trainer.run()
     elapsed = time.perf_counter() - start
@@ -95,18 +101,7 @@ def run_command(model_dir: Path, records: list[dict], work: Path, *, processes: 
     with `processes` gloo processes sharing THREADS cores."""
     import subprocess
 
-    from tuneforge.contracts import TrainingRun
-
-    work.mkdir(parents=True)
-    training = work / "train.jsonl"
-    training.write_text("".join(json.dumps(r) + "\n" for r in records))
-    run = TrainingRun.model_validate({
-        "job_id": "ftjob-bench", "namespace": "bench", "base_model": "tiny", "base_model_uri": str(model_dir),
-        "training_file": str(training), "output_uri": str(work / "out"), "fine_tuned_model": "ft:tiny:bench::b",
-        "hyperparameters": {"n_epochs": 1, "batch_size": BATCH, "max_seq_length": SEQ},
-        "checkpoints": {"every_n_steps": 10_000, "keep_last": 1},
-        "distributed": {"processes_per_node": processes},
-    })
+    run = bench_run(model_dir, records, work, distributed={"processes_per_node": processes})
     (work / "run.json").write_text(run.dump())
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS // processes),
            "TUNEFORGE_TERMINATION_LOG": str(work / "termination-log")}

@@ -5,6 +5,7 @@ are complete and exactly once."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_killed_trainer_is_retried_and_resumes_from_its_checkpoint(dev_stack, op
     events = job_events(openai_client, job.id)
     resumed = [m for m in events if m.startswith("Resumed from checkpoint")]
     assert resumed, events
-    assert int(resumed[0].rsplit("-", 1)[1]) >= first_checkpoint
+    assert int(re.match(r"Resumed from checkpoint step-(\d+) ", resumed[0]).group(1)) >= first_checkpoint
     ftjob = kubectl_json(dev_stack, "get", "ftjob", job.id, "-n", dev_stack.tenant)
     assert ftjob["status"]["progress"]["step"] == ftjob["status"]["progress"]["totalSteps"] == 12 * 8
     pods = pods_of(dev_stack, dev_stack.tenant, selector)

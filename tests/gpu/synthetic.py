@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from tuneforge.weights import TINY_SHAPE
+
 LLAMA_3_2_1B = {
     "hidden_size": 2048,
     "intermediate_size": 8192,
@@ -40,17 +42,12 @@ LLAMA_3_2_1B = {
 """Llama-3.2-1B's shape (1.24B parameters): big enough that the GPU, not Python, sets the pace."""
 
 SMOKE_SHAPE = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "tie_word_embeddings": True,
+    **TINY_SHAPE,
     "max_position_embeddings": 2048,
     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
 }
-"""A shape that trains in milliseconds on a CPU; its vocabulary is the tokenizer's."""
+"""The tests' tiny model shape, which trains in milliseconds on a CPU; its vocabulary is
+the tokenizer's."""
 
 WORDS = (
     "the model learns from examples that show what a good answer looks like and how long it "

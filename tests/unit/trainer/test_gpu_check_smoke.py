@@ -22,7 +22,7 @@ from tests.gpu import gpu_check, synthetic
 REPO = Path(__file__).resolve().parents[3]
 PHASES = [
     "environment", "matmul_peak", "model", "dataset", "packing_equivalence", "lora_bf16",
-    "lora_bf16_gradient_checkpointing", "qlora_merge", "merged_model", "ddp_2_processes",
+    "lora_bf16_gradient_checkpointing", "qlora_merge", "merged_model", "ddp_2_processes", "fsdp_launcher",
 ]
 
 
@@ -38,7 +38,7 @@ def test_smoke_run_measures_every_cpu_phase(tmp_path, tiny_model_dir):
     report = json.loads((out / "gpu-check.json").read_text())
     phases = report["phases"]
     assert list(phases) == PHASES
-    assert report["finished"] and report["summary"] == {"ok": 6, "failed": 0, "skipped": 4}
+    assert report["finished"] and report["summary"] == {"ok": 6, "failed": 0, "skipped": 5}
 
     run = phases["lora_bf16_gradient_checkpointing"]
     assert run["tokens_per_s"] > 0 and run["flops_per_token"] > 0
@@ -47,7 +47,7 @@ def test_smoke_run_measures_every_cpu_phase(tmp_path, tiny_model_dir):
     assert packing["packed_rows"] < packing["examples"]  # the examples really shared rows
     assert packing["relative_difference"] < 0.01
     assert phases["merged_model"]["logits_finite"]
-    for name in ("matmul_peak", "lora_bf16", "qlora_merge", "ddp_2_processes"):
+    for name in ("matmul_peak", "lora_bf16", "qlora_merge", "ddp_2_processes", "fsdp_launcher"):
         assert phases[name]["status"] == "skipped" and phases[name]["reason"]
     assert "phase merged_model: ok" in (out / "gpu-check.log").read_text()
 
