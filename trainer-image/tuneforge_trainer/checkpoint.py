@@ -96,7 +96,8 @@ def publish_directory(store: ArtifactStore, name: str, build: Callable[[Path], N
         store.delete(dest)
         names = sorted(os.listdir(tmp), key=lambda n: n == commit_file)
         for file_name in names:
-            store.fs.put_file(os.path.join(tmp, file_name), f"{dest}/{file_name}")
+            source, target = os.path.join(tmp, file_name), f"{dest}/{file_name}"
+            store.retry.call(lambda: store.fs.put_file(source, target), f"upload {target}")
 
 
 def _fsync_tree(path: str) -> None:
@@ -160,7 +161,7 @@ def latest_checkpoint(store: ArtifactStore, scratch: Path) -> Restored | None:
     local = store.local_path(remote)
     if local is None:
         local = str(scratch / f"step-{steps[-1]}")
-        store.fs.get(remote + "/", local + "/", recursive=True)
+        store.retry.call(lambda: store.fs.get(remote + "/", local + "/", recursive=True), f"download {remote}")
     directory = Path(local)
     state = TrainState(**json.loads((directory / "state.json").read_text()))
     rng_states = torch.load(directory / "rng.pt", weights_only=False)

@@ -245,6 +245,10 @@ def store_access(settings: Settings, uris: Iterable[str | None]) -> dict[str, An
     env = [
         {"name": "TUNEFORGE_STORE_ROOT", "value": settings.store_root},
         {"name": "TUNEFORGE_PVC_MOUNT_ROOT", "value": str(settings.pvc_mount_root)},
+        # The operator's own store retry settings: a workload rides out the same faults.
+        {"name": "TUNEFORGE_STORE_RETRY_ATTEMPTS", "value": str(settings.store_retry_attempts)},
+        {"name": "TUNEFORGE_STORE_RETRY_MODE", "value": settings.store_retry_mode},
+        {"name": "TUNEFORGE_STORE_RETRY_DEADLINE_S", "value": str(settings.store_retry_deadline_s)},
     ]
     env_from = []
     if any(uri and is_object_store(uri) for uri in all_uris):
