@@ -1,6 +1,6 @@
 """The artifact store: one layout over any fsspec filesystem (local path, PVC, S3).
 
-Layout under the root URI (see DESIGN.md section 3):
+Layout under the root URI (see docs/architecture.md):
 
     <root>/<namespace>/files/<file-id>/content      uploaded or produced bytes
     <root>/<namespace>/files/<file-id>/meta.json    the OpenAI File object

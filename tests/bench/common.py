@@ -1,7 +1,7 @@
 """What every benchmark shares: the result record, the machine description, quick mode,
 and writing bench-results/<area>.json.
 
-DESIGN.md section 6 fixes the file format so that runs can be compared across machines
+The project fixes the file format (docs/development.md) so that runs can be compared across machines
 and commits: {"machine": {...}, "results": [{metric, value, unit, baseline,
 baseline_value, ratio, target, meets_target}, ...]}. Keeping it in one place is what
 keeps the five benchmarks consistent.

@@ -1,4 +1,4 @@
-"""The repository layout rules DESIGN.md relies on."""
+"""The repository layout rules docs/architecture.md sets out."""
 
 import ast
 import importlib

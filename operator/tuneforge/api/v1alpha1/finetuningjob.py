@@ -202,7 +202,7 @@ class FineTuningJobPhase(str, Enum):
 
 OPENAI_STATUS = {phase.value: phase.name for phase in FineTuningJobPhase}
 """Phase -> the OpenAI fine_tuning.job status string; the one mapping both the
-controllers and the gateway use (DESIGN.md section 1)."""
+controllers and the gateway use (docs/architecture.md)."""
 
 
 def restart_pending(spec: dict, status: dict) -> bool:
