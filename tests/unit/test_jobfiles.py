@@ -1,4 +1,4 @@
-"""A job directory's layout, readers and segmented log writer (tuneforge.jobfiles), on a
+"""A job directory's layout, readers and compacting log writer (tuneforge.jobfiles), on a
 real local store and, where object-store behaviour matters, the loopback S3 server."""
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ def test_the_layout_sits_under_the_namespace_and_job(files, tmp_path) -> None:
     assert JobFiles(ArtifactStore(f"file://{tmp_path}/out")).path("progress.json") == f"{tmp_path}/out/progress.json"
 
 
-def test_a_flush_writes_the_open_segment_and_readers_concatenate(files) -> None:
+def names(files: JobFiles, log: str) -> list[str]:
+    return sorted(p.name for p in (job_dir(files) / log).iterdir())
+
+
+def test_each_flush_writes_a_new_object_of_only_its_lines_and_readers_concatenate(files) -> None:
     writer = files.log_writer(METRICS)
     assert not writer.flush(), "nothing pending, nothing written"
     for step in (1, 2):
@@ -53,24 +57,42 @@ def test_a_flush_writes_the_open_segment_and_readers_concatenate(files) -> None:
     assert writer.flush() and writer.pending == 0
     writer.append(metric(3))
     writer.flush()
-    assert sorted(p.name for p in (job_dir(files) / "metrics").iterdir()) == ["00000000.jsonl"]
+    assert names(files, METRICS) == ["00000000.jsonl", "00000001.jsonl"]
+    assert (job_dir(files) / METRICS / "00000001.jsonl").read_text() == metric(3) + "\n"
     assert [m["step"] for m in files.metrics()] == [1, 2, 3]
 
 
-def test_segments_roll_over_at_the_cap_and_closed_ones_are_never_rewritten(files) -> None:
-    writer = files.log_writer(EVENTS, cap=200)
-    closed: dict[str, int] = {}
-    for n in range(1, 31):
-        writer.append(message_event(f"event {n}"))  # ~90 bytes a line
+def test_compaction_merges_each_tier_into_one_object_and_keeps_the_order(files) -> None:
+    """With a fanout of 4, 21 flushes leave one object of 16 (itself merged from four of 4),
+    one of 4 and one single flush: three objects, read in order."""
+    writer = files.log_writer(EVENTS, fanout=4)
+    for n in range(1, 22):
+        writer.append(message_event(f"event {n}"))
         writer.flush()
-        segments = sorted((job_dir(files) / "events").iterdir())
-        for segment in segments[:-1]:
-            inode = closed.setdefault(segment.name, segment.stat().st_ino)
-            assert segment.stat().st_ino == inode, f"{segment.name} was rewritten after it closed"
-    sizes = [p.stat().st_size for p in sorted((job_dir(files) / "events").iterdir())]
-    assert len(sizes) >= 10 and all(size < 200 + 100 for size in sizes), sizes
-    assert files.segments(EVENTS) == list(range(len(sizes)))
-    assert [e["message"] for e in files.events()] == [f"event {n}" for n in range(1, 31)]
+        assert len(names(files, EVENTS)) <= 3 * 4, "at most fanout objects per tier"
+    assert names(files, EVENTS) == ["00000000-00000015.jsonl", "00000016-00000019.jsonl", "00000020.jsonl"]
+    assert files.segments(EVENTS) == [(0, 15), (16, 19), (20, 20)]
+    assert [e["message"] for e in files.events()] == [f"event {n}" for n in range(1, 22)]
+
+
+def test_readers_ignore_the_sources_a_crashed_compaction_left(files) -> None:
+    writer = files.log_writer(EVENTS, fanout=4)
+    for n in range(1, 6):
+        writer.append(message_event(f"event {n}"))
+        writer.flush()
+    log_dir = job_dir(files) / EVENTS
+    for sequence, n in ((1, 2), (2, 3)):  # sources the merge into 00000000-00000003 did not delete
+        (log_dir / f"{sequence:08d}.jsonl").write_text(message_event(f"event {n}") + "\n")
+    assert files.segments(EVENTS) == [(0, 3), (4, 4)]
+    assert [e["message"] for e in files.events()] == [f"event {n}" for n in range(1, 6)]
+
+    restarted = files.log_writer(EVENTS, fanout=4)
+    restarted.append(message_event("event 6"))
+    restarted.flush()
+    assert files.segments(EVENTS) == [(0, 3), (4, 4), (5, 5)], "a new writer continues after the last range"
+    restarted.forget_after(0)
+    assert names(files, EVENTS) == ["00000000-00000003.jsonl", "00000004.jsonl", "00000005.jsonl"], \
+        "forgetting removes the leftovers, which would resurface if the object covering them went"
 
 
 def test_a_failed_flush_keeps_its_lines_for_the_next(files) -> None:
@@ -87,20 +109,20 @@ def test_a_failed_flush_keeps_its_lines_for_the_next(files) -> None:
     assert [e["message"] for e in files.events()] == ["kept", "later"]
 
 
-def test_a_new_writer_starts_after_the_last_segment(files) -> None:
-    """A restarted trainer (or the failure report of another process) never reopens a
-    segment it did not write."""
+def test_a_new_writer_starts_after_the_last_object(files) -> None:
+    """A restarted trainer (or the failure report of another process) never rewrites an
+    object it did not write."""
     first = files.log_writer(EVENTS)
     first.append(message_event("first run"))
     first.flush()
     second = files.log_writer(EVENTS)
     second.append(message_event("second run"))
     second.flush()
-    assert files.segments(EVENTS) == [0, 1]
+    assert files.segments(EVENTS) == [(0, 0), (1, 1)]
     assert [e["message"] for e in files.events()] == ["first run", "second run"]
 
 
-def test_legacy_single_files_are_read_before_the_segments(files) -> None:
+def test_legacy_single_files_are_read_before_the_objects(files) -> None:
     job_dir(files).mkdir(parents=True)
     (job_dir(files) / "metrics.jsonl").write_text(metric(1) + "\n" + metric(2) + "\n" + '{"step": 3, "tra')
     (job_dir(files) / "events.jsonl").write_text(message_event("old trainer") + "\n")
@@ -122,17 +144,17 @@ def test_metrics_by_step_keeps_the_last_record_of_a_step(files) -> None:
     assert list(by_step) == [1, 2, 3] and by_step[2]["train_loss"] == 1.5
 
 
-def test_forget_after_drops_later_steps_across_legacy_file_and_segments(files) -> None:
+def test_forget_after_drops_later_steps_across_legacy_file_and_objects(files) -> None:
     job_dir(files).mkdir(parents=True)
     (job_dir(files) / "metrics.jsonl").write_text("".join(metric(s) + "\n" for s in (1, 2)) + '{"ste')
-    metrics, events = files.log_writer(METRICS, cap=60), files.log_writer(EVENTS, cap=300)
+    metrics, events = files.log_writer(METRICS, fanout=4), files.log_writer(EVENTS, fanout=4)
     for step in range(3, 9):
         metrics.append(metric(step))
         events.append(metric_event(step))
         events.append(message_event(f"Checkpoint saved at step {step}", step=step))
         metrics.flush()
         events.flush()
-    assert len(files.segments(METRICS)) > 2
+    assert files.segments(METRICS) == [(0, 3), (4, 4), (5, 5)]
     events.append(metric_event(9))  # pending when the resumed run starts: flushed, then forgotten
 
     metrics.forget_after(5)
@@ -143,12 +165,12 @@ def test_forget_after_drops_later_steps_across_legacy_file_and_segments(files) -
     assert len([e for e in files.events() if e["type"] == "message"]) == 6, "message events are kept"
     assert (job_dir(files) / "metrics.jsonl").read_text() == metric(1) + "\n" + metric(2) + "\n"
 
-    remaining = files.segments(METRICS)
+    assert files.segments(METRICS) == [(0, 3)], "the objects of steps 7 and 8 were emptied and deleted"
     metrics.append(metric(6, 0.5))
     metrics.flush()
     assert [(m["step"], m["train_loss"]) for m in files.metrics()] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0),
                                                                         (5, 1.0), (6, 0.5)]
-    assert files.segments(METRICS) == [*remaining, remaining[-1] + 1], "recomputed steps go to a new segment"
+    assert files.segments(METRICS) == [(0, 3), (6, 6)], "recomputed steps go to a new object"
 
 
 def test_only_checkpoints_with_their_marker_count(files) -> None:
@@ -175,7 +197,7 @@ def test_progress_and_result_are_none_until_written(files) -> None:
 
 def test_readers_on_s3_see_what_another_process_wrote_after_their_first_look(s3_endpoint) -> None:
     """s3fs caches a process's listings forever; a gateway reading a job must still see
-    new segments and checkpoint markers."""
+    new log objects and checkpoint markers."""
     bucket = new_bucket("tuneforge-jobfiles")
     reader = JobFiles.of(ArtifactStore(bucket), "team-a", "ftjob-1")
     assert reader.events() == [] and reader.complete_checkpoints() == []
@@ -189,3 +211,24 @@ def test_readers_on_s3_see_what_another_process_wrote_after_their_first_look(s3_
     other.pipe(f"{directory}/events/00000001.jsonl", (message_event("again") + "\n").encode())
     assert reader.complete_checkpoints() == [3] and reader.checkpoint_created_at(3) > 0
     assert [e["message"] for e in reader.events()] == ["hello", "again"]
+
+
+def test_a_read_that_meets_a_compaction_lists_again_instead_of_losing_lines(files, monkeypatch) -> None:
+    """The reader lists four objects; before it reads them the writer merges them into one
+    and deletes the sources (forced here at the moment of the first read)."""
+    writer = files.log_writer(METRICS, fanout=4)
+    for step in range(1, 4):
+        writer.append(metric(step))
+        writer.flush()
+    writer.append(metric(4))
+    read = JobFiles._read_optional
+    merged = []
+
+    def read_during_compaction(self, path):
+        if not merged:
+            merged.append(writer.flush())  # the fourth object completes a tier: merge and delete
+        return read(self, path)
+
+    monkeypatch.setattr(JobFiles, "_read_optional", read_during_compaction)
+    assert [m["step"] for m in files.metrics()] == [1, 2, 3, 4]
+    assert names(files, METRICS) == ["00000000-00000003.jsonl"]

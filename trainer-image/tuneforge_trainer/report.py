@@ -8,9 +8,11 @@
   (metrics carry `data` with step, train_loss, valid_loss, ...); the metrics log: one
   record per optimizer step (the source of the results CSV). `event()` and `metrics()`
   only buffer: a background thread flushes both logs every `flush_interval_s`, so the
-  uploads never run on the training thread, and each flush rewrites only the logs' open
-  segments: one request per log and at most a segment's bytes, at step 10 as at step
-  100,000. A failed background flush is logged and retried at the next interval with the
+  uploads never run on the training thread, and each flush writes only the new lines, as
+  one new object per log; every 16 flushes the writer merges objects into one (in tiers,
+  see `tuneforge.jobfiles`): a flush costs one request and its own lines per log, plus
+  compactions that rewrite each line once per tier (log_16 of the flushes), and readers
+  fetch a few objects. A failed background flush is logged and retried at the next interval with the
   same lines; `flush()` (the loop calls it at checkpoints) and `close()` (end of run,
   failure) write synchronously and raise what the store raises.
 - `results.csv`: OpenAI's result-file columns, written at the end.

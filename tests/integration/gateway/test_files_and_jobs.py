@@ -111,11 +111,12 @@ def test_fine_tuning_walkthrough(tenant, base_model, gateway, api_client) -> Non
     assert exc.value.code == "invalid_job_state"
 
     # Events and checkpoints, as trainers write them into the store: steps 1-3 in the single
-    # files of an older trainer, steps 4-5 in the segments of the current one.
+    # files of an older trainer, steps 4-5 in the log objects of the current one, compacted
+    # into one (a fanout of 2) whose source for step 4 a crash left behind.
     store = gateway.store
     job_dir = store.fine_tuning_dir(namespace, job.id)
     files = JobFiles.of(store, namespace, job.id)
-    events, metrics = files.log_writer(EVENTS), files.log_writer(METRICS)
+    events, metrics = files.log_writer(EVENTS, fanout=2), files.log_writer(METRICS, fanout=2)
     for n in range(1, 6):
         event = json.dumps({"object": "fine_tuning.job.event", "id": f"ftevent-{n}", "created_at": 1700000000 + n,
                             "level": "info", "message": f"Step {n}", "type": "metrics", "data": {"step": n}})
@@ -128,6 +129,8 @@ def test_fine_tuning_walkthrough(tenant, base_model, gateway, api_client) -> Non
             metrics.append(metric)
             events.flush()
             metrics.flush()
+    assert files.segments(EVENTS) == [(0, 1)]
+    store.write_bytes(files.segment_path(EVENTS, 0), store.read_bytes(files.segment_path(EVENTS, 0, 1)).splitlines()[0] + b"\n")
     for step in (2, 4):
         store.write_bytes(f"{job_dir}/checkpoints/step-{step}/COMPLETE", b"")
     store.write_bytes(f"{job_dir}/checkpoints/step-5/adapter_model.safetensors", b"partial")  # no marker yet

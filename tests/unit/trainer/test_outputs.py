@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tuneforge.jobfiles import JobFiles
+from tuneforge.jobfiles import METRICS, JobFiles
 from tuneforge.storage import ArtifactStore
 
 from .conftest import echo_examples, make_run, write_jsonl
@@ -50,8 +50,10 @@ def test_a_run_publishes_everything_to_s3(s3_run, tmp_path, tiny_model_dir):
     steps = sorted(int(p.rsplit("-", 1)[1]) for p in fs.ls(f"{root}/checkpoints", detail=False))
     assert len(steps) == 2 and steps[-1] == result.steps, "keep_last=2 checkpoints, the last at the final step"
 
-    metrics = JobFiles(ArtifactStore(s3_run.output_uri)).metrics()
-    assert fs.ls(f"{root}/metrics", detail=False) == [f"{root}/metrics/00000000.jsonl"], "one segment, no legacy file"
+    files = JobFiles(ArtifactStore(s3_run.output_uri))
+    metrics = files.metrics()
+    assert not fs.exists(f"{root}/metrics.jsonl"), "no legacy file"
+    assert len(fs.ls(f"{root}/metrics", detail=False)) == len(files.segments(METRICS)) > 0, "only log objects"
     assert len(metrics) == result.steps == 8
     assert any("valid_loss" in m for m in metrics), "periodic validation on a window of the validation set"
     full = [m for m in metrics if "full_valid_loss" in m]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.jobfiles import EVENTS, METRICS, SEGMENT_CAP, JobFiles
+from tuneforge.jobfiles import COMPACT_FANOUT, EVENTS, METRICS, JobFiles
 from tuneforge.storage import ArtifactStore
 
 from tests.support.s3 import new_bucket
@@ -18,7 +18,7 @@ from tests.support.s3_requests import recording
 from tuneforge_trainer.report import Reporter
 
 PADDING = "x" * 2000
-"""Makes each step's lines a few KiB, so a few hundred steps cross several segment caps."""
+"""Makes each step's lines a few KiB, so that what a flush sends is mostly its lines."""
 
 
 def record(step: int, **extra) -> dict:
@@ -63,7 +63,7 @@ def test_the_background_thread_flushes_every_interval(store) -> None:
 def test_a_failed_background_flush_is_logged_and_retried(store, tmp_path, caplog) -> None:
     blocker = tmp_path / "out" / EVENTS
     blocker.parent.mkdir(parents=True)
-    blocker.write_text("a file where the events segments belong")
+    blocker.write_text("a file where the events log belongs")
     reporter = Reporter(store, flush_interval_s=0.05)
     reporter.event("written once the store recovers")
     with caplog.at_level(logging.WARNING, logger="tuneforge_trainer.report"):
@@ -87,7 +87,7 @@ def test_the_failure_report_flushes_what_the_trainer_still_buffers_in_order(stor
     files = JobFiles(store)
     assert [e["message"] for e in files.events()] == ["Step 1/9: training loss=1.0000", "Checkpoint saved at step 1",
                                                       "boom"]
-    assert files.segments(EVENTS) == [0], "one writer per job directory in a process"
+    assert files.segments(EVENTS) == [(0, 0)], "one writer per job directory in a process"
 
 
 def test_forget_after_then_recompute_reports_each_step_once(store) -> None:
@@ -111,8 +111,10 @@ def test_forget_after_then_recompute_reports_each_step_once(store) -> None:
 
 
 def test_flush_cost_on_s3_does_not_grow_with_the_steps_already_logged(s3_endpoint) -> None:
-    """Each flush after the first is one PUT per log, of at most the segment cap plus its
-    new lines, whether 10 or 300 steps came before; no flush reads anything back."""
+    """Each flush after the first is one PUT per log of only its new lines, whether 10 or
+    300 steps came before, plus every COMPACT_FANOUT flushes a merge: one PUT of the
+    merged lines and one bulk DELETE per log (and, every FANOUT^2, reading the merged
+    objects back). Readers then fetch a few objects, not one per flush."""
     store = ArtifactStore(f"{new_bucket('tuneforge-report-cost')}/team-a/fine-tuning/ftjob-report")
     reporter = Reporter(store, flush_interval_s=3600)
     per_flush = {}
@@ -125,15 +127,20 @@ def test_flush_cost_on_s3_does_not_grow_with_the_steps_already_logged(s3_endpoin
     reporter.close()
 
     first = per_flush[1].operations
-    assert first.count("PutObject") == 2 and set(first) == {"ListObjectsV2", "PutObject"}, "listing finds the first segment"
-    later = [per_flush[step] for step in range(2, 301)]
-    assert {usage.operations for usage in later} == {("PutObject", "PutObject")}
+    assert first.count("PutObject") == 2 and set(first) == {"ListObjectsV2", "PutObject"}, "listing finds the first object"
+    step_bytes = 2 * len(PADDING)  # the padding of the metrics line and of the metrics event
+    plain = [per_flush[step] for step in range(2, 301) if step % COMPACT_FANOUT]
+    assert {usage.operations for usage in plain} == {("PutObject", "PutObject")}
+    assert all(step_bytes < usage.sent < step_bytes + 1024 for usage in plain), "only the new lines"
+    assert all(usage.received < 1024 for usage in plain), "nothing is read back"
     assert per_flush[300].requests == per_flush[10].requests == 2
-    step_bytes = 3 * len(PADDING)
-    assert max(usage.sent for usage in later) <= 2 * (SEGMENT_CAP + step_bytes)
-    assert all(usage.received < 1024 for usage in later), "nothing is read back"
+
+    tier_one = [per_flush[step] for step in range(COMPACT_FANOUT, 301, COMPACT_FANOUT) if step % COMPACT_FANOUT**2]
+    assert {usage.operations.count("PutObject") for usage in tier_one} == {4}
+    assert {usage.operations.count("DeleteObjects") for usage in tier_one} == {2}
+    assert max(usage.sent for usage in tier_one) < (COMPACT_FANOUT + 1) * (step_bytes + 1024)
 
     files = JobFiles(store)
-    assert len(files.segments(EVENTS)) > 2 and len(files.segments(METRICS)) > 1
+    assert files.segments(METRICS) == [(0, 255), *((n, n + 15) for n in range(256, 288, 16)), *((n, n) for n in range(288, 300))]
     assert [m["step"] for m in files.metrics()] == list(range(1, 301))
     assert [e["data"]["step"] for e in files.events()] == list(range(1, 301))
