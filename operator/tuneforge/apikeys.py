@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 
 SCOPES: tuple[str, ...] = (
@@ -35,8 +36,6 @@ SCOPES: tuple[str, ...] = (
 
 KEY_PREFIX = "tf-"
 SECRET_PREFIX = "tuneforge-apikey-"
-LABEL_API_KEY = "tuneforge.io/api-key"
-LABEL_TENANT = "tuneforge.io/tenant"
 _HASH_CHARS_IN_NAME = 20
 
 
@@ -125,7 +124,7 @@ def key_secret(
     metadata: dict = {
         "name": secret_name(key),
         "namespace": settings().system_namespace,
-        "labels": {**(labels or {}), LABEL_API_KEY: "true", LABEL_TENANT: tenant},
+        "labels": {**(labels or {}), Label.API_KEY: "true", Label.TENANT: tenant},
     }
     if owner is not None:
         metadata["ownerReferences"] = [

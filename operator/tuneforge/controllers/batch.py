@@ -28,6 +28,7 @@ import kopf
 
 from tuneforge import apikeys
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BatchJobResource
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 from tuneforge.contracts import BatchProgress, BatchRun
 from tuneforge.controllers import builders, kube, metrics
@@ -244,7 +245,7 @@ def _ensure_key(raw: dict) -> None:
             tenant=namespace,
             scopes=["chat"],
             description=f"batch runner of {namespace}/{name}",
-            labels={builders.LABEL_BATCH_JOB: name},
+            labels={Label.BATCH_JOB: name},
         )
     )
 
@@ -259,7 +260,7 @@ def _revoke_key(state: _State, namespace: str, name: str) -> None:
 def revoke(namespace: str, name: str) -> None:
     """Deletes the batch's key: its hash in the system namespace and the copy for the runner."""
     system = settings().system_namespace
-    selector = f"{builders.LABEL_BATCH_JOB}={name},{apikeys.LABEL_TENANT}={namespace}"
+    selector = f"{Label.BATCH_JOB}={name},{Label.TENANT}={namespace}"
     for secret in kube.core().list_namespaced_secret(system, label_selector=selector).items:
         kube.delete_secret(system, secret.metadata.name)
     kube.delete_secret(namespace, builders.batch_key_secret_name(name))

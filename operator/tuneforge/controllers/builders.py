@@ -28,7 +28,8 @@ from tuneforge.api.v1alpha1 import (
     ModelDeploymentResource,
 )
 from tuneforge.api.v1alpha1.common import MAX_NODES, Hardware
-from tuneforge.api.v1alpha1.finetuningjob import DistributedStrategy
+from tuneforge.api.v1alpha1.finetuningjob import JOB_NAME_PREFIX, DistributedStrategy, fine_tuned_model_id
+from tuneforge.api.v1alpha1.labels import OPERATOR_NAME, Annotation, Label, PortName
 from tuneforge.config import HardwareProfile, Settings, find_hardware_profile
 from tuneforge.contracts import (
     RENDEZVOUS_PORT,
@@ -45,17 +46,6 @@ from tuneforge.contracts import (
     TrainingRun,
 )
 from tuneforge.storage import is_object_store
-
-MANAGED_BY = "app.kubernetes.io/managed-by"
-COMPONENT = "app.kubernetes.io/component"
-OPERATOR_NAME = "tuneforge"
-LABEL_FINE_TUNING_JOB = "tuneforge.io/fine-tuning-job"
-LABEL_BATCH_JOB = "tuneforge.io/batch-job"
-LABEL_MODEL_DEPLOYMENT = "tuneforge.io/model-deployment"
-LABEL_BASE_MODEL = "tuneforge.io/base-model"
-LABEL_SHARED = "tuneforge.io/shared"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-SPEC_HASH_ANNOTATION = "tuneforge.io/spec-hash"
 
 TRAINER_CONTAINER = "trainer"
 SERVER_CONTAINER = "server"
@@ -84,7 +74,6 @@ TRAINER_BACKOFF_LIMIT = 3
 BATCH_BACKOFF_LIMIT = 3
 TRAINER_GRACE_SECONDS = 120
 """SIGTERM to SIGKILL: time for the trainer to write a last checkpoint when paused."""
-RENDEZVOUS_PORT_NAME = "rendezvous"
 SHM_VOLUME = "dshm"
 SHM_DIR = "/dev/shm"
 DEFAULT_SHARED_MEMORY = "2Gi"
@@ -162,11 +151,6 @@ def shared_deployment_name(base_model: str) -> str:
     return base_model
 
 
-def fine_tuned_model_id(base_model: str, namespace: str, suffix: str | None, job: str) -> str:
-    """OpenAI's shape `ft:<base>:<namespace>:<suffix>:<job-id>`; the suffix segment is empty
-    when none was given, so the id always has five parts and parses one way."""
-    return f"ft:{base_model}:{namespace}:{suffix or ''}:{job}"
-
 
 def batch_file_ids(namespace: str, batch: str) -> tuple[str, str]:
     """The output and error file ids a batch's runner registers its results under.
@@ -200,7 +184,7 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def labels_for(component: str, owner_label: str, owner: str) -> dict[str, str]:
-    return {MANAGED_BY: OPERATOR_NAME, COMPONENT: component, owner_label: owner}
+    return {Label.MANAGED_BY: OPERATOR_NAME, Label.COMPONENT: component, owner_label: owner}
 
 
 def spec_hash(*objects: Any) -> str:
@@ -470,7 +454,7 @@ def _strategy(ftjob: FineTuningJobResource, base: BaseModelResource, size: Train
 
 
 def trainer_labels(ftjob: str) -> dict[str, str]:
-    return labels_for("trainer", LABEL_FINE_TUNING_JOB, ftjob)
+    return labels_for("trainer", Label.FINE_TUNING_JOB, ftjob)
 
 
 def trainer_configmap(body: Mapping[str, Any], run: TrainingRun) -> dict[str, Any]:
@@ -502,7 +486,7 @@ def trainer_job(
     labels = trainer_labels(name)
     job_labels = dict(labels)
     if queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = queue_name
+        job_labels[Label.KUEUE_QUEUE] = queue_name
     access = store_access(settings, [run.base_model_uri, run.training_file, run.validation_file, run.output_uri])
     profile = find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
     container = {
@@ -571,7 +555,7 @@ def _group(spec: dict[str, Any], ftjob: str, nodes: int) -> dict[str, Any]:
     controller replaces the group rather than one Pod of it."""
     template = spec["template"]
     [container] = template["spec"]["containers"]
-    port = {"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}
+    port = {"name": PortName.RENDEZVOUS, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}
     pod = {
         **template["spec"],
         "subdomain": trainer_service_name(ftjob),
@@ -608,7 +592,7 @@ def trainer_service(body: Mapping[str, Any]) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": labels,
-            "ports": [{"name": RENDEZVOUS_PORT_NAME, "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+            "ports": [{"name": PortName.RENDEZVOUS, "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
                        "protocol": "TCP"}],
         },
     }
@@ -620,7 +604,7 @@ def trainer_service(body: Mapping[str, Any]) -> dict[str, Any]:
 def adapter_uri(store_root: str, namespace: str, source: str) -> str:
     """An adapter source as a URI: a FineTuningJob name is its adapter directory in the
     store (where the trainer writes it), any other value is already a URI."""
-    if source.startswith("ftjob-"):
+    if source.startswith(JOB_NAME_PREFIX):
         return store_uri(store_root, namespace, "fine-tuning", source, "adapter")
     return source
 
@@ -661,7 +645,7 @@ def served_models(serving: ServingSpec) -> list[str]:
 
 
 def serving_labels(mdep: str) -> dict[str, str]:
-    return labels_for("inference", LABEL_MODEL_DEPLOYMENT, mdep)
+    return labels_for("inference", Label.MODEL_DEPLOYMENT, mdep)
 
 
 def serving_endpoint(name: str, namespace: str) -> str:
@@ -676,7 +660,7 @@ def serving_configmap(body: Mapping[str, Any], serving: ServingSpec) -> dict[str
 
 
 def _http_probe(
-    path: str, *, period: int, failures: int, timeout: int = 5, port: str = "http"
+    path: str, *, period: int, failures: int, timeout: int = 5, port: str = PortName.HTTP
 ) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
@@ -708,7 +692,7 @@ def serving_deployment(
         "command": ["tuneforge-serve"],
         "args": ["--run", RUN_FILE],
         "env": access["env"],
-        "ports": [{"name": "http", "containerPort": serving.port, "protocol": "TCP"}],
+        "ports": [{"name": PortName.HTTP, "containerPort": serving.port, "protocol": "TCP"}],
         "startupProbe": _http_probe("/health", period=10, failures=MODEL_LOAD_TIMEOUT_SECONDS // 10),
         "readinessProbe": _http_probe("/health", period=5, failures=3),
         "livenessProbe": _http_probe("/health", period=15, failures=4, timeout=10),
@@ -730,7 +714,7 @@ def serving_deployment(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(serving.model_dump(mode="json"), replicas, pod)},
+            "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"), replicas, pod)},
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
@@ -741,7 +725,7 @@ def serving_deployment(
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {SPEC_HASH_ANNOTATION: spec_hash(serving.model_dump(mode="json"))},
+                    "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"))},
                 },
                 "spec": pod,
             },
@@ -768,8 +752,8 @@ def _with_adapter_loader(pod: dict[str, Any], serving: ServingSpec, image: str) 
         "command": ["tuneforge-serve"],
         "args": ["--adapter-loader", "--run", RUN_FILE],
         "env": list(server["env"]),
-        "ports": [{"name": "adapters", "containerPort": serving.adapter_loader_port, "protocol": "TCP"}],
-        "readinessProbe": _http_probe("/health", period=5, failures=3, port="adapters"),
+        "ports": [{"name": PortName.ADAPTERS, "containerPort": serving.adapter_loader_port, "protocol": "TCP"}],
+        "readinessProbe": _http_probe("/health", period=5, failures=3, port=PortName.ADAPTERS),
         "resources": ADAPTER_LOADER_RESOURCES,
         "volumeMounts": list(server["volumeMounts"]),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -799,7 +783,7 @@ def serving_service(body: Mapping[str, Any]) -> dict[str, Any]:
         },
         "spec": {
             "selector": labels,
-            "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": PortName.HTTP, "port": SERVING_PORT, "targetPort": PortName.HTTP, "protocol": "TCP"}],
         },
     }
 
@@ -828,7 +812,7 @@ def shared_deployment(base_body: Mapping[str, Any], base: BaseModelResource, nam
         "metadata": {
             "name": shared_deployment_name(name),
             "namespace": namespace,
-            "labels": {MANAGED_BY: OPERATOR_NAME, LABEL_BASE_MODEL: name, LABEL_SHARED: "true"},
+            "labels": {Label.MANAGED_BY: OPERATOR_NAME, Label.BASE_MODEL: name, Label.SHARED: "true"},
             "ownerReferences": [owner_reference(base_body)],
         },
         "spec": spec,
@@ -866,7 +850,7 @@ def batch_run(
 
 
 def runner_labels(batch: str) -> dict[str, str]:
-    return labels_for("batch-runner", LABEL_BATCH_JOB, batch)
+    return labels_for("batch-runner", Label.BATCH_JOB, batch)
 
 
 def runner_configmap(body: Mapping[str, Any], run: BatchRun) -> dict[str, Any]:

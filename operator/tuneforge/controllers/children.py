@@ -15,23 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.api.v1alpha1.common import ApiError
+from tuneforge.api.v1alpha1.labels import Annotation, Label
 from tuneforge.contracts import TrainerExit
-from tuneforge.controllers.builders import (
-    COMPONENT,
-    FATAL_EXIT_CODES,
-    LABEL_BATCH_JOB,
-    LABEL_FINE_TUNING_JOB,
-    LABEL_MODEL_DEPLOYMENT,
-)
+from tuneforge.controllers.builders import FATAL_EXIT_CODES
 
-OWNER_LABELS = (LABEL_FINE_TUNING_JOB, LABEL_BATCH_JOB, LABEL_MODEL_DEPLOYMENT)
+OWNER_LABELS = (Label.FINE_TUNING_JOB, Label.BATCH_JOB, Label.MODEL_DEPLOYMENT)
 Key = tuple[str, str, str]
 
 
 def owner_key(namespace: str, labels: Mapping[str, str]) -> Key | None:
     for label in OWNER_LABELS:
         if label in labels:
-            return (labels.get(COMPONENT, ""), namespace, labels[label])
+            return (labels.get(Label.COMPONENT, ""), namespace, labels[label])
     return None
 
 
@@ -85,7 +80,7 @@ def deployment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     progressing = conditions.get("Progressing") or {}
     return {
         "name": meta["name"],
-        "hash": (meta.get("annotations") or {}).get("tuneforge.io/spec-hash"),
+        "hash": (meta.get("annotations") or {}).get(Annotation.SPEC_HASH),
         "generation": meta.get("generation", 0),
         "observed_generation": status.get("observedGeneration", 0),
         "desired": spec.get("replicas", 1),

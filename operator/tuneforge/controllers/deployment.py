@@ -20,6 +20,7 @@ import kopf
 
 from tuneforge.api.sizing import UnknownHardwareProfile
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
+from tuneforge.api.v1alpha1.labels import Annotation, Label
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube, metrics
 from tuneforge.controllers.children import first
@@ -96,7 +97,7 @@ def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> di
         raw, serving, replicas=mdep.spec.replicas, hardware=hardware, settings=config
     )
     summary = first(deployments.get(("inference", namespace, name)))
-    if summary is None or summary["hash"] != deployment["metadata"]["annotations"][builders.SPEC_HASH_ANNOTATION]:
+    if summary is None or summary["hash"] != deployment["metadata"]["annotations"][Annotation.SPEC_HASH]:
         kube.apply(builders.serving_configmap(raw, serving))
         kube.apply(builders.serving_service(raw))
         kube.apply(deployment)
@@ -130,7 +131,7 @@ def index(namespace: str, name: str, labels: dict, spec: dict, status: dict, **_
         "name": name,
         "namespace": namespace,
         "spec": json.loads(json.dumps(dict(spec), default=dict)),
-        "shared": labels.get(builders.LABEL_SHARED) == "true",
+        "shared": labels.get(Label.SHARED) == "true",
         "base": spec.get("baseModel"),
         "served": list(status.get("servedModels") or []),
     }

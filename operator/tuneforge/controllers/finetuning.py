@@ -33,7 +33,7 @@ import httpx
 import kopf
 
 from tuneforge.api.sizing import SizingError, size_training
-from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource
+from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource, finetuningjob
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
 from tuneforge.config import settings
@@ -400,7 +400,7 @@ def _succeed(ft: FineTuningJobResource, state: ReconcileState) -> None:
         state.status["error"] = {"code": "missing_result", "message": "the trainer exited without writing result.json"}
         _finish(state, "Failed", "TrainingFailed", "the trainer exited without writing result.json", ok=False)
         return
-    state.status["fineTunedModel"] = builders.fine_tuned_model_id(
+    state.status["fineTunedModel"] = finetuningjob.fine_tuned_model_id(
         ft.spec.base_model, ft.metadata["namespace"], ft.spec.suffix, ft.metadata["name"]
     )
     state.status["adapterUri"] = result.adapter_uri

@@ -15,10 +15,10 @@ from typing import Any
 
 import kopf
 
+from tuneforge.api.v1alpha1.labels import FINALIZER, OPERATOR_NAME, Label
 from tuneforge.controllers import (
     basemodel,
     batch,
-    builders,
     children,
     connections,
     deployment,
@@ -27,7 +27,7 @@ from tuneforge.controllers import (
     metrics,
 )
 
-MANAGED = {builders.MANAGED_BY: builders.OPERATOR_NAME}
+MANAGED = {Label.MANAGED_BY: OPERATOR_NAME}
 
 
 def _job_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -> dict | None:
@@ -59,7 +59,7 @@ def build_registry(*, cluster_wide: bool) -> kopf.OperatorRegistry:
 
 def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    settings.persistence.finalizer = "tuneforge.io/finalizer"
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tuneforge.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="tuneforge.io", key="last-handled-configuration"

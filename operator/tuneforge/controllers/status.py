@@ -18,8 +18,8 @@ import kopf
 
 from tuneforge.api.v1alpha1 import batchjob, finetuningjob
 
-FINE_TUNING_TERMINAL = frozenset({"Succeeded", "Failed", "Cancelled"})
-BATCH_TERMINAL = frozenset({"Completed", "Failed", "Expired", "Cancelled"})
+FINE_TUNING_TERMINAL = finetuningjob.TERMINAL_PHASES
+BATCH_TERMINAL = batchjob.TERMINAL_PHASES
 
 FINE_TUNING_OPENAI_STATUS = finetuningjob.OPENAI_STATUS
 BATCH_OPENAI_STATUS = batchjob.OPENAI_STATUS

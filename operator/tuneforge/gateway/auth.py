@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from tuneforge import apikeys
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 from tuneforge.gateway.caching import RefreshingCache
 from tuneforge.gateway.errors import OpenAIError
@@ -48,7 +49,7 @@ class KeyResolver:
 
     async def _lookup(self, key: str) -> Principal | None:
         secret = await self.kube.get_secret(settings().system_namespace, apikeys.secret_name(key))
-        if secret is None or (secret.get("metadata", {}).get("labels") or {}).get(apikeys.LABEL_API_KEY) != "true":
+        if secret is None or (secret.get("metadata", {}).get("labels") or {}).get(Label.API_KEY) != "true":
             return None
         try:
             grant = apikeys.parse_key_secret(secret, key)

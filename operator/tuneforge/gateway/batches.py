@@ -21,7 +21,6 @@ router = APIRouter(tags=["batches"])
 PLURAL = "batchjobs"
 ENDPOINTS = ("/v1/chat/completions",)
 WINDOWS = ("1h", "3h", "6h", "12h", "24h")
-TERMINAL = ("Completed", "Failed", "Expired", "Cancelled")
 _STATUS = batchjob.OPENAI_STATUS
 _TIMESTAMPS = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
                "cancelling_at", "cancelled_at")
@@ -37,7 +36,7 @@ def batch_object(resource: dict) -> dict:
     meta, spec, status = resource["metadata"], resource["spec"], resource.get("status") or {}
     phase = status.get("phase")
     state = _STATUS.get(phase, "validating")
-    if spec.get("cancel") and phase not in TERMINAL and phase != "Cancelling":
+    if spec.get("cancel") and phase not in batchjob.TERMINAL_PHASES and phase != "Cancelling":
         state = "cancelling"
     counts = status.get("requestCounts") or {}
     usage = status.get("usage")
@@ -131,7 +130,7 @@ async def retrieve_batch(batch_id: str, request: Request, principal: Principal =
 @router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
 async def cancel_batch(batch_id: str, request: Request, principal: Principal = Depends(require("batches:write"))) -> dict:
     resource = await _batch(request, principal, batch_id)
-    if (resource.get("status") or {}).get("phase") in TERMINAL:
+    if (resource.get("status") or {}).get("phase") in batchjob.TERMINAL_PHASES:
         raise bad_request(f"The batch is already {batch_object(resource)['status']}.", param="batch_id",
                           code="invalid_batch_state")
     patched = await request.app.state.kube.patch(PLURAL, principal.tenant, batch_id, {"spec": {"cancel": True}})

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from tuneforge.api.sizing import SizingError, size_training
 from tuneforge.api.v1alpha1 import BaseModelSpec, FineTuningJobResource, FineTuningJobSpec, finetuningjob
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
+from tuneforge.api.v1alpha1.labels import Annotation
 from tuneforge.config import settings
 from tuneforge.gateway import catalog
 from tuneforge.gateway.auth import Principal, require
@@ -31,10 +32,7 @@ from tuneforge.storage import ArtifactStore
 router = APIRouter(tags=["fine-tuning"])
 
 PLURAL = "finetuningjobs"
-CREATED_BY = "tuneforge.io/created-by"
-"""Annotation naming the API key (its Secret) that created a job through either API."""
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
 _STATUS = finetuningjob.OPENAI_STATUS
 
 
@@ -43,7 +41,7 @@ def _status(resource: dict) -> str:
     restart request shown at once (the controller acts on them within a poll interval)."""
     spec, status = resource["spec"], resource.get("status") or {}
     phase = status.get("phase")
-    if phase in TERMINAL and not restart_pending(spec, status):
+    if phase in finetuningjob.TERMINAL_PHASES and not restart_pending(spec, status):
         return _STATUS[phase]
     if spec.get("cancel"):
         return "cancelled"
@@ -53,11 +51,6 @@ def _status(resource: dict) -> str:
         return "queued"
     return _STATUS.get(phase, "validating_files")
 
-
-def fine_tuned_model_id(resource: dict) -> str:
-    """`ft:<base>:<namespace>:<suffix>:<job>`, the id the controller assigns on success."""
-    meta, spec = resource["metadata"], resource["spec"]
-    return f"ft:{spec['baseModel']}:{meta['namespace']}:{spec.get('suffix') or ''}:{meta['name']}"
 
 
 def job_object(resource: dict) -> dict:
@@ -198,7 +191,7 @@ async def _build_job(request: Request, principal: Principal, draft: JobDraft, na
         first = exc.errors()[0]
         raise bad_request(f"{first['msg']}", param=".".join(map(str, first["loc"])), code="invalid_value") from exc
     _check_size(spec, base, params)
-    annotations = {CREATED_BY: principal.key_name} if principal.key_name else {}
+    annotations = {Annotation.CREATED_BY: principal.key_name} if principal.key_name else {}
     return FineTuningJobResource(
         metadata={"name": name, "namespace": principal.tenant, "annotations": annotations}, spec=spec
     ).to_wire()
@@ -247,7 +240,7 @@ async def create_job(
 
 
 async def _job(request: Request, principal: Principal, job_id: str) -> dict:
-    resource = await request.app.state.kube.get(PLURAL, principal.tenant, job_id) if job_id.startswith("ftjob-") else None
+    resource = await request.app.state.kube.get(PLURAL, principal.tenant, job_id) if job_id.startswith(finetuningjob.JOB_NAME_PREFIX) else None
     if resource is None:
         raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
     return resource
@@ -329,7 +322,7 @@ def read_events(store: ArtifactStore, namespace: str, job: str) -> list[dict]:
     for number, record in enumerate(JobFiles.of(store, namespace, job).events(), start=1):
         events.append({
             "object": "fine_tuning.job.event",
-            "id": record.get("id") or f"ftevent-{job.removeprefix('ftjob-')}-{number}",
+            "id": record.get("id") or f"ftevent-{job.removeprefix(finetuningjob.JOB_NAME_PREFIX)}-{number}",
             "created_at": int(record.get("created_at") or 0),
             "level": record.get("level", "info"),
             "message": record.get("message", ""),
@@ -357,13 +350,14 @@ def _checkpoints(store: ArtifactStore, resource: dict) -> list[dict]:
     if not steps:
         return []
     metrics = files.metrics_by_step()
-    model = (resource.get("status") or {}).get("fineTunedModel") or fine_tuned_model_id(resource)
+    model = (resource.get("status") or {}).get("fineTunedModel") or finetuningjob.fine_tuned_model_id(
+        resource["spec"]["baseModel"], namespace, resource["spec"].get("suffix"), job)
     result = []
     for step in reversed(steps):
         record = metrics.get(step, {})
         result.append({
             "object": "fine_tuning.job.checkpoint",
-            "id": f"ftckpt-{job.removeprefix('ftjob-')}-{step}",
+            "id": f"ftckpt-{job.removeprefix(finetuningjob.JOB_NAME_PREFIX)}-{step}",
             "created_at": files.checkpoint_created_at(step),
             "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{step}",
             "fine_tuning_job_id": job,

@@ -17,10 +17,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from tuneforge.api.v1alpha1.labels import Annotation
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import AlreadyExists, Kube
-
-REQUEST_HASH = "tuneforge.io/request-hash"
 
 
 def new_id(prefix: str) -> str:
@@ -56,7 +55,7 @@ async def create_once(
     if idempotency_key and (existing := await kube.get(plural, tenant, name)):
         return _same_request(existing, digest)
     resource = await build(name)
-    resource["metadata"].setdefault("annotations", {})[REQUEST_HASH] = digest
+    resource["metadata"].setdefault("annotations", {})[Annotation.REQUEST_HASH] = digest
     try:
         return await kube.create(plural, tenant, resource)
     except AlreadyExists:
@@ -64,7 +63,7 @@ async def create_once(
 
 
 def _same_request(existing: dict, digest: str) -> dict:
-    if (existing["metadata"].get("annotations") or {}).get(REQUEST_HASH) != digest:
+    if (existing["metadata"].get("annotations") or {}).get(Annotation.REQUEST_HASH) != digest:
         raise OpenAIError(422, "This Idempotency-Key was already used with a different request.",
                           param="Idempotency-Key", code="idempotency_key_reused")
     return existing

@@ -14,6 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tuneforge import apikeys
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 
 
@@ -36,9 +37,9 @@ def revoke_key(api: client.ApiClient, key_or_name: str) -> str:
 
 def list_keys(api: client.ApiClient, namespace: str | None) -> list[dict]:
     """The keys (Secret name, tenant, scopes, description), never the keys themselves."""
-    selector = f"{apikeys.LABEL_API_KEY}=true"
+    selector = f"{Label.API_KEY}=true"
     if namespace:
-        selector += f",{apikeys.LABEL_TENANT}={namespace}"
+        selector += f",{Label.TENANT}={namespace}"
     secrets = client.CoreV1Api(api).list_namespaced_secret(settings().system_namespace, label_selector=selector)
     result = []
     for secret in secrets.items:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.gateway.auth import Principal, require
-from tuneforge.gateway.catalog import DELETED_LABEL, catalog_model, fine_tuned_job, is_live_model
+from tuneforge.gateway.catalog import catalog_model, fine_tuned_job, is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.openai_types import unix
 from tuneforge.storage import ArtifactStore
@@ -91,7 +92,7 @@ async def delete_model(model_id: str, request: Request,
                               code="model_not_deletable")
         raise not_found("model", model_id, param="model")
     name = job["metadata"]["name"]
-    await kube.patch("finetuningjobs", principal.tenant, name, {"metadata": {"labels": {DELETED_LABEL: "true"}}})
+    await kube.patch("finetuningjobs", principal.tenant, name, {"metadata": {"labels": {Label.MODEL_DELETED: "true"}}})
     store: ArtifactStore = request.app.state.store
     await run_in_threadpool(store.delete, f"{store.fine_tuning_dir(principal.tenant, name)}/adapter")
     return {"id": model_id, "object": "model", "deleted": True}

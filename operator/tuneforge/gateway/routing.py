@@ -26,18 +26,17 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tuneforge.api.v1alpha1.finetuningjob import job_of_fine_tuned_model
+from tuneforge.api.v1alpha1.labels import Label, PortName
 from tuneforge.config import settings
 from tuneforge.gateway.caching import RefreshingCache
-from tuneforge.gateway.catalog import catalog_model, fine_tuned_job, job_name_of
+from tuneforge.gateway.catalog import catalog_model, fine_tuned_job
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import Kube
 from tuneforge.storage import StoreError, resolve_uri
 
-LABEL_BASE_MODEL = "tuneforge.io/base-model"
-LABEL_SHARED = "tuneforge.io/shared"
 DEFAULT_MAX_ADAPTERS = 8
 DEFAULT_PORT = 8000
-ADAPTERS_PORT = "adapters"
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def _ready_pods(pods: list[dict]) -> list[Pod]:
         ports = [port for container in spec.get("containers", []) for port in container.get("ports") or []]
         named = [port for port in ports if port.get("name") == "http"]
         port = (named or ports or [{"containerPort": DEFAULT_PORT}])[0]["containerPort"]
-        loader = next((p["containerPort"] for p in ports if p.get("name") == ADAPTERS_PORT), port)
+        loader = next((p["containerPort"] for p in ports if p.get("name") == PortName.ADAPTERS), port)
         ip = status["podIP"]
         ready.append(Pod(uid=pod["metadata"]["uid"], name=pod["metadata"]["name"],
                          url=f"http://{ip}:{port}", load_url=f"http://{ip}:{loader}"))
@@ -121,7 +120,7 @@ class Router:
     async def _resolve(self, tenant: str, model: str) -> Route:
         adapter = None
         base = model
-        if job_name_of(model) is not None:
+        if job_of_fine_tuned_model(model) is not None:
             job = await fine_tuned_job(self.kube, tenant, model)
             if job is None:
                 raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
@@ -131,7 +130,7 @@ class Router:
             if model in ((deployment.get("status") or {}).get("servedModels") or []):
                 return await self._route_for(deployment, None)
         shared = await self.kube.list("modeldeployments", settings().system_namespace,
-                                      label_selector=f"{LABEL_BASE_MODEL}={base},{LABEL_SHARED}=true")
+                                      label_selector=f"{Label.BASE_MODEL}={base},{Label.SHARED}=true")
         if not shared:
             if adapter is None and await catalog_model(self.kube, base) is None:
                 raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")

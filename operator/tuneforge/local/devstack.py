@@ -31,6 +31,7 @@ from kubernetes.client.rest import ApiException
 
 from tuneforge import apikeys
 from tuneforge.api.v1alpha1 import GROUP, VERSION
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import Settings
 from tuneforge.local.controlplane import ControlPlane, free_port
 from tuneforge.local.node import NodeAgent
@@ -316,7 +317,7 @@ class DevStack:
         # The phase may be what the operator saw before a restart; a Pod Ready now is what
         # lets the gateway route.
         pods = json.loads(client.CoreV1Api(self.api_client).list_namespaced_pod(
-            self.settings.system_namespace, label_selector=f"tuneforge.io/model-deployment={name}",
+            self.settings.system_namespace, label_selector=f"{Label.MODEL_DEPLOYMENT}={name}",
             _preload_content=False).data)["items"]
         return any(
             not pod["metadata"].get("deletionTimestamp") and any(

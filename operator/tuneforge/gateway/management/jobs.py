@@ -17,6 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1 import API_VERSION, ModelDeploymentResource, ModelDeploymentSpec
 from tuneforge.api.v1alpha1.common import MAX_NODES
+from tuneforge.api.v1alpha1.finetuningjob import JOB_NAME_PREFIX
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 from tuneforge.contracts import BASE_LEARNING_RATE
 from tuneforge.gateway.auth import Principal, require
@@ -39,14 +41,11 @@ from tuneforge.gateway.management.shapes import (
     select_jobs,
     stats,
 )
-from tuneforge.gateway.routing import LABEL_BASE_MODEL, LABEL_SHARED
 from tuneforge.jobfiles import JobFiles
 
 router = APIRouter()
 
 PLURAL = "finetuningjobs"
-LABEL_FINE_TUNING_JOB = "tuneforge.io/fine-tuning-job"
-"""The label the operator puts on a job's trainer Pods, and deploy on its ModelDeployment."""
 MAX_LIMIT = 100
 PARAMS = {"model": "baseModel", "training_file": "trainingDataset", "validation_file": "validationFile",
           "suffix": "suffix", "hardware.profile": "hardware.profile", "hardware.gpu_count": "hardware.gpuCount",
@@ -114,7 +113,7 @@ class DeployRequest(CamelBody):
 async def load_job(request: Request, principal: Principal, job_id: str) -> dict:
     """The caller's job; another tenant's id, an unknown one and a job being deleted are all
     404, so ids never leak."""
-    resource = await request.app.state.kube.get(PLURAL, principal.tenant, job_id) if job_id.startswith("ftjob-") else None
+    resource = await request.app.state.kube.get(PLURAL, principal.tenant, job_id) if job_id.startswith(JOB_NAME_PREFIX) else None
     if resource is None or resource["metadata"].get("deletionTimestamp"):
         raise not_found("fine-tuning job", job_id, param="id")
     return resource
@@ -251,14 +250,14 @@ async def deploy_job(
     model, base = resource["status"]["fineTunedModel"], resource["spec"]["baseModel"]
     if not body.dedicated:
         shared = await kube.list("modeldeployments", settings().system_namespace,
-                                 label_selector=f"{LABEL_BASE_MODEL}={base},{LABEL_SHARED}=true")
+                                 label_selector=f"{Label.BASE_MODEL}={base},{Label.SHARED}=true")
         if shared:
             return _deployed(job_id, model, shared[0], shared=True)
     deployment = ModelDeploymentResource(
         metadata={
             "name": job_id,
             "namespace": principal.tenant,
-            "labels": {LABEL_FINE_TUNING_JOB: job_id},
+            "labels": {Label.FINE_TUNING_JOB: job_id},
             # Owned by the job: deleting the job (and with it the model) removes its deployment.
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": "FineTuningJob", "name": job_id,
                                  "uid": resource["metadata"]["uid"], "blockOwnerDeletion": False}],

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.fine_tuning import read_events
-from tuneforge.gateway.management.jobs import LABEL_FINE_TUNING_JOB, load_job
+from tuneforge.gateway.management.jobs import load_job
 from tuneforge.gateway.management.shapes import (
     event_log_entries,
     metrics_view,
@@ -39,7 +40,7 @@ async def job_logs(
     await load_job(request, principal, job_id)
     since_at = parse_time(since, "since") if since is not None else None
     kube = request.app.state.kube
-    pod = newest_pod(await kube.list_pods(principal.tenant, f"{LABEL_FINE_TUNING_JOB}={job_id}"))
+    pod = newest_pod(await kube.list_pods(principal.tenant, f"{Label.FINE_TUNING_JOB}={job_id}"))
     if pod is not None:
         # sinceTime has second precision; the exact cut is made on the parsed lines.
         text = await kube.pod_log(principal.tenant, pod["metadata"]["name"], TRAINER_CONTAINER, tail_lines=lines,

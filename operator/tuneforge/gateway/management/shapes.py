@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
+from tuneforge.api.v1alpha1.labels import Annotation
 from tuneforge.config import HardwareProfile
 from tuneforge.contracts import BASE_LEARNING_RATE
 from tuneforge.gateway.errors import bad_request
-from tuneforge.gateway.fine_tuning import CREATED_BY
 
 STATUSES = ("queued", "running", "completed", "failed", "stopped")
 SORT_FIELDS = ("createdAt", "updatedAt", "name", "status")
@@ -126,7 +126,7 @@ def job_summary(resource: Mapping[str, Any]) -> dict[str, Any]:
         "baseModel": spec["baseModel"],
         "status": job_status(resource),
         "description": spec.get("description"),
-        "owner": (meta.get("annotations") or {}).get(CREATED_BY),
+        "owner": (meta.get("annotations") or {}).get(Annotation.CREATED_BY),
         "organizationId": meta["namespace"],
         "trainedTokens": status.get("trainedTokens"),
         "startedAt": status.get("startedAt"),
