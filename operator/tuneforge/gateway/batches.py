@@ -11,84 +11,40 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1 import BatchJobResource, BatchJobSpec, batchjob
 from tuneforge.gateway.auth import Principal, require
+from tuneforge.gateway.batch_objects import batch_object, batch_status
 from tuneforge.gateway.errors import bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
 from tuneforge.gateway.ids import create_once
-from tuneforge.gateway.openai_types import BatchCreate, Limit, page, unix
+from tuneforge.gateway.openai_protocol import Batch, BatchCreate, CursorPage, Limit
+from tuneforge.gateway.pagination import page
 
 router = APIRouter(tags=["batches"])
 
 PLURAL = "batchjobs"
 ENDPOINTS = ("/v1/chat/completions",)
 WINDOWS = ("1h", "3h", "6h", "12h", "24h")
-_STATUS = batchjob.OPENAI_STATUS
-_TIMESTAMPS = ("in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at", "expired_at",
-               "cancelling_at", "cancelled_at")
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def batch_object(resource: dict) -> dict:
-    """A complete OpenAI `batch` object; timestamps are integers (Unix seconds)."""
-    meta, spec, status = resource["metadata"], resource["spec"], resource.get("status") or {}
-    phase = status.get("phase")
-    state = _STATUS.get(phase, "validating")
-    if spec.get("cancel") and phase not in batchjob.TERMINAL_PHASES and phase != "Cancelling":
-        state = "cancelling"
-    counts = status.get("requestCounts") or {}
-    usage = status.get("usage")
-    errors = status.get("errors") or []
-    return {
-        "object": "batch",
-        "id": meta["name"],
-        "endpoint": spec.get("endpoint", "/v1/chat/completions"),
-        "input_file_id": spec["inputFile"],
-        "completion_window": spec.get("completionWindow", "24h"),
-        "status": state,
-        "created_at": unix(status.get("createdAt") or meta["creationTimestamp"]),
-        **{name: unix(status.get(_camel(name))) for name in _TIMESTAMPS},
-        "output_file_id": status.get("outputFile"),
-        "error_file_id": status.get("errorFile"),
-        "errors": {
-            "object": "list",
-            "data": [{"code": e.get("code"), "message": e.get("message"), "param": e.get("param"), "line": e.get("line")}
-                     for e in errors],
-        } if errors else None,
-        "request_counts": {key: counts.get(key, 0) for key in ("total", "completed", "failed")},
-        "usage": {
-            "input_tokens": usage.get("inputTokens", 0),
-            "output_tokens": usage.get("outputTokens", 0),
-            "total_tokens": usage.get("totalTokens", 0),
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        } if usage else None,
-        "metadata": spec.get("metadata"),
-    }
 
 
 def _check_input(store, namespace: str, file_id: str) -> None:
     meta = file_meta(store, namespace, file_id)
     if meta is None:
         raise bad_request(f"File '{file_id}' does not exist.", param="input_file_id", code="invalid_file")
-    if meta["purpose"] != "batch":
-        raise bad_request(f"File '{file_id}' has purpose '{meta['purpose']}', not 'batch'.", param="input_file_id",
+    if meta.purpose != "batch":
+        raise bad_request(f"File '{file_id}' has purpose '{meta.purpose}', not 'batch'.", param="input_file_id",
                           code="invalid_file_purpose")
-    if meta["status"] != "processed":
+    if meta.status != "processed":
         error = validation_error(store, namespace, file_id) or {}
-        raise bad_request(f"File '{file_id}' is not a valid batch file: {meta.get('status_details')}",
+        raise bad_request(f"File '{file_id}' is not a valid batch file: {meta.status_details}",
                           param="input_file_id", code=error.get("code", "invalid_file"))
 
 
-@router.post("/batches", summary="Create a batch")
+@router.post("/batches", response_model=Batch, summary="Create a batch")
 async def create_batch(
     body: BatchCreate,
     request: Request,
     principal: Principal = Depends(require("batches:write")),
     idempotency_key: str | None = Header(default=None),
-) -> dict:
+) -> Batch:
     kube = request.app.state.kube
     if body.endpoint not in ENDPOINTS:
         raise bad_request(f"Unsupported endpoint '{body.endpoint}'; use one of {', '.join(ENDPOINTS)}.",
@@ -114,24 +70,26 @@ async def _batch(request: Request, principal: Principal, batch_id: str) -> dict:
     return resource
 
 
-@router.get("/batches", summary="List batches, newest first")
+@router.get("/batches", response_model=CursorPage[Batch], summary="List batches, newest first")
 async def list_batches(request: Request, principal: Principal = Depends(require("batches:read")),
-                       after: str | None = None, limit: Limit = 20) -> dict:
+                       after: str | None = None, limit: Limit = 20) -> CursorPage:
     resources = await request.app.state.kube.list(PLURAL, principal.tenant)
     resources.sort(key=lambda r: (r["metadata"]["creationTimestamp"], r["metadata"]["name"]), reverse=True)
     return page([batch_object(r) for r in resources], after=after, limit=limit)
 
 
-@router.get("/batches/{batch_id}", summary="Retrieve a batch")
-async def retrieve_batch(batch_id: str, request: Request, principal: Principal = Depends(require("batches:read"))) -> dict:
+@router.get("/batches/{batch_id}", response_model=Batch, summary="Retrieve a batch")
+async def retrieve_batch(batch_id: str, request: Request,
+                         principal: Principal = Depends(require("batches:read"))) -> Batch:
     return batch_object(await _batch(request, principal, batch_id))
 
 
-@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch")
-async def cancel_batch(batch_id: str, request: Request, principal: Principal = Depends(require("batches:write"))) -> dict:
+@router.post("/batches/{batch_id}/cancel", response_model=Batch, summary="Cancel a batch")
+async def cancel_batch(batch_id: str, request: Request,
+                       principal: Principal = Depends(require("batches:write"))) -> Batch:
     resource = await _batch(request, principal, batch_id)
     if (resource.get("status") or {}).get("phase") in batchjob.TERMINAL_PHASES:
-        raise bad_request(f"The batch is already {batch_object(resource)['status']}.", param="batch_id",
+        raise bad_request(f"The batch is already {batch_status(resource)}.", param="batch_id",
                           code="invalid_batch_state")
     patched = await request.app.state.kube.patch(PLURAL, principal.tenant, batch_id, {"spec": {"cancel": True}})
     return batch_object(patched)

@@ -5,6 +5,9 @@ is relayed chunk by chunk as the upstream produces it. Interactive clients and t
 runner (with its chat-scoped key) take this same path, so both get the same routing and
 adapter loading. Upstream failures come back as OpenAI errors: the upstream's own error
 body when it sent one, 502 when a Pod could not be reached or broke.
+
+The route has no response_model on purpose: the body is the engine's, relayed untouched,
+so the gateway neither parses nor promises its shape.
 """
 
 from __future__ import annotations

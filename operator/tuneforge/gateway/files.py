@@ -25,7 +25,8 @@ from tuneforge import datasets
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
 from tuneforge.gateway.ids import derived_id, new_id
-from tuneforge.gateway.openai_types import Limit, page
+from tuneforge.gateway.openai_protocol import CursorPage, DeletedFile, FileObject, Limit
+from tuneforge.gateway.pagination import page
 from tuneforge.gateway.settings import gateway_settings
 from tuneforge.storage import ArtifactStore, StoreError
 
@@ -54,11 +55,12 @@ _UPLOAD_SCHEMA = {
 }
 
 
-def file_meta(store: ArtifactStore, namespace: str, file_id: str) -> dict | None:
+def file_meta(store: ArtifactStore, namespace: str, file_id: str) -> FileObject | None:
     """The File object of `file_id` in `namespace`, or None (also for malformed ids)."""
     if not FILE_ID.match(file_id):
         return None
-    return store.read_json(store.path(namespace, "files", file_id, "meta.json"))
+    meta = store.read_json(store.path(namespace, "files", file_id, "meta.json"))
+    return None if meta is None else FileObject.model_validate(meta)
 
 
 def validation_error(store: ArtifactStore, namespace: str, file_id: str) -> dict | None:
@@ -66,14 +68,15 @@ def validation_error(store: ArtifactStore, namespace: str, file_id: str) -> dict
     return store.read_json(store.path(namespace, "files", file_id, "validation.json"))
 
 
-async def _existing(store: ArtifactStore, principal: Principal, file_id: str) -> dict:
+async def _existing(store: ArtifactStore, principal: Principal, file_id: str) -> FileObject:
     meta = await run_in_threadpool(file_meta, store, principal.tenant, file_id)
     if meta is None:
         raise not_found("file", file_id, param="file_id")
     return meta
 
 
-def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: UploadFile, purpose: str) -> dict:
+def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: UploadFile,
+                  purpose: str) -> FileObject:
     """Copies, validates and registers one upload (blocking; runs in the threadpool)."""
     directory = store.file_dir(namespace, file_id)
     content = f"{directory}/content"
@@ -88,27 +91,18 @@ def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: Up
         status, details = "error", exc.message
         store.write_json(f"{directory}/validation.json",
                          {"code": exc.code, "message": exc.message, "param": exc.param, "line": exc.line})
-    meta = {
-        "id": file_id,
-        "object": "file",
-        "bytes": size,
-        "created_at": int(time.time()),
-        "filename": upload.filename or "upload.jsonl",
-        "purpose": purpose,
-        "status": status,
-        "status_details": details,
-        "expires_at": None,
-    }
-    store.write_json(f"{directory}/meta.json", meta)
+    meta = FileObject(id=file_id, bytes=size, created_at=int(time.time()), filename=upload.filename or "upload.jsonl",
+                      purpose=purpose, status=status, status_details=details)
+    store.write_json(f"{directory}/meta.json", meta.model_dump())
     return meta
 
 
-@router.post("/files", openapi_extra=_UPLOAD_SCHEMA, summary="Upload a file")
+@router.post("/files", response_model=FileObject, openapi_extra=_UPLOAD_SCHEMA, summary="Upload a file")
 async def upload_file(
     request: Request,
     principal: Principal = Depends(require("files:write")),
     idempotency_key: str | None = Header(default=None),
-) -> dict:
+) -> FileObject:
     limit = gateway_settings().max_upload_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + _MULTIPART_OVERHEAD:
@@ -135,12 +129,12 @@ async def upload_file(
         await form.close()
 
 
-def _all_files(store: ArtifactStore, namespace: str) -> list[dict]:
+def _all_files(store: ArtifactStore, namespace: str) -> list[FileObject]:
     metas = (file_meta(store, namespace, name) for name in store.listdir(store.path(namespace, "files")))
     return [meta for meta in metas if meta is not None]
 
 
-@router.get("/files", summary="List files")
+@router.get("/files", response_model=CursorPage[FileObject], summary="List files")
 async def list_files(
     request: Request,
     principal: Principal = Depends(require("files:read")),
@@ -148,32 +142,35 @@ async def list_files(
     limit: Limit = 10_000,
     order: str = Query(default="desc", pattern="^(asc|desc)$"),
     after: str | None = None,
-) -> dict:
+) -> CursorPage:
     files = await run_in_threadpool(_all_files, request.app.state.store, principal.tenant)
     if purpose:
-        files = [meta for meta in files if meta["purpose"] == purpose]
-    files.sort(key=lambda meta: (meta["created_at"], meta["id"]), reverse=order == "desc")
+        files = [meta for meta in files if meta.purpose == purpose]
+    files.sort(key=lambda meta: (meta.created_at, meta.id), reverse=order == "desc")
     return page(files, after=after, limit=limit)
 
 
-@router.get("/files/{file_id}", summary="Retrieve a file")
-async def retrieve_file(file_id: str, request: Request, principal: Principal = Depends(require("files:read"))) -> dict:
+@router.get("/files/{file_id}", response_model=FileObject, summary="Retrieve a file")
+async def retrieve_file(file_id: str, request: Request,
+                        principal: Principal = Depends(require("files:read"))) -> FileObject:
     return await _existing(request.app.state.store, principal, file_id)
 
 
-@router.delete("/files/{file_id}", summary="Delete a file")
-async def delete_file(file_id: str, request: Request, principal: Principal = Depends(require("files:write"))) -> dict:
+@router.delete("/files/{file_id}", response_model=DeletedFile, summary="Delete a file")
+async def delete_file(file_id: str, request: Request,
+                      principal: Principal = Depends(require("files:write"))) -> DeletedFile:
     store: ArtifactStore = request.app.state.store
     await _existing(store, principal, file_id)
     # meta.json goes first: from then on the file is gone for every reader.
     await run_in_threadpool(store.delete, store.path(principal.tenant, "files", file_id, "meta.json"))
     await run_in_threadpool(store.delete, store.file_dir(principal.tenant, file_id))
-    return {"id": file_id, "object": "file", "deleted": True}
+    return DeletedFile(id=file_id)
 
 
 @router.get("/files/{file_id}/content", summary="Download a file's content",
             response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
 async def file_content(file_id: str, request: Request, principal: Principal = Depends(require("files:read"))):
+    """The upload's bytes as stored, streamed: not JSON, so there is no response model."""
     store: ArtifactStore = request.app.state.store
     meta = await _existing(store, principal, file_id)
     path = store.path(principal.tenant, "files", file_id, "content")
@@ -184,6 +181,6 @@ async def file_content(file_id: str, request: Request, principal: Principal = De
                 yield chunk
 
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
-        "content-length": str(meta["bytes"]),
-        "content-disposition": f'attachment; filename="{meta["filename"]}"'.encode("latin-1", "replace").decode("latin-1"),
+        "content-length": str(meta.bytes),
+        "content-disposition": f'attachment; filename="{meta.filename}"'.encode("latin-1", "replace").decode("latin-1"),
     })

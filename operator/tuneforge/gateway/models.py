@@ -9,81 +9,48 @@ from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.catalog import catalog_model, fine_tuned_job, is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
-from tuneforge.gateway.openai_types import unix
+from tuneforge.gateway.model_objects import base_model_object, deployed_model_object, fine_tuned_model_object
+from tuneforge.gateway.openai_protocol import DeletedModel, ModelList, ModelObject
 from tuneforge.storage import ArtifactStore
 
 router = APIRouter(tags=["models"])
 
 
-def _base(resource: dict) -> dict:
-    spec = resource["spec"]
-    return {
-        "id": resource["metadata"]["name"],
-        "object": "model",
-        "created": unix(resource["metadata"]["creationTimestamp"]),
-        "owned_by": spec.get("provider") or "tuneforge",
-        "fine_tunable": spec.get("fineTunable", True),
-        "max_context_length": spec.get("maxContextLength"),
-        "kind": "base",
-    }
-
-
-def _fine_tuned(job: dict) -> dict:
-    status = job["status"]
-    return {
-        "id": status["fineTunedModel"],
-        "object": "model",
-        "created": unix(status.get("finishedAt") or job["metadata"]["creationTimestamp"]),
-        "owned_by": job["metadata"]["namespace"],
-        "parent": job["spec"]["baseModel"],
-        "fine_tuning_job": job["metadata"]["name"],
-        "kind": "fine-tuned",
-    }
-
-
-def _deployed(deployment: dict, name: str) -> dict:
-    return {
-        "id": name,
-        "object": "model",
-        "created": unix(deployment["metadata"]["creationTimestamp"]),
-        "owned_by": deployment["metadata"]["namespace"],
-        "parent": deployment["spec"]["baseModel"],
-        "deployment": deployment["metadata"]["name"],
-        "kind": "deployed",
-    }
-
-
-async def _all(request: Request, principal: Principal) -> list[dict]:
+async def _all(request: Request, principal: Principal) -> list[ModelObject]:
+    """Every model the caller can name, by id; a name that is both (a deployment serving a
+    catalog model) is listed once, as the first kind."""
     kube = request.app.state.kube
-    models = {m["id"]: m for m in map(_base, await kube.list_cluster("basemodels"))}
+    models: dict[str, ModelObject] = {m.id: m for m in map(base_model_object, await kube.list_cluster("basemodels"))}
     for job in await kube.list("finetuningjobs", principal.tenant):
         if is_live_model(job):
-            models.setdefault(job["status"]["fineTunedModel"], _fine_tuned(job))
+            models.setdefault(job["status"]["fineTunedModel"], fine_tuned_model_object(job))
     for deployment in await kube.list("modeldeployments", principal.tenant):
         for name in (deployment.get("status") or {}).get("servedModels") or []:
-            models.setdefault(name, _deployed(deployment, name))
-    return sorted(models.values(), key=lambda m: m["id"])
+            models.setdefault(name, deployed_model_object(deployment, name))
+    return sorted(models.values(), key=lambda m: m.id)
 
 
-@router.get("/models", summary="List models")
-async def list_models(request: Request, principal: Principal = Depends(require("models:read"))) -> dict:
-    return {"object": "list", "data": await _all(request, principal)}
+@router.get("/models", response_model=ModelList, summary="List models")
+async def list_models(request: Request, principal: Principal = Depends(require("models:read"))) -> ModelList:
+    return ModelList(data=await _all(request, principal))
 
 
-@router.get("/models/{model_id:path}", summary="Retrieve a model (ids may contain ':' and '/')")
-async def retrieve_model(model_id: str, request: Request, principal: Principal = Depends(require("models:read"))) -> dict:
+@router.get("/models/{model_id:path}", response_model=ModelObject,
+            summary="Retrieve a model (ids may contain ':' and '/')")
+async def retrieve_model(model_id: str, request: Request,
+                         principal: Principal = Depends(require("models:read"))) -> ModelObject:
     kube = request.app.state.kube
     if job := await fine_tuned_job(kube, principal.tenant, model_id):
-        return _fine_tuned(job)
+        return fine_tuned_model_object(job)
     for model in await _all(request, principal):
-        if model["id"] == model_id:
+        if model.id == model_id:
             return model
     raise not_found("model", model_id, param="model")
 
 
-@router.delete("/models/{model_id:path}", summary="Delete a fine-tuned model")
+@router.delete("/models/{model_id:path}", response_model=DeletedModel, summary="Delete a fine-tuned model")
 async def delete_model(model_id: str, request: Request,
-                       principal: Principal = Depends(require("fine-tuning:write"))) -> dict:
+                       principal: Principal = Depends(require("fine-tuning:write"))) -> DeletedModel:
     kube = request.app.state.kube
     job = await fine_tuned_job(kube, principal.tenant, model_id)
     if job is None:
@@ -95,4 +62,4 @@ async def delete_model(model_id: str, request: Request,
     await kube.patch("finetuningjobs", principal.tenant, name, {"metadata": {"labels": {Label.MODEL_DELETED: "true"}}})
     store: ArtifactStore = request.app.state.store
     await run_in_threadpool(store.delete, f"{store.fine_tuning_dir(principal.tenant, name)}/adapter")
-    return {"id": model_id, "object": "model", "deleted": True}
+    return DeletedModel(id=model_id)

@@ -30,7 +30,7 @@ from kubernetes import client
 
 from tuneforge.apikeys import secret_name
 from tuneforge.config import settings
-from tuneforge.gateway.openai_types import unix
+from tuneforge.gateway.times import unix
 from tuneforge.weights import SMOLLM2_GGUF_URI
 
 pytestmark = pytest.mark.integration

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tuneforge.config import Settings
 from tuneforge.contracts import Engine, ServingSpec
 from tuneforge.controllers.builders import serving_deployment
-from tuneforge.gateway.batches import batch_object
+from tuneforge.gateway.batch_objects import batch_object
 from tuneforge.gateway.chat import upstream_error
 from tuneforge.gateway.errors import OpenAIError, _param
-from tuneforge.gateway.fine_tuning import job_object
+from tuneforge.gateway.fine_tuning_objects import job_object
 from tuneforge.gateway.ids import derived_id, new_id
-from tuneforge.gateway.openai_types import page
+from tuneforge.gateway.pagination import page
 from tuneforge.gateway.routing import _ready_pods
 
 
 def test_page_walks_with_cursor_and_refuses_unknown_cursor() -> None:
-    items = [{"id": f"x{i}"} for i in range(5)]
+    items = [SimpleNamespace(id=f"x{i}") for i in range(5)]
     first = page(items, after=None, limit=2)
-    assert [o["id"] for o in first["data"]] == ["x0", "x1"] and first["has_more"]
-    assert (first["first_id"], first["last_id"]) == ("x0", "x1")
+    assert [o.id for o in first.data] == ["x0", "x1"] and first.has_more
+    assert (first.first_id, first.last_id) == ("x0", "x1")
     last = page(items, after="x3", limit=2)
-    assert [o["id"] for o in last["data"]] == ["x4"] and not last["has_more"]
+    assert [o.id for o in last.data] == ["x4"] and not last.has_more
     with pytest.raises(OpenAIError) as exc:
         page(items, after="nope", limit=2)
     assert exc.value.status == 400 and exc.value.param == "after"
@@ -107,11 +109,11 @@ def _job(**status) -> dict:
 
 
 def test_job_object_prefers_resolved_hyperparameters_and_maps_phase() -> None:
-    job = job_object(_job(phase="Running", hyperparameters={"batchSize": 4}))
+    job = job_object(_job(phase="Running", hyperparameters={"batchSize": 4})).model_dump()
     assert job["status"] == "running" and job["created_at"] == 1893456000 and job["seed"] == 9
     assert job["hyperparameters"] == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": "auto"}
-    assert job_object(_job())["status"] == "validating_files"
-    failed = job_object(_job(phase="Failed", error={"code": "invalid_n_examples", "message": "m"}))
+    assert job_object(_job()).status == "validating_files"
+    failed = job_object(_job(phase="Failed", error={"code": "invalid_n_examples", "message": "m"})).model_dump()
     assert failed["error"] == {"code": "invalid_n_examples", "message": "m", "param": None}
 
 
@@ -121,6 +123,6 @@ def test_batch_object_timestamps_are_integers() -> None:
         "spec": {"inputFile": "file-12345678", "cancel": True},
         "status": {"phase": "InProgress", "expiresAt": "2030-01-02T00:00:00Z",
                    "errors": [{"code": "invalid_json_line", "message": "m", "line": 3}]},
-    })
+    }).model_dump()
     assert batch["status"] == "cancelling" and batch["expires_at"] == 1893542400
     assert batch["errors"]["data"][0]["line"] == 3 and batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}

@@ -10,24 +10,13 @@ import pytest
 from tuneforge.config import HardwareProfile
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.management import estimate as est
-from tuneforge.gateway.management.shapes import (
-    ListQuery,
-    event_log_entries,
-    hyperparameters,
-    job_detail,
-    job_status,
-    learning_rate_multiplier,
-    metrics_view,
-    newest_pod,
-    parse_sort,
-    parse_statuses,
-    parse_time,
-    pod_log_entries,
-    select_jobs,
-    stats,
-    total_epochs,
-    updated_at,
-)
+from tuneforge.gateway.management.job_queries import ListQuery, parse_sort, parse_statuses, select_jobs, stats
+from tuneforge.gateway.management.job_status import job_status
+from tuneforge.gateway.management.job_views import hyperparameters, job_detail, updated_at
+from tuneforge.gateway.management.learning_rate import learning_rate_multiplier
+from tuneforge.gateway.management.log_entries import event_log_entries, newest_pod, pod_log_entries
+from tuneforge.gateway.management.training_metrics import metrics_view, total_epochs
+from tuneforge.gateway.times import parse_time
 
 
 def job(name: str, *, phase: str | None = None, created: str = "2030-01-01T00:00:00Z", spec: dict | None = None,
@@ -65,19 +54,19 @@ def test_detail_converts_learning_rate_and_prefers_resolved_values() -> None:
     requested = job("ftjob-a", spec={"displayName": "Support bot", "hyperparameters": {
         "nEpochs": 2, "learningRateMultiplier": learning_rate_multiplier(3e-4), "warmupSteps": 5}})
     assert learning_rate_multiplier(3e-4) == 1.5
-    assert hyperparameters(requested) == {"epochs": 2, "learningRate": 3e-4, "batchSize": "auto", "warmupSteps": 5,
+    assert hyperparameters(requested).model_dump() == {"epochs": 2, "learningRate": 3e-4, "batchSize": "auto", "warmupSteps": 5,
                                           "warmupRatio": None}
     done = job("ftjob-a", phase="Succeeded", status={
         "hyperparameters": {"nEpochs": 3, "batchSize": 1, "learningRateMultiplier": 0.5}, "fineTunedModel": "ft:x",
         "trainedTokens": 900, "metrics": {"trainLoss": 0.5}, "progress": {"epoch": 3.0, "step": 30, "totalSteps": 30},
         "error": None})
-    detail = job_detail(done)
+    detail = job_detail(done).model_dump()
     assert detail["hyperparameters"]["learningRate"] == 1e-4 and detail["hyperparameters"]["batchSize"] == 1
     assert detail["hyperparameters"]["warmupRatio"] == 0.03
     assert (detail["resultModel"], detail["trainedTokens"], detail["status"]) == ("ft:x", 900, "completed")
     assert detail["metrics"] == {"trainingLoss": 0.5, "validationLoss": None, "epoch": 3.0}
     assert detail["name"] == "ftjob-a" and detail["owner"] == "tuneforge-apikey-abc"
-    assert job_detail(requested)["name"] == "Support bot"
+    assert job_detail(requested).name == "Support bot"
 
 
 def test_updated_at_is_the_newest_write() -> None:
@@ -116,7 +105,7 @@ def test_filters_search_sort_and_pages() -> None:
     count, page = select_jobs(_jobs(), ListQuery(limit=2, offset=4))
     assert count == 5 and [r["metadata"]["name"] for r in page] == ["ftjob-1"]
     assert select_jobs(_jobs(), ListQuery(offset=99)) == (5, [])
-    assert stats(_jobs()) == {"total": 5, "queued": 1, "running": 1, "completed": 1, "failed": 1, "stopped": 1}
+    assert stats(_jobs()).model_dump() == {"total": 5, "queued": 1, "running": 1, "completed": 1, "failed": 1, "stopped": 1}
 
 
 @pytest.mark.parametrize("value", ["foo", "name:up", "createdAt:", "status:desc:x", ""])
@@ -142,11 +131,11 @@ def test_metrics_curve_reads_latest() -> None:
     records = [{"step": 1, "train_loss": 2.0, "learning_rate": 1e-4, "epoch": 0.5, "trained_tokens": 10},
                {"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0}]
     view = metrics_view(job("ftjob-a", phase="Running", status={"trainedTokens": 40, "progress": {
-        "step": 2, "epoch": 1.0, "totalSteps": 6}}), records)
+        "step": 2, "epoch": 1.0, "totalSteps": 6}}), records).model_dump()
     assert view["trainingLoss"] == 1.5 and view["validationLoss"] == 1.7 and view["currentEpoch"] == 1.0
     assert view["totalEpochs"] == 3 and view["trainedTokens"] == 40
     assert view["steps"][1] == {"step": 2, "trainingLoss": 1.5, "validationLoss": 1.7, "learningRate": 2e-4}
-    empty = metrics_view(job("ftjob-a", status={"metrics": {"trainLoss": 0.9}}), [])
+    empty = metrics_view(job("ftjob-a", status={"metrics": {"trainLoss": 0.9}}), []).model_dump()
     assert empty["trainingLoss"] == 0.9 and empty["steps"] == [] and empty["totalEpochs"] is None
     assert total_epochs(job("a", spec={"hyperparameters": {"nEpochs": 4}})) == 4
 
@@ -157,21 +146,21 @@ def test_pod_log_lines_get_levels_and_since() -> None:
             "2030-01-01T00:00:02Z Traceback (most recent call last)\n"
             '2030-01-01T00:00:03Z {"code": "training_failed", "message": "boom", "param": null}\n'
             '2030-01-01T00:00:04Z {"level": "debug", "msg": "x"}\n\n')
-    entries = pod_log_entries(text)
+    entries = [entry.model_dump() for entry in pod_log_entries(text)]
     assert [e["level"] for e in entries] == ["info", "warning", "error", "error", "debug"]
     assert entries[0] == {"timestamp": "2030-01-01T00:00:00.123456789Z", "level": "info", "message": "Loading model"}
     since = datetime(2030, 1, 1, 0, 0, 1, 400000, tzinfo=timezone.utc)
-    assert [e["message"][:7] for e in pod_log_entries(text, since=since)] == ["WARNING", "Traceba", '{"code"',
+    assert [e.message[:7] for e in pod_log_entries(text, since=since)] == ["WARNING", "Traceba", '{"code"',
                                                                                '{"level']
 
 
 def test_event_log_entries_and_pod_choice() -> None:
     events = [{"created_at": 1893456000 + i, "level": level, "message": f"m{i}"}
               for i, level in enumerate(["info", "warn", "error"])]
-    assert event_log_entries(events, since=None, lines=2) == [
+    assert [entry.model_dump() for entry in event_log_entries(events, since=None, lines=2)] == [
         {"timestamp": "2030-01-01T00:00:01Z", "level": "warning", "message": "m1"},
         {"timestamp": "2030-01-01T00:00:02Z", "level": "error", "message": "m2"}]
-    assert [e["message"] for e in event_log_entries(events, since=datetime(2030, 1, 1, 0, 0, 1, tzinfo=timezone.utc),
+    assert [e.message for e in event_log_entries(events, since=datetime(2030, 1, 1, 0, 0, 1, tzinfo=timezone.utc),
                                                     lines=10)] == ["m1", "m2"]
     pods = [{"metadata": {"name": "a", "creationTimestamp": "2030-01-01T00:00:00Z"}},
             {"metadata": {"name": "b", "creationTimestamp": "2030-01-01T00:00:09Z", "deletionTimestamp": "x"}},

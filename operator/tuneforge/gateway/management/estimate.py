@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.config import HardwareProfile
-from tuneforge.gateway.management.shapes import kube_time
+from tuneforge.gateway.times import kube_time
 
 FLOPS_PER_PARAMETER_TOKEN = 6.0
 GPU_EFFECTIVE_FLOPS = 1.0e14

@@ -3,54 +3,43 @@ TUNEFORGE_HARDWARE_PROFILES, rendered from the chart's values) and cost estimate
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, Request
-from pydantic import Field
 
 from tuneforge.config import find_hardware_profile, settings
+from tuneforge.gateway import fine_tuning_service as service
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.catalog import catalog_model
 from tuneforge.gateway.errors import bad_request
+from tuneforge.gateway.management.catalog_views import base_model_entry, hardware_entry, is_offered_base_model
 from tuneforge.gateway.management.estimate import (
-    DEFAULT_EPOCHS,
     EstimateError,
     calibration_samples,
     estimate,
     estimate_profile,
 )
-from tuneforge.gateway.management.jobs import CamelBody, live_jobs
-from tuneforge.gateway.management.shapes import base_model_entry, hardware_entry, is_offered_base_model
+from tuneforge.gateway.management.protocol import BaseModelList, CostEstimate, EstimateRequest, HardwareList
 
 router = APIRouter()
 
 
-class EstimateRequest(CamelBody):
-    base_model: str = Field(min_length=1, max_length=253)
-    dataset_size: Annotated[int, Field(strict=True, ge=1, le=10**13)]
-    """Training tokens in one pass over the dataset (not bytes, not examples)."""
-    epochs: int = Field(default=DEFAULT_EPOCHS, ge=1, le=50)
-    hardware_profile: str | None = Field(default=None, max_length=63)
-    """A profile from GET /hardware; defaults to the base model's, else the platform's default."""
-
-
-@router.get("/base-models", summary="Fine-tunable, ready catalog models")
-async def base_models(request: Request, principal: Principal = Depends(require("fine-tuning:read"))) -> dict:
+@router.get("/base-models", response_model=BaseModelList, summary="Fine-tunable, ready catalog models")
+async def base_models(request: Request,
+                      principal: Principal = Depends(require("fine-tuning:read"))) -> BaseModelList:
     models = sorted((base_model_entry(r) for r in await request.app.state.kube.list_cluster("basemodels")
-                     if is_offered_base_model(r)), key=lambda m: m["id"])
-    return {"count": len(models), "baseModels": models}
+                     if is_offered_base_model(r)), key=lambda m: m.id)
+    return BaseModelList(count=len(models), base_models=models)
 
 
-@router.get("/hardware", summary="Hardware profiles jobs can train on")
-async def hardware(principal: Principal = Depends(require("fine-tuning:read"))) -> dict:
+@router.get("/hardware", response_model=HardwareList, summary="Hardware profiles jobs can train on")
+async def hardware(principal: Principal = Depends(require("fine-tuning:read"))) -> HardwareList:
     config = settings()
     profiles = [hardware_entry(p, config.default_hardware_profile) for p in config.hardware_profiles]
-    return {"count": len(profiles), "default": config.default_hardware_profile, "hardware": profiles}
+    return HardwareList(count=len(profiles), default=config.default_hardware_profile, hardware=profiles)
 
 
-@router.post("/estimate-cost", summary="Estimate the time and cost of a job")
+@router.post("/estimate-cost", response_model=CostEstimate, summary="Estimate the time and cost of a job")
 async def estimate_cost(body: EstimateRequest, request: Request,
-                        principal: Principal = Depends(require("fine-tuning:read"))) -> dict:
+                        principal: Principal = Depends(require("fine-tuning:read"))) -> CostEstimate:
     kube = request.app.state.kube
     base = await catalog_model(kube, body.base_model)
     if base is None or not base["spec"].get("fineTunable", True):
@@ -67,23 +56,23 @@ async def estimate_cost(body: EstimateRequest, request: Request,
         raise bad_request(f"Hardware profile '{profile_name}' does not exist; offered: {offered}.",
                           param="hardwareProfile", code="invalid_hardware_profile")
     catalog = {r["metadata"]["name"]: r for r in await kube.list_cluster("basemodels")}
-    samples = calibration_samples(await live_jobs(request, principal), catalog, profile=profile.name,
+    samples = calibration_samples(await service.list_live_jobs(kube, principal.tenant), catalog, profile=profile.name,
                                   default=config.default_hardware_profile)
     try:
         result = estimate(base_model=body.base_model, parameter_count=base["spec"].get("parameterCount"),
                           dataset_tokens=body.dataset_size, epochs=body.epochs, profile=profile, samples=samples)
     except EstimateError as exc:
         raise bad_request(str(exc), param="baseModel", code="cannot_estimate") from exc
-    return {
-        "estimatedCost": result.rounded_cost(),
-        "estimatedTimeMinutes": result.minutes(),
-        "currency": result.currency,
-        "baseModel": body.base_model,
-        "datasetSize": body.dataset_size,
-        "epochs": body.epochs,
-        "totalTokens": result.total_tokens,
-        "hardwareProfile": profile.name,
-        "throughputTokensPerSecond": round(result.tokens_per_second, 3),
-        "basis": result.basis,
-        "calibrationJobs": result.samples,
-    }
+    return CostEstimate(
+        estimated_cost=result.rounded_cost(),
+        estimated_time_minutes=result.minutes(),
+        currency=result.currency,
+        base_model=body.base_model,
+        dataset_size=body.dataset_size,
+        epochs=body.epochs,
+        total_tokens=result.total_tokens,
+        hardware_profile=profile.name,
+        throughput_tokens_per_second=round(result.tokens_per_second, 3),
+        basis=result.basis,
+        calibration_jobs=result.samples,
+    )
