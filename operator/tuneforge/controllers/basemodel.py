@@ -12,7 +12,6 @@ adapters into; turning the flag off deletes it.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import kopf
@@ -20,9 +19,11 @@ from kubernetes.client.exceptions import ApiException
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource
 from tuneforge.config import settings
-from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers import builders, kube
 from tuneforge.controllers.children import first
-from tuneforge.controllers.status import diff, set_condition
+from tuneforge.controllers.handlers import plain, status_handler
+from tuneforge.controllers.settings import ControllerSettings
+from tuneforge.controllers.status import set_condition
 from tuneforge.storage import StoreError, filesystem
 
 KIND = "BaseModel"
@@ -46,18 +47,7 @@ def check_source(uri: str) -> str | None:
     return None
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-    raw = json.loads(json.dumps(dict(body), default=dict))
-    status = raw.get("status") or {}
-    with metrics.reconcile(KIND):
-        desired = _reconcile(raw, status, kwargs["tf_modeldeployments"])
-    changed = diff(status, desired)
-    if changed:
-        patch.status.update(changed)
-    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired["phase"])
-
-
-def _reconcile(raw: dict, status: dict, deployments: Any) -> dict[str, Any]:
+def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any]:
     base = BaseModelResource.model_validate(raw)
     generation = raw["metadata"].get("generation")
     desired = dict(status)
@@ -76,7 +66,7 @@ def _reconcile(raw: dict, status: dict, deployments: Any) -> dict[str, Any]:
         else:
             kopf.info(raw, reason="Ready", message="catalog entry is ready")
     if not problem:
-        _shared_deployment(raw, base, deployments)
+        _shared_deployment(raw, base, kwargs["tf_modeldeployments"])
     return desired
 
 
@@ -106,11 +96,13 @@ def _shared_deployment(raw: dict, base: BaseModelResource, deployments: Any) -> 
 
 def index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     """BaseModels by name, for the other controllers' validation."""
-    return {name: {"body": json.loads(json.dumps(dict(body), default=dict))}}
+    return {name: {"body": plain(body)}}
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
+    """A catalog entry changes rarely and its check may touch the store, so it is polled
+    five times less often than the jobs."""
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_basemodels")(index)
     kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=kube.OPTIONS.poll_interval * 5
-    )(reconcile)
+        GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=controller_settings.poll_interval * 5
+    )(status_handler(KIND, _reconcile))

@@ -20,8 +20,8 @@ ownerReference, so BatchJobs carry kopf's finalizer: deleting a batch first revo
 from __future__ import annotations
 
 import base64
-import json
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import kopf
@@ -33,12 +33,13 @@ from tuneforge.config import settings
 from tuneforge.contracts import BatchProgress, BatchRun
 from tuneforge.controllers import builders, kube, metrics
 from tuneforge.controllers.children import first, termination_error
+from tuneforge.controllers.handlers import status_handler
+from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import (
     BATCH_PHASE_FROM_OPENAI,
     BATCH_TERMINAL,
     ReconcileState,
     Throttle,
-    diff,
     find_condition,
     parse_timestamp,
     timestamp,
@@ -54,8 +55,6 @@ RUNNER_EXIT_GRACE = timedelta(seconds=60)
 """Time the runner gets beyond its own cancel grace to finalize, before the controller
 stops it and finishes the batch itself."""
 
-_throttle = Throttle(kube.OPTIONS.status_interval)
-
 
 def _key_revoked(status: dict) -> bool:
     return find_condition(status.get("conditions"), "KeyRevoked") is not None
@@ -64,17 +63,6 @@ def _key_revoked(status: dict) -> bool:
 def active(status: dict, **_: Any) -> bool:
     """Timer filter: reconcile until finished and the key is revoked."""
     return status.get("phase") not in BATCH_TERMINAL or not _key_revoked(status)
-
-
-def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-    raw = json.loads(json.dumps(dict(body), default=dict))
-    status = raw.get("status") or {}
-    with metrics.reconcile(KIND):
-        desired = _reconcile(raw, status, kwargs)
-    changed = diff(status, desired)
-    if changed:
-        patch.status.update(changed)
-    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired.get("phase"))
 
 
 class _State(ReconcileState):
@@ -92,7 +80,9 @@ class _State(ReconcileState):
         return True
 
 
-def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, Any]:
+def _reconcile(
+    raw: dict, status: dict, indexes: dict[str, Any], *, controller_settings: ControllerSettings, throttle: Throttle
+) -> dict[str, Any]:
     batch = BatchJobResource.model_validate(raw)
     name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
     state = _State(raw, status)
@@ -114,7 +104,7 @@ def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, An
             state.transition("Cancelled", "Cancelled", "cancelled before it started")
             return state.status
         state.transition("Validating", "Validating", "validating the input file")
-        _validate_and_start(batch, raw, state, indexes, expires, created)
+        _validate_and_start(batch, raw, state, indexes, expires, created, controller_settings.dependency_grace)
         return state.status
 
     directory = store().batch_dir(namespace, name)
@@ -122,7 +112,7 @@ def _reconcile(raw: dict, status: dict, indexes: dict[str, Any]) -> dict[str, An
     progress = BatchProgress.model_validate(progress_data) if progress_data is not None else None
     runner_phase = BATCH_PHASE_FROM_OPENAI.get(progress.status) if progress else None
     finished = job is not None and (job["complete"] or job["failed"])
-    if progress is not None and (finished or runner_phase != state.phase or _throttle.ready(raw["metadata"]["uid"])):
+    if progress is not None and (finished or runner_phase != state.phase or throttle.ready(raw["metadata"]["uid"])):
         _copy_progress(state, progress)
 
     now = utcnow()
@@ -194,7 +184,7 @@ def _served_models(namespace: str, indexes: dict[str, Any]) -> list[str]:
 
 
 def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, indexes: dict, expires: Any,
-                        created: Any) -> None:
+                        created: Any, dependency_grace: float) -> None:
     """Validates the input against the models served now and starts the runner. A model
     nobody serves yet fails the batch only once it is older than the dependency grace: a
     ModelDeployment applied with it may not have been seen yet."""
@@ -209,7 +199,7 @@ def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, index
         error = exc.to_error_info().model_dump(exclude_none=True)
     else:
         error = None
-    young = (utcnow() - created).total_seconds() < kube.OPTIONS.dependency_grace
+    young = (utcnow() - created).total_seconds() < dependency_grace
     if error is not None and error["code"] == "model_not_found" and young:
         state.condition("Validated", "Unknown", "WaitingForModel", error["message"])
         return
@@ -286,14 +276,19 @@ def _copy_progress(state: _State, progress: BatchProgress) -> None:
             state.status[camel] = timestamp(value)
 
 
-def on_delete(namespace: str, name: str, uid: str, **_: Any) -> None:
+def on_delete(namespace: str, name: str, uid: str, *, throttle: Throttle, **_: Any) -> None:
     """Revokes the key of a deleted batch (kopf then removes its finalizer)."""
     revoke(namespace, name)
     metrics.PHASES.forget(KIND, uid)
-    _throttle.forget(uid)
+    throttle.forget(uid)
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
-    _throttle.interval = kube.OPTIONS.status_interval
-    kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=kube.OPTIONS.poll_interval, when=active)(reconcile)
-    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="revoke-key")(on_delete)
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
+    """The progress throttle is this registry's own, shared by its reconcile and its delete handler."""
+    throttle = Throttle(controller_settings.status_interval)
+    reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
+    kopf.timer(
+        GROUP, VERSION, PLURAL, registry=registry, id="reconcile",
+        interval=controller_settings.poll_interval, when=active,
+    )(status_handler(KIND, reconcile))
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="revoke-key")(partial(on_delete, throttle=throttle))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from tuneforge.controllers.settings import ControllerSettings
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
@@ -28,12 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint URL; empty disables"
     )
-    parser.add_argument("--poll-interval", type=float, default=2.0, help="seconds between reconciles of an object")
     parser.add_argument(
-        "--status-interval", type=float, default=5.0, help="minimum seconds between progress-only status writes"
+        "--poll-interval", type=float, default=ControllerSettings.poll_interval,
+        help="seconds between reconciles of an object",
     )
     parser.add_argument(
-        "--dependency-grace", type=float, default=30.0,
+        "--status-interval", type=float, default=ControllerSettings.status_interval,
+        help="minimum seconds between progress-only status writes",
+    )
+    parser.add_argument(
+        "--dependency-grace", type=float, default=ControllerSettings.dependency_grace,
         help="seconds a new job waits for its model to appear before failing with model_not_found "
         "(objects applied together arrive in any order)",
     )

@@ -13,7 +13,6 @@ and an unchanged object costs no API call. Phase is read from the Deployment's s
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import kopf
@@ -22,23 +21,14 @@ from tuneforge.api.sizing import UnknownHardwareProfile
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.api.v1alpha1.labels import Annotation, Label
 from tuneforge.config import settings
-from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers import builders, kube
 from tuneforge.controllers.children import first
-from tuneforge.controllers.status import diff, set_condition
+from tuneforge.controllers.handlers import plain, status_handler
+from tuneforge.controllers.settings import ControllerSettings
+from tuneforge.controllers.status import set_condition
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
-
-
-def reconcile(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-    raw = json.loads(json.dumps(dict(body), default=dict))
-    status = raw.get("status") or {}
-    with metrics.reconcile(KIND):
-        desired = _reconcile(raw, status, kwargs["tf_basemodels"], kwargs["tf_deployments"])
-    changed = diff(status, desired)
-    if changed:
-        patch.status.update(changed)
-    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired["phase"])
 
 
 def rollout_phase(summary: dict[str, Any] | None, previous: str | None) -> tuple[str, str]:
@@ -61,7 +51,7 @@ def rollout_phase(summary: dict[str, Any] | None, previous: str | None) -> tuple
     return "Deploying", "RollingOut"
 
 
-def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> dict[str, Any]:
+def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any]:
     mdep = ModelDeploymentResource.model_validate(raw)
     name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
     generation = raw["metadata"].get("generation")
@@ -74,7 +64,7 @@ def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> di
             desired.get("conditions"), "Available", available, reason, message, generation=generation
         )
 
-    base_summary = first(basemodels.get(mdep.spec.base_model))
+    base_summary = first(kwargs["tf_basemodels"].get(mdep.spec.base_model))
     if base_summary is None or (base_summary["body"].get("status") or {}).get("phase") != "Ready":
         failed = base_summary is not None and (base_summary["body"].get("status") or {}).get("phase") == "Failed"
         desired["phase"] = "Failed" if failed else "Pending"
@@ -96,7 +86,7 @@ def _reconcile(raw: dict, status: dict, basemodels: Any, deployments: Any) -> di
     deployment = builders.serving_deployment(
         raw, serving, replicas=mdep.spec.replicas, hardware=hardware, settings=config
     )
-    summary = first(deployments.get(("inference", namespace, name)))
+    summary = first(kwargs["tf_deployments"].get(("inference", namespace, name)))
     if summary is None or summary["hash"] != deployment["metadata"]["annotations"][Annotation.SPEC_HASH]:
         kube.apply(builders.serving_configmap(raw, serving))
         kube.apply(builders.serving_service(raw))
@@ -130,7 +120,7 @@ def index(namespace: str, name: str, labels: dict, spec: dict, status: dict, **_
     summary = {
         "name": name,
         "namespace": namespace,
-        "spec": json.loads(json.dumps(dict(spec), default=dict)),
+        "spec": plain(spec),
         "shared": labels.get(Label.SHARED) == "true",
         "base": spec.get("baseModel"),
         "served": list(status.get("servedModels") or []),
@@ -138,6 +128,8 @@ def index(namespace: str, name: str, labels: dict, spec: dict, status: dict, **_
     return {(namespace, name): summary, namespace: summary}
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_modeldeployments")(index)
-    kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=kube.OPTIONS.poll_interval)(reconcile)
+    kopf.timer(
+        GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=controller_settings.poll_interval
+    )(status_handler(KIND, _reconcile))

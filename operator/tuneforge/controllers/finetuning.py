@@ -10,59 +10,80 @@ reports in the artifact store, so a reconcile interrupted anywhere is simply rep
                                         Paused          any -> Cancelled (spec.cancel)
     Failed -> Queued (or ValidatingFiles) when spec.restartCount > status.restarts
 
-Pause deletes the trainer Job (in the foreground, so no old Pod lingers); resume
-creates it again under the same name and the trainer continues from its newest
-checkpoint. A restart of a Failed job does the same with the failed Job: it is deleted,
-the error cleared, and a new trainer resumes from the newest checkpoint (a job that
-failed validation is validated again). A multi-node trainer (an Indexed Job) fails as a
-whole when one of its Pods fails; unless the exit was fatal, the controller replaces the
-group the same way while spec.distributed.maxGroupRestarts lasts (disruptions are not
-counted). When the job ends, an optional webhook is called once per ending (HMAC-signed).
+Each phase has its own function (`_PHASES`). Pause deletes the trainer Job (in the
+foreground, so no old Pod lingers); resume creates it again under the same name and the
+trainer continues from its newest checkpoint. A restart of a Failed job does the same
+with the failed Job: it is deleted, the error cleared, and a new trainer resumes from the
+newest checkpoint (a job that failed validation is validated again). A multi-node
+trainer (an Indexed Job) fails as a whole when one of its Pods fails; unless the exit was
+fatal, the controller replaces the group the same way while
+spec.distributed.maxGroupRestarts lasts (disruptions are not counted). When the job
+ends, an optional webhook is called once per ending (HMAC-signed).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import httpx
 import kopf
 
-from tuneforge.api.sizing import SizingError, size_training
+from tuneforge.api.sizing import size_training
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource, finetuningjob
-from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import restart_pending
 from tuneforge.config import settings
-from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers import builders, kube, metrics, webhook
 from tuneforge.controllers.children import failed_first, first, group_failure, termination_error
+from tuneforge.controllers.finetuning_validation import Invalid, Wait, validate
+from tuneforge.controllers.handlers import status_handler
+from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import (
     FINE_TUNING_OPENAI_STATUS,
     FINE_TUNING_TERMINAL,
     ReconcileState,
     Throttle,
-    diff,
     find_condition,
-    parse_timestamp,
     timestamp,
-    utcnow,
 )
-from tuneforge.controllers.store import open_lines, resolve_file, store
-from tuneforge.datasets import DatasetError, validate_fine_tune_file
+from tuneforge.controllers.store import store
 from tuneforge.jobfiles import JobFiles
-from tuneforge.storage import StoreError
 
 KIND = "FineTuningJob"
 PLURAL = "finetuningjobs"
 
-_throttle = Throttle(kube.OPTIONS.status_interval)
 
+@dataclass(frozen=True)
+class _Tick:
+    """One reconcile of one job: the object, the status being built from the observed one,
+    what the watch indexes show of its trainer, and the operator's settings. Every phase
+    function takes it whole and reads what its phase needs."""
 
-class _Wait(Exception):
-    """Validation cannot finish yet (the base model is not validated itself)."""
+    ft: FineTuningJobResource
+    observed: dict[str, Any]
+    state: ReconcileState
+    job: dict[str, Any] | None
+    pods: Any
+    basemodels: Any
+    logger: Any
+    controller_settings: ControllerSettings
+    throttle: Throttle
+
+    @property
+    def namespace(self) -> str:
+        return self.ft.metadata["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.ft.metadata["name"]
+
+    def base_model(self) -> dict[str, Any] | None:
+        """The BaseModel the job names, as the index holds it; None until it is seen."""
+        summary = first(self.basemodels.get(self.ft.spec.base_model))
+        return summary["body"] if summary else None
 
 
 def _notification_pending(spec: dict, status: dict) -> bool:
@@ -83,157 +104,220 @@ def active(spec: dict, status: dict, **_: Any) -> bool:
     )
 
 
-def reconcile(body: kopf.Body, patch: kopf.Patch, logger: Any, **kwargs: Any) -> None:
-    raw = _plain(body)
-    status = raw.get("status") or {}
-    with metrics.reconcile(KIND):
-        desired = _reconcile(raw, status, kwargs["tf_jobs"], kwargs["tf_pods"], kwargs["tf_basemodels"], logger)
-    changed = diff(status, desired)
-    if changed:
-        patch.status.update(changed)
-    metrics.PHASES.observe(KIND, raw["metadata"]["uid"], desired.get("phase", status.get("phase")))
-
-
-def forget(event: dict, uid: str, **_: Any) -> None:
+def forget(event: dict, uid: str, *, throttle: Throttle, **_: Any) -> None:
     """Drops a deleted job from the phase gauge and the throttle."""
     if event["type"] == "DELETED":
         metrics.PHASES.forget(KIND, uid)
-        _throttle.forget(uid)
+        throttle.forget(uid)
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(body), default=dict))
-
-
-def _reconcile(raw: dict, status: dict, jobs: Any, pods: Any, basemodels: Any, logger: Any) -> dict[str, Any]:
+def _reconcile(
+    raw: dict, status: dict, kwargs: dict[str, Any], *, controller_settings: ControllerSettings, throttle: Throttle
+) -> dict[str, Any]:
+    """Settles what every phase shares, then hands the tick to its phase's function; cancel
+    comes first because it overrides any phase short of the end."""
     ft = FineTuningJobResource.model_validate(raw)
-    name, namespace = raw["metadata"]["name"], raw["metadata"]["namespace"]
     state = ReconcileState(raw, status)
     state.status["observedGeneration"] = state.generation
     state.status.setdefault("createdAt", raw["metadata"].get("creationTimestamp") or timestamp())
-    key = ("trainer", namespace, name)
-    job = first(jobs.get(key))
+    key = ("trainer", raw["metadata"]["namespace"], raw["metadata"]["name"])
+    tick = _Tick(
+        ft=ft, observed=status, state=state, job=first(kwargs["tf_jobs"].get(key)), pods=kwargs["tf_pods"].get(key),
+        basemodels=kwargs["tf_basemodels"], logger=kwargs["logger"], controller_settings=controller_settings,
+        throttle=throttle,
+    )
+    if ft.spec.cancel and state.phase not in FINE_TUNING_TERMINAL:
+        return _cancel(tick)
+    return _PHASES[state.phase](tick)
 
-    if state.phase in FINE_TUNING_TERMINAL:
-        if restart_pending(raw["spec"], state.status):
-            _restart(ft, state, job, basemodels)
-            return state.status
-        if _notification_pending(raw["spec"], state.status):
-            _notify(ft, state, logger)
-        return state.status
 
-    if ft.spec.cancel:
-        if job is not None:
-            kube.delete_job(namespace, job["name"])
-        _finish(state, "Cancelled", "Cancelled", "the job was cancelled", ok=False)
-        return state.status
+# -- phases --------------------------------------------------------------------------------
 
-    if state.phase in (None, "ValidatingFiles"):
-        if (job is not None or kube.job_exists(namespace, builders.trainer_job_name(name))) and _moved_on(raw):
-            return status
-        base = _base_model(basemodels, ft.spec.base_model)
-        try:
-            training_uri, validation_uri = _validate(ft, base, raw)
-        except _Wait as wait:
-            state.transition("ValidatingFiles", "Validating", "validating the base model and files")
-            state.condition("Validated", "Unknown", "Waiting", str(wait))
-            return state.status
-        except _Invalid as invalid:
-            state.status["error"] = invalid.error.to_wire()
-            state.condition("Validated", False, "Invalid", invalid.error.message)
-            _finish(state, "Failed", "ValidationFailed", f"{invalid.error.code}: {invalid.error.message}", ok=False)
-            return state.status
-        state.status["trainingFileUri"] = training_uri
-        if validation_uri:
-            state.status["validationFileUri"] = validation_uri
-        state.status["trainerJob"] = builders.trainer_job_name(name)
-        state.condition("Validated", True, "FilesValid", "base model and files are valid")
-        if ft.spec.suspend:
-            state.condition("Paused", True, "Suspended", "spec.suspend is true")
-            state.transition("Paused", "Paused", "validated; not started because spec.suspend is true")
-            return state.status
-        _start_trainer(ft, raw, base, training_uri, validation_uri)
-        state.condition("Running", False, "Queued", "waiting for the trainer Pod to start")
-        state.transition("Queued", "Queued", f"created trainer Job {builders.trainer_job_name(name)}")
-        return state.status
 
-    if state.phase == "Paused":
-        if ft.spec.suspend:
-            return state.status
-        if job is not None:
-            return state.status  # the old Job is still being deleted; resume once it is gone
-        base = _base_model(basemodels, ft.spec.base_model)
-        if base is None:
-            return state.status
-        _start_trainer(ft, raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
-        state.condition("Paused", False, "Resumed", "spec.suspend is false")
-        state.condition("Running", False, "Queued", "resuming from the latest checkpoint")
-        state.transition("Queued", "Resumed", "resuming from the latest checkpoint")
-        return state.status
-
-    # Queued or Running
-    if ft.spec.suspend:
-        if job is not None:
-            kube.delete_job(namespace, job["name"])
-        state.condition("Paused", True, "Suspended", "spec.suspend is true")
-        state.condition("Running", False, "Paused", "paused; the trainer stopped after its last checkpoint")
-        state.transition("Paused", "Paused", "trainer stopped; set spec.suspend=false to resume")
-        return state.status
-    if job is None:
-        # The Job index trails the API server under load: a Job created a moment ago is
-        # confirmed with one read rather than created again.
-        if kube.job_exists(namespace, builders.trainer_job_name(name)):
-            return state.status
-        base = _base_model(basemodels, ft.spec.base_model)
-        if base is not None:
-            logger.info("trainer Job missing; creating it again")
-            _start_trainer(ft, raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
-        return state.status
-    if job["deleting"]:
-        return state.status
-    job_pods = pods.get(("trainer", namespace, name))
-    if job["complete"]:
-        _progress(ft, state, force=True)
-        _succeed(ft, state)
-        return state.status
-    if job["failed"]:
-        if job["indexed"] and _replace_group(ft, state, job, job_pods):
-            return state.status
-        _progress(ft, state, force=True)
-        error = termination_error(
-            failed_first(job_pods), default_code="training_failed",
-            fallback=job["failure_message"] or "the trainer failed",
+def _validating(tick: _Tick) -> dict[str, Any]:
+    """New or ValidatingFiles: checks the base model and the files, then creates the
+    trainer (or stays Paused when spec.suspend). What it waits for (a BaseModel turning
+    Ready, one applied together with the job) arrives by itself, so it is simply tried
+    again on the next tick. An existing trainer Job means an earlier tick got further than
+    this body shows; the observed status is then kept unless the stored object shows the
+    status of that tick was never written."""
+    ft, state = tick.ft, tick.state
+    trainer = builders.trainer_job_name(tick.name)
+    if (tick.job is not None or kube.job_exists(tick.namespace, trainer)) and _moved_on(state.raw):
+        return tick.observed
+    base = tick.base_model()
+    try:
+        training_uri, validation_uri = validate(
+            tick.ft, base, dependency_grace=tick.controller_settings.dependency_grace
         )
-        state.status["error"] = error.to_wire()
-        _finish(state, "Failed", "TrainingFailed", f"{error.code}: {error.message}", ok=False)
+    except Wait as wait:
+        state.transition("ValidatingFiles", "Validating", "validating the base model and files")
+        state.condition("Validated", "Unknown", "Waiting", str(wait))
         return state.status
-    if any(p["phase"] == "Running" for p in job_pods or ()):
+    except Invalid as invalid:
+        state.status["error"] = invalid.error.to_wire()
+        state.condition("Validated", False, "Invalid", invalid.error.message)
+        _finish(state, "Failed", "ValidationFailed", f"{invalid.error.code}: {invalid.error.message}", ok=False)
+        return state.status
+    state.status["trainingFileUri"] = training_uri
+    if validation_uri:
+        state.status["validationFileUri"] = validation_uri
+    state.status["trainerJob"] = trainer
+    state.condition("Validated", True, "FilesValid", "base model and files are valid")
+    if ft.spec.suspend:
+        state.condition("Paused", True, "Suspended", "spec.suspend is true")
+        state.transition("Paused", "Paused", "validated; not started because spec.suspend is true")
+        return state.status
+    _start_trainer(ft, state.raw, base, training_uri, validation_uri)
+    state.condition("Running", False, "Queued", "waiting for the trainer Pod to start")
+    state.transition("Queued", "Queued", f"created trainer Job {trainer}")
+    return state.status
+
+
+def _paused(tick: _Tick) -> dict[str, Any]:
+    """Paused: nothing runs until spec.suspend is cleared. The trainer is then created
+    again, but only once the old Job is gone, so no Pod of it can still write to the
+    checkpoints the new one resumes from."""
+    state = tick.state
+    if tick.ft.spec.suspend or tick.job is not None:
+        return state.status
+    base = tick.base_model()
+    if base is None:
+        return state.status
+    _start_trainer(tick.ft, state.raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
+    state.condition("Paused", False, "Resumed", "spec.suspend is false")
+    state.condition("Running", False, "Queued", "resuming from the latest checkpoint")
+    state.transition("Queued", "Resumed", "resuming from the latest checkpoint")
+    return state.status
+
+
+def _training(tick: _Tick) -> dict[str, Any]:
+    """Queued or Running: the trainer Job decides. It is stopped on spec.suspend, created
+    again when it went missing, and its end ends the job; until then Running follows
+    whether a trainer Pod runs, so a replaced Pod shows as Queued again."""
+    if tick.ft.spec.suspend:
+        return _pause(tick)
+    job = tick.job
+    if job is None:
+        return _recreate_trainer(tick)
+    if job["deleting"]:
+        return tick.state.status
+    if job["complete"]:
+        _copy_progress(tick.ft, tick.state)
+        _succeed(tick.ft, tick.state)
+        return tick.state.status
+    if job["failed"]:
+        return _trainer_failed(tick)
+    return _follow_pods(tick)
+
+
+def _ended(tick: _Tick) -> dict[str, Any]:
+    """Succeeded, Failed or Cancelled: two things still arrive after the end, a restart
+    request (spec.restartCount raised on a Failed job) and the webhook owed for the
+    ending, delivered once."""
+    spec, status = tick.state.raw["spec"], tick.state.status
+    if restart_pending(spec, status):
+        _restart(tick)
+    elif _notification_pending(spec, status):
+        _notify(tick)
+    return status
+
+
+def _cancel(tick: _Tick) -> dict[str, Any]:
+    """spec.cancel, in any phase before the end: it is final, so the trainer Job goes at
+    once and the job ends Cancelled."""
+    if tick.job is not None:
+        kube.delete_job(tick.namespace, tick.job["name"])
+    _finish(tick.state, "Cancelled", "Cancelled", "the job was cancelled", ok=False)
+    return tick.state.status
+
+
+_PHASES: dict[str | None, Callable[[_Tick], dict[str, Any]]] = {
+    None: _validating,
+    "ValidatingFiles": _validating,
+    "Paused": _paused,
+    "Queued": _training,
+    "Running": _training,
+    **dict.fromkeys(FINE_TUNING_TERMINAL, _ended),
+}
+
+
+# -- steps of the Queued and Running phases ------------------------------------------------
+
+
+def _pause(tick: _Tick) -> dict[str, Any]:
+    """Stops the trainer for spec.suspend; the trainer writes a last checkpoint in its
+    termination grace period, which the resumed one starts from."""
+    state = tick.state
+    if tick.job is not None:
+        kube.delete_job(tick.namespace, tick.job["name"])
+    state.condition("Paused", True, "Suspended", "spec.suspend is true")
+    state.condition("Running", False, "Paused", "paused; the trainer stopped after its last checkpoint")
+    state.transition("Paused", "Paused", "trainer stopped; set spec.suspend=false to resume")
+    return state.status
+
+
+def _recreate_trainer(tick: _Tick) -> dict[str, Any]:
+    """Creates the trainer Job again when the index shows none: after a pause, a group
+    replacement, or someone deleting it. The Job index trails the API server under load,
+    so a Job created a moment ago is confirmed with one read rather than created again."""
+    state = tick.state
+    if kube.job_exists(tick.namespace, builders.trainer_job_name(tick.name)):
+        return state.status
+    base = tick.base_model()
+    if base is not None:
+        tick.logger.info("trainer Job missing; creating it again")
+        _start_trainer(tick.ft, state.raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
+    return state.status
+
+
+def _trainer_failed(tick: _Tick) -> dict[str, Any]:
+    """A failed multi-node group is replaced while its budget lasts; otherwise the job
+    fails with the error of the Pod that failed first (the others were only stopped)."""
+    state, job = tick.state, tick.job
+    if job["indexed"] and _replace_group(tick):
+        return state.status
+    _copy_progress(tick.ft, state)
+    error = termination_error(
+        failed_first(tick.pods), default_code="training_failed",
+        fallback=job["failure_message"] or "the trainer failed",
+    )
+    state.status["error"] = error.to_wire()
+    _finish(state, "Failed", "TrainingFailed", f"{error.code}: {error.message}", ok=False)
+    return state.status
+
+
+def _follow_pods(tick: _Tick) -> dict[str, Any]:
+    """Running while a trainer Pod runs, with progress refreshed at most once per status
+    interval (and at once on the transition); Queued again when the Pod went away
+    (disruption, retry) until a new one runs."""
+    state = tick.state
+    if any(p["phase"] == "Running" for p in tick.pods or ()):
         if state.phase != "Running":
             state.status.setdefault("startedAt", timestamp())
             state.condition("Running", True, "TrainerRunning", "the trainer is running")
             state.transition("Running", "Running", "the trainer Pod is running")
-            _progress(ft, state, force=True)
-        else:
-            _progress(ft, state, force=False)
+            _copy_progress(tick.ft, state)
+        elif tick.throttle.ready(tick.ft.metadata["uid"]):
+            _copy_progress(tick.ft, state)
     elif state.phase == "Running":
-        # The Pod went away (disruption, retry): queued again until a new one runs.
         state.condition("Running", False, "Queued", "waiting for a new trainer Pod")
         state.transition("Queued", "Requeued", "the trainer Pod is being replaced")
     return state.status
 
 
-def _restart(ft: FineTuningJobResource, state: ReconcileState, job: dict | None, basemodels: Any) -> None:
+def _restart(tick: _Tick) -> None:
     """Acts on spec.restartCount for a Failed job: first the failed trainer Job goes (in the
     foreground, so none of its Pods can still write), then the job is queued again with a
     new trainer that resumes from the newest checkpoint in the job's store directory. A job
     that never passed validation is validated again instead."""
-    namespace, name = ft.metadata["namespace"], ft.metadata["name"]
+    ft, state, job = tick.ft, tick.state, tick.job
     if job is not None:
         if not job["deleting"]:
-            kube.delete_job(namespace, job["name"])
+            kube.delete_job(tick.namespace, job["name"])
         return
     validated = bool(state.status.get("trainingFileUri"))
-    base = _base_model(basemodels, ft.spec.base_model)
+    base = tick.base_model()
     if validated and base is None:
         return  # the catalog entry is not indexed (yet); the restart waits for it
     requested = ft.spec.restart_count
@@ -253,25 +337,25 @@ def _restart(ft: FineTuningJobResource, state: ReconcileState, job: dict | None,
         return
     _start_trainer(ft, state.raw, base, state.status["trainingFileUri"], state.status.get("validationFileUri"))
     state.condition("Running", False, "Queued", "restarting from the latest checkpoint")
-    state.transition("Queued", "Restarted", f"restart {requested}: trainer {builders.trainer_job_name(name)} "
+    state.transition("Queued", "Restarted", f"restart {requested}: trainer {builders.trainer_job_name(tick.name)} "
                      "resumes from the latest checkpoint")
 
 
-def _replace_group(ft: FineTuningJobResource, state: ReconcileState, job: dict, pods: Any) -> bool:
+def _replace_group(tick: _Tick) -> bool:
     """A multi-node trainer Job failed, and with it every Pod of the group: unless a Pod
     exited fatally or the group-restart budget is spent, the failed Job is deleted (in the
     foreground) and the Job-missing path creates it again under the same name, as after a
     pause; the new group resumes from the newest checkpoint. Disruptions are not counted.
     False means the job fails instead."""
+    state, job, pods = tick.state, tick.job, tick.pods
     failure = group_failure(job, pods)
     restarts = int(state.status.get("groupRestarts") or 0)
-    budget = ft.spec.distributed.max_group_restarts
+    budget = tick.ft.spec.distributed.max_group_restarts
     if failure.fatal or (not failure.disrupted and restarts >= budget):
         return False
-    namespace = ft.metadata["namespace"]
-    if kube.job_going(namespace, job["name"]):
+    if kube.job_going(tick.namespace, job["name"]):
         return True  # replaced on an earlier tick whose delete the index has not seen yet
-    kube.delete_job(namespace, job["name"])
+    kube.delete_job(tick.namespace, job["name"])
     cause = termination_error(failed_first(pods), default_code="training_failed",
                               fallback=job["failure_message"] or "a trainer Pod failed")
     if failure.disrupted:
@@ -295,58 +379,7 @@ def _moved_on(raw: dict) -> bool:
     return stored is not None and (stored.get("status") or {}).get("phase") not in (None, "ValidatingFiles")
 
 
-class _Invalid(Exception):
-    def __init__(self, error: ApiError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-def _base_model(basemodels: Any, name: str) -> dict[str, Any] | None:
-    summary = first(basemodels.get(name))
-    return summary["body"] if summary else None
-
-
-def _validate(ft: FineTuningJobResource, base: dict | None, raw: dict) -> tuple[str, str | None]:
-    """Checks the base model and both files; returns the files' URIs."""
-    spec = ft.spec
-    if base is None:
-        created = parse_timestamp(raw["metadata"].get("creationTimestamp")) or utcnow()
-        if (utcnow() - created).total_seconds() < kube.OPTIONS.dependency_grace:
-            raise _Wait(f"waiting for BaseModel {spec.base_model!r}")
-        raise _Invalid(ApiError(code="model_not_found", message=f"model {spec.base_model!r} is not in the catalog", param="model"))
-    base_phase = (base.get("status") or {}).get("phase")
-    if base_phase == "Failed":
-        raise _Invalid(ApiError(code="model_not_available", message=f"model {spec.base_model!r} is not ready: its source is invalid", param="model"))
-    if base_phase != "Ready":
-        raise _Wait(f"waiting for BaseModel {spec.base_model!r} to be Ready")
-    if not base["spec"].get("fineTunable", True):
-        raise _Invalid(ApiError(code="model_not_fine_tunable", message=f"model {spec.base_model!r} cannot be fine-tuned", param="model"))
-    try:
-        size_training(spec, BaseModelResource.model_validate(base).spec, settings())
-    except SizingError as exc:
-        raise _Invalid(exc.api_error()) from None
-    lrm = spec.hyperparameters.learning_rate_multiplier
-    if lrm != "auto" and not 0 < lrm <= 100:
-        raise _Invalid(ApiError(
-            code="invalid_hyperparameters",
-            message=f"learning_rate_multiplier must be 'auto' or a number in (0, 100], got {lrm}",
-            param="hyperparameters.learning_rate_multiplier",
-        ))
-    namespace = raw["metadata"]["namespace"]
-    training = _check_file(namespace, spec.training_file, "training_file")
-    validation = _check_file(namespace, spec.validation_file, "validation_file") if spec.validation_file else None
-    return training, validation
-
-
-def _check_file(namespace: str, ref: str, param: str) -> str:
-    try:
-        uri = resolve_file(namespace, ref)
-        validate_fine_tune_file(open_lines(uri))
-    except StoreError:
-        raise _Invalid(ApiError(code="file_not_found", message=f"{param} {ref!r} does not exist", param=param)) from None
-    except DatasetError as exc:
-        raise _Invalid(ApiError(code=exc.code, message=f"{param}: {exc.message}", param=param)) from None
-    return uri
+# -- the trainer -------------------------------------------------------------------------
 
 
 def _start_trainer(ft: FineTuningJobResource, raw: dict, base_raw: dict, training: str, validation: str | None) -> None:
@@ -363,15 +396,15 @@ def _start_trainer(ft: FineTuningJobResource, raw: dict, base_raw: dict, trainin
     )
 
 
+# -- what the trainer reports --------------------------------------------------------------
+
+
 def _files(ft: FineTuningJobResource) -> JobFiles:
     return JobFiles.of(store(), ft.metadata["namespace"], ft.metadata["name"])
 
 
-def _progress(ft: FineTuningJobResource, state: ReconcileState, *, force: bool) -> None:
-    """Copies the trainer's progress.json into status, at most once per status_interval
-    unless forced (on transitions)."""
-    if not force and not _throttle.ready(ft.metadata["uid"]):
-        return
+def _copy_progress(ft: FineTuningJobResource, state: ReconcileState) -> None:
+    """Copies the trainer's progress.json and the checkpoint summary into status."""
     files = _files(ft)
     progress = files.progress()
     if progress is None:
@@ -423,63 +456,32 @@ def _finish(state: ReconcileState, phase: str, reason: str, message: str, *, ok:
     state.transition(phase, reason, message, warning=not ok)
 
 
-# -- webhook -------------------------------------------------------------------------------
-
-
-def webhook_payload(ft: FineTuningJobResource, status: dict[str, Any]) -> dict[str, Any]:
-    """The event POSTed to the webhook, shaped like OpenAI's fine_tuning.job.* events."""
-    openai_status = FINE_TUNING_OPENAI_STATUS[status["phase"]]
-    finished = parse_timestamp(status.get("finishedAt"))
-    return {
-        "object": "event",
-        "id": f"ftevent-{ft.metadata['uid']}-{openai_status}",
-        "type": f"fine_tuning.job.{openai_status}",
-        "created_at": int((finished or utcnow()).timestamp()),
-        "data": {
-            "id": ft.metadata["name"],
-            "namespace": ft.metadata["namespace"],
-            "status": openai_status,
-            "fine_tuned_model": status.get("fineTunedModel"),
-            "error": status.get("error"),
-        },
-    }
-
-
-def sign(secret: bytes, body: bytes) -> str:
-    """`sha256=<hex HMAC-SHA256 of the raw body>`, the X-Tuneforge-Signature header."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def _notify(ft: FineTuningJobResource, state: ReconcileState, logger: Any) -> None:
+def _notify(tick: _Tick) -> None:
+    """Calls the job's webhook for its ending and records the outcome as the Notified
+    condition, which ends the notification whether or not it was delivered."""
+    ft, state = tick.ft, tick.state
     notifications = ft.spec.notifications
-    body = json.dumps(webhook_payload(ft, state.status), sort_keys=True).encode()
+    body = json.dumps(webhook.payload(ft, state.status), sort_keys=True).encode()
     headers = {"Content-Type": "application/json"}
     if notifications.signing_secret:
         ref = notifications.signing_secret
-        secret = kube.read_secret(ft.metadata["namespace"], ref.name)
+        secret = kube.read_secret(tick.namespace, ref.name)
         value = (secret.data or {}).get(ref.key) if secret else None
         if value is None:
             state.condition("Notified", False, "SecretNotFound", f"signing secret {ref.name}/{ref.key} not found")
             kopf.warn(state.raw, reason="NotificationFailed", message=f"signing secret {ref.name}/{ref.key} not found")
             return
-        headers["X-Tuneforge-Signature"] = sign(base64.b64decode(value), body)
-    error = ""
-    for attempt in range(kube.OPTIONS.webhook_attempts):
-        try:
-            response = httpx.post(notifications.webhook_url, content=body, headers=headers, timeout=kube.OPTIONS.webhook_timeout)
-            if response.status_code < 300:
-                state.condition("Notified", True, "Delivered", f"webhook answered {response.status_code}")
-                kopf.info(state.raw, reason="Notified", message=f"webhook answered {response.status_code}")
-                return
-            error = f"webhook answered {response.status_code}"
-            if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                break
-        except httpx.HTTPError as exc:
-            error = f"webhook unreachable: {exc}"
-        logger.info("webhook attempt %d failed: %s", attempt + 1, error)
-        time.sleep(min(2**attempt, 10))
-    state.condition("Notified", False, "DeliveryFailed", error)
-    kopf.warn(state.raw, reason="NotificationFailed", message=error)
+        headers["X-Tuneforge-Signature"] = webhook.sign(base64.b64decode(value), body)
+    delivery = webhook.deliver(
+        notifications.webhook_url, body, headers, attempts=tick.controller_settings.webhook_attempts,
+        timeout=tick.controller_settings.webhook_timeout, logger=tick.logger,
+    )
+    if delivery.delivered:
+        state.condition("Notified", True, "Delivered", delivery.message)
+        kopf.info(state.raw, reason="Notified", message=delivery.message)
+    else:
+        state.condition("Notified", False, "DeliveryFailed", delivery.message)
+        kopf.warn(state.raw, reason="NotificationFailed", message=delivery.message)
 
 
 def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | None:
@@ -488,11 +490,13 @@ def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | Non
     return {namespace: model} if model and status.get("phase") == "Succeeded" else None
 
 
-def register(registry: kopf.OperatorRegistry) -> None:
-    _throttle.interval = kube.OPTIONS.status_interval
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
+    """The progress throttle is this registry's own, shared by its reconcile and its forget handler."""
+    throttle = Throttle(controller_settings.status_interval)
+    reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
     kopf.timer(
         GROUP, VERSION, PLURAL, registry=registry, id="reconcile",
-        interval=kube.OPTIONS.poll_interval, when=active,
-    )(reconcile)
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget")(forget)
+        interval=controller_settings.poll_interval, when=active,
+    )(status_handler(KIND, reconcile))
+    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget")(partial(forget, throttle=throttle))
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_finetuned")(index_models)

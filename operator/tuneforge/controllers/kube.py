@@ -8,7 +8,6 @@ tolerates 404, which is what makes a reconcile safe to repeat.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
@@ -16,23 +15,6 @@ from kubernetes.client.exceptions import ApiException
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 
-
-@dataclass
-class Options:
-    """Operator tunables, set once from the command line before kopf starts."""
-
-    poll_interval: float = 2.0
-    """Seconds between reconciles of an active object (reads indexes, not the API)."""
-    status_interval: float = 5.0
-    """Minimum seconds between progress-only status writes of one object."""
-    dependency_grace: float = 30.0
-    """Seconds a new object waits for what it names (a BaseModel, a deployment serving its
-    model) to appear before failing: objects applied together arrive in any order."""
-    webhook_timeout: float = 10.0
-    webhook_attempts: int = 4
-
-
-OPTIONS = Options()
 _api: client.ApiClient | None = None
 
 

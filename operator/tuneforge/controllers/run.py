@@ -1,7 +1,8 @@
 """Wires the controllers into one kopf operator and runs it.
 
-Every handler is registered into an explicit registry (not kopf's global one) after the
-command-line options are applied, so the timer intervals follow `--poll-interval`.
+Every handler is registered into an explicit registry (not kopf's global one), each kind
+given the controller settings read from the command line, so the timer intervals follow
+`--poll-interval` and nothing reads a tunable from a module global.
 Replicas coordinate through kopf peering: the replica with the highest priority handles
 objects and the others stand by, taking over when it stops refreshing its peering record
 (kopf pauses replicas of tied priority, so each replica needs its own).
@@ -23,9 +24,9 @@ from tuneforge.controllers import (
     connections,
     deployment,
     finetuning,
-    kube,
     metrics,
 )
+from tuneforge.controllers.settings import ControllerSettings
 
 MANAGED = {Label.MANAGED_BY: OPERATOR_NAME}
 
@@ -45,7 +46,7 @@ def _deployment_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -
     return {key: children.deployment_summary(body)} if key else None
 
 
-def build_registry(*, cluster_wide: bool) -> kopf.OperatorRegistry:
+def build_registry(*, cluster_wide: bool, controller_settings: ControllerSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     login = connections.login_handler(connections.connection_limit(cluster_wide))
     kopf.on.login(registry=registry, id="login")(login)
@@ -53,8 +54,16 @@ def build_registry(*, cluster_wide: bool) -> kopf.OperatorRegistry:
     kopf.index("v1", "pods", labels=MANAGED, registry=registry, id="tf_pods")(_pod_index)
     kopf.index("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="tf_deployments")(_deployment_index)
     for module in (basemodel, finetuning, deployment, batch):
-        module.register(registry)
+        module.register(registry, controller_settings)
     return registry
+
+
+def controller_settings(args: argparse.Namespace) -> ControllerSettings:
+    return ControllerSettings(
+        poll_interval=args.poll_interval,
+        status_interval=args.status_interval,
+        dependency_grace=args.dependency_grace,
+    )
 
 
 def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
@@ -79,12 +88,9 @@ def run(args: argparse.Namespace) -> int:
     # Every object's reconcile timer fires each poll interval; kopf logs each success at
     # INFO, which would bury the log. Transitions are visible as Events and in status.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kube.OPTIONS.poll_interval = args.poll_interval
-    kube.OPTIONS.status_interval = args.status_interval
-    kube.OPTIONS.dependency_grace = args.dependency_grace
     metrics.serve(args.metrics_port)
     kopf.run(
-        registry=build_registry(cluster_wide=not args.namespace),
+        registry=build_registry(cluster_wide=not args.namespace, controller_settings=controller_settings(args)),
         settings=operator_settings(args),
         standalone=args.standalone,
         priority=args.priority,

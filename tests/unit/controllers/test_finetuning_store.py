@@ -48,7 +48,7 @@ def test_checkpoint_summary_counts_only_complete_checkpoints(job_dir) -> None:
     _checkpoint(job_dir, 4, complete=True)
     _checkpoint(job_dir, 6, complete=False)
     state = ReconcileState(BODY, {})
-    finetuning._progress(FineTuningJobResource.model_validate(BODY), state, force=True)
+    finetuning._copy_progress(FineTuningJobResource.model_validate(BODY), state)
     assert state.status["progress"] == {"step": 7, "totalSteps": 20, "epoch": 0.35}
     assert state.status["trainedTokens"] == 700 and state.status["metrics"] == {"trainLoss": 1.25}
     assert state.status["checkpoints"] == {"count": 2, "latestStep": 4,
@@ -60,5 +60,5 @@ def test_no_summary_before_the_first_complete_checkpoint(job_dir) -> None:
     (job_dir / "progress.json").write_text(json.dumps({"status": "running", "step": 1, "total_steps": 20}))
     _checkpoint(job_dir, 1, complete=False)
     state = ReconcileState(BODY, {})
-    finetuning._progress(FineTuningJobResource.model_validate(BODY), state, force=True)
+    finetuning._copy_progress(FineTuningJobResource.model_validate(BODY), state)
     assert state.status["progress"]["step"] == 1 and "checkpoints" not in state.status

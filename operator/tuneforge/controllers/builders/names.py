@@ -1,0 +1,80 @@
+"""Names of the objects the operator owns, derived from their owner's name alone.
+
+An operator that restarts half-way through a reconcile finds what it already created
+under the same name instead of creating a duplicate; a create that answers 409 means
+"already done".
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from tuneforge.api.v1alpha1.common import MAX_NODES
+
+MAX_NAME_LENGTH = 63
+"""The limit of a label value (such as the `job-name` label the Job controller adds) and of
+a DNS label."""
+
+
+def child_name(owner: str, suffix: str, limit: int = MAX_NAME_LENGTH) -> str:
+    """`<owner>-<suffix>`, shortened with a hash when it would exceed `limit`, by default 63
+    characters (the limit of label values such as the `job-name` label the Job controller
+    adds)."""
+    name = f"{owner}-{suffix}"
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(owner.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - 2
+    return f"{owner[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def trainer_job_name(ftjob: str) -> str:
+    """Short enough that `<name>-<index>`, the hostname the Job controller gives each Pod of
+    an Indexed Job, stays a DNS label for the largest group."""
+    return child_name(ftjob, "trainer", limit=MAX_NAME_LENGTH - len(f"-{MAX_NODES - 1}"))
+
+
+def trainer_configmap_name(ftjob: str) -> str:
+    return child_name(ftjob, "run")
+
+
+def trainer_service_name(ftjob: str) -> str:
+    """The headless Service of a multi-node trainer, the DNS subdomain of its Pods."""
+    return child_name(ftjob, "trainers")
+
+
+def rendezvous_host(ftjob: str) -> str:
+    """Node 0 of a multi-node trainer: an Indexed Job's Pod `i` is named `<job>-<i>` in DNS
+    under the Job's subdomain, resolvable from the Pods' own namespace."""
+    return f"{trainer_job_name(ftjob)}-0.{trainer_service_name(ftjob)}"
+
+
+def serving_configmap_name(mdep: str) -> str:
+    return child_name(mdep, "serving")
+
+
+def runner_job_name(batch: str) -> str:
+    return child_name(batch, "runner")
+
+
+def runner_configmap_name(batch: str) -> str:
+    return child_name(batch, "run")
+
+
+def batch_key_secret_name(batch: str) -> str:
+    return child_name(batch, "api-key")
+
+
+def shared_deployment_name(base_model: str) -> str:
+    """The shared multi-LoRA ModelDeployment of a BaseModel is named after it."""
+    return base_model
+
+
+def batch_file_ids(namespace: str, batch: str) -> tuple[str, str]:
+    """The output and error file ids a batch's runner registers its results under.
+
+    Derived from the batch alone, so a restarted runner (or controller) names the same
+    Files and never leaves orphans behind.
+    """
+    digest = hashlib.sha256(f"{namespace}/{batch}".encode()).hexdigest()
+    return f"file-{digest[:24]}", f"file-{digest[24:48]}"

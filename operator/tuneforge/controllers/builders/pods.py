@@ -1,0 +1,193 @@
+"""The pieces every owned object and workload Pod shares: ownership, labels, the artifact
+store's volumes and environment, GPU placement and the run-spec ConfigMap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tuneforge.api.v1alpha1 import API_VERSION
+from tuneforge.api.v1alpha1.common import Hardware
+from tuneforge.api.v1alpha1.labels import OPERATOR_NAME, Label
+from tuneforge.config import Settings
+from tuneforge.contracts import RUN_FILE, TrainerExit
+from tuneforge.controllers.builders.names import MAX_NAME_LENGTH
+from tuneforge.storage import is_object_store
+
+RUN_VOLUME = "run"
+RUN_DIR = posixpath.dirname(RUN_FILE)
+RUN_KEY = posixpath.basename(RUN_FILE)
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+STORE_CREDENTIALS_SECRET = "tuneforge-store-credentials"
+
+FATAL_EXIT_CODES = (int(TrainerExit.fatal), int(TrainerExit.usage))
+"""Exit codes of the images' own errors (the trainer's TrainerExit.fatal for bad data or a
+bad run spec, argparse's usage error; the batch runner follows the same convention):
+retrying cannot fix bad data or a bad spec, so the Job fails at once. Other exits (OOM
+kill 137, node trouble, TrainerExit.retryable) count against `backoffLimit`, and a Pod
+evicted by a disruption (preemption, drain) is retried without counting at all."""
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The controller ownerReference to `body`: garbage collection deletes the child with
+    its owner, and `kubectl get` shows who made it."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels_for(component: str, owner_label: str, owner: str) -> dict[str, str]:
+    return {Label.MANAGED_BY: OPERATOR_NAME, Label.COMPONENT: component, owner_label: owner}
+
+
+def spec_hash(*objects: Any) -> str:
+    """A short stable hash of JSON-able objects, to tell whether a child is out of date."""
+    data = json.dumps(objects, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def store_uri(root: str, *parts: str) -> str:
+    return posixpath.join(root.rstrip("/"), *parts)
+
+
+def _pvc_claims(uris: Iterable[str | None]) -> list[str]:
+    claims = []
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = uri[len("pvc://"):].partition("/")[0]
+            if claim and claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def _volume_name(prefix: str, value: str) -> str:
+    clean = re.sub(r"[^a-z0-9-]", "-", value.lower()).strip("-")
+    name = f"{prefix}-{clean}"
+    if len(name) > MAX_NAME_LENGTH:
+        name = f"{prefix}-{hashlib.sha256(value.encode()).hexdigest()[:16]}"
+    return name
+
+
+def store_access(settings: Settings, uris: Iterable[str | None]) -> dict[str, Any]:
+    """Volumes, mounts and environment that give a Pod the artifact store and the URIs it
+    reads: each PVC named by a pvc:// URI is mounted where `pvc_mount_root` expects it;
+    s3:// needs credentials, taken from an optional Secret in the workload's namespace (or
+    from the node's / service account's identity when it is absent)."""
+    all_uris = [settings.store_root, *uris]
+    volumes, mounts = [], []
+    for claim in _pvc_claims(all_uris):
+        name = _volume_name("pvc", claim)
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": name, "mountPath": str(settings.pvc_mount_root / claim)})
+    env = [
+        {"name": "TUNEFORGE_STORE_ROOT", "value": settings.store_root},
+        {"name": "TUNEFORGE_PVC_MOUNT_ROOT", "value": str(settings.pvc_mount_root)},
+        # The operator's own store retry settings: a workload rides out the same faults.
+        {"name": "TUNEFORGE_STORE_RETRY_ATTEMPTS", "value": str(settings.store_retry_attempts)},
+        {"name": "TUNEFORGE_STORE_RETRY_MODE", "value": settings.store_retry_mode},
+        {"name": "TUNEFORGE_STORE_RETRY_DEADLINE_S", "value": str(settings.store_retry_deadline_s)},
+    ]
+    env_from = []
+    if any(uri and is_object_store(uri) for uri in all_uris):
+        env_from.append({"secretRef": {"name": STORE_CREDENTIALS_SECRET, "optional": True}})
+    return {"volumes": volumes, "mounts": mounts, "env": env, "env_from": env_from}
+
+
+def placement(hardware: Hardware | None) -> dict[str, Any]:
+    """Container resources, node selector and tolerations for a hardware request: GPUs
+    become `nvidia.com/gpu` limits, the GPU type a node-selector on the GPU operator's
+    product label, and GPU nodes' usual taint is tolerated."""
+    hardware = hardware or Hardware()
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if hardware.requests:
+        requests.update(hardware.requests.to_wire())
+    if hardware.limits:
+        limits.update(hardware.limits.to_wire())
+    node_selector = dict(hardware.node_selector or {})
+    tolerations = [t.to_wire() for t in hardware.tolerations or []]
+    gpus = hardware.gpu_count or 0
+    if gpus:
+        limits[GPU_RESOURCE] = str(gpus)
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+        if hardware.gpu_type:
+            node_selector[GPU_PRODUCT_LABEL] = hardware.gpu_type
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return {"resources": resources, "node_selector": node_selector, "tolerations": tolerations}
+
+
+def run_configmap(
+    name: str, namespace: str, owner: Mapping[str, Any], labels: dict[str, str], contract_json: str
+) -> dict[str, Any]:
+    """A ConfigMap holding one run spec under the key the images read (`run.json`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "data": {RUN_KEY: contract_json},
+    }
+
+
+def pod_spec(
+    *,
+    container: dict[str, Any],
+    configmap: str,
+    access: dict[str, Any],
+    place: dict[str, Any],
+    restart_policy: str,
+    grace_seconds: int,
+) -> dict[str, Any]:
+    container = {
+        **container,
+        "volumeMounts": [{"name": RUN_VOLUME, "mountPath": RUN_DIR, "readOnly": True}, *access["mounts"]],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if place["resources"]:
+        container["resources"] = place["resources"]
+    if access["env_from"]:
+        container["envFrom"] = access["env_from"]
+    pod: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "terminationGracePeriodSeconds": grace_seconds,
+        "containers": [container],
+        "volumes": [{"name": RUN_VOLUME, "configMap": {"name": configmap}}, *access["volumes"]],
+    }
+    if place["node_selector"]:
+        pod["nodeSelector"] = place["node_selector"]
+    if place["tolerations"]:
+        pod["tolerations"] = place["tolerations"]
+    return pod
+
+
+def pod_failure_policy(container: str) -> dict[str, Any]:
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            fail_on_exit_codes(container, "In", FATAL_EXIT_CODES),
+        ]
+    }
+
+
+
+def fail_on_exit_codes(container: str, operator: str, codes: Iterable[int]) -> dict[str, Any]:
+    return {"action": "FailJob", "onExitCodes": {"containerName": container, "operator": operator, "values": list(codes)}}

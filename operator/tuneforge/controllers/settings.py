@@ -1,0 +1,25 @@
+"""The operator's tunables, fixed for the life of the process.
+
+Built once from the command line and handed to each kind's `register`, which gives its
+handlers what they need; nothing reads them from a module global, so two registries built
+in one process (a test's, say) cannot see each other's values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    poll_interval: float = 2.0
+    """Seconds between reconciles of an active object (reads indexes, not the API)."""
+    status_interval: float = 5.0
+    """Minimum seconds between progress-only status writes of one object."""
+    dependency_grace: float = 30.0
+    """Seconds a new object waits for what it names (a BaseModel, a deployment serving its
+    model) to appear before failing: objects applied together arrive in any order."""
+    webhook_timeout: float = 10.0
+    """Seconds one webhook delivery attempt may take."""
+    webhook_attempts: int = 4
+    """Deliveries tried before a webhook counts as failed."""

@@ -1,0 +1,38 @@
+"""The controller settings reach every kind's handlers from `register`, not from a global."""
+
+from __future__ import annotations
+
+import argparse
+
+import kopf
+import pytest
+
+from tuneforge.controllers import basemodel, batch, cli, deployment, finetuning, run
+from tuneforge.controllers.settings import ControllerSettings
+
+
+@pytest.mark.parametrize("kind,polls_per_interval", [
+    (finetuning, 1), (batch, 1), (deployment, 1), (basemodel, 1 / 5),
+])
+def test_each_kind_reconciles_at_the_poll_interval_it_is_registered_with(kind, polls_per_interval) -> None:
+    registry = kopf.OperatorRegistry()
+    kind.register(registry, ControllerSettings(poll_interval=7))
+    [timer] = [h for h in registry._spawning.get_all_handlers() if h.id == "reconcile"]
+    assert timer.interval == pytest.approx(7 / polls_per_interval)
+
+
+def test_two_registries_keep_their_own_settings() -> None:
+    slow, fast = kopf.OperatorRegistry(), kopf.OperatorRegistry()
+    finetuning.register(slow, ControllerSettings(poll_interval=30))
+    finetuning.register(fast, ControllerSettings(poll_interval=0.5))
+    assert [h.interval for h in slow._spawning.get_all_handlers()] == [30]
+    assert [h.interval for h in fast._spawning.get_all_handlers()] == [0.5]
+
+
+def test_the_command_line_builds_the_settings_with_their_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert run.controller_settings(parser.parse_args([])) == ControllerSettings()
+    given = run.controller_settings(parser.parse_args(
+        ["--poll-interval", "0.5", "--status-interval", "1", "--dependency-grace", "3"]))
+    assert given == ControllerSettings(poll_interval=0.5, status_interval=1, dependency_grace=3)
