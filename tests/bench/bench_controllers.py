@@ -55,7 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tuneforge.local.controlplane import ControlPlane, free_port
 
 from tests.bench import common
-from tests.integration.controllers.conftest import chat_example, upload
+from tests.support.store_layout import chat_example, upload
 
 GROUP, VERSION = "tuneforge.io", "v1alpha1"
 N_JOBS = 100 if common.quick() else 1_000

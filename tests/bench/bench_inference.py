@@ -33,8 +33,8 @@ from tuneforge.contracts import AdapterSource, ServingSpec
 from tuneforge.weights import build_tiny_model
 
 from tests.bench import common
+from tests.support.inference_servers import free_port, wait_until_healthy
 from tests.support.lora import make_adapter
-from tests.unit.inference.conftest import free_port, wait_until_healthy
 
 MESSAGES = [{"role": "user", "content": "Write a short poem about the sea."}]
 LOADS = 2 if common.quick() else 5

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tuneforge.local.devstack import LOCAL_CPU_PROFILE, TINY
 
-from tests.e2e.conftest import (
+from tests.support.devstack import (
     final_job,
     json_training_rows,
     kill_container_process,

@@ -11,7 +11,7 @@ import pytest
 
 from tuneforge.local.node import NODE_NAME
 
-from tests.e2e.conftest import core, kubectl_json, wait_for
+from tests.support.devstack import core, kubectl_json, wait_for
 
 pytestmark = pytest.mark.e2e
 

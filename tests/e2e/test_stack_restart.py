@@ -7,7 +7,7 @@ import pytest
 
 from tuneforge.local.devstack import TINY
 
-from tests.e2e.conftest import final_job, json_training_rows, pods_of, upload_jsonl
+from tests.support.devstack import final_job, json_training_rows, pods_of, upload_jsonl
 
 pytestmark = pytest.mark.e2e
 

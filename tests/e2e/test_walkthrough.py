@@ -10,7 +10,7 @@ import pytest
 
 from tuneforge.local.devstack import TINY
 
-from tests.e2e.conftest import (
+from tests.support.devstack import (
     batch_lines,
     final_batch,
     final_job,

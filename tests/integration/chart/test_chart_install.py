@@ -31,9 +31,8 @@ from tuneforge.gateway import keys
 from tuneforge.local.controlplane import ControlPlane, free_port
 from tuneforge.weights import SMOLLM2_GGUF_URI
 
-from tests.integration.chart.conftest import service_account_kubeconfig
-from tests.integration.controllers.conftest import Kube, wait_for
 from tests.integration.gateway.gateway_testkit import batch_lines, training_lines
+from tests.support.apiserver import Kube, service_account_kubeconfig, wait_for
 from tests.support.helm import CHART, NAMESPACE, RELEASE, Helm
 
 pytestmark = pytest.mark.integration

@@ -15,14 +15,9 @@ from tuneforge import apikeys
 from tuneforge.contracts import BatchRun
 from tuneforge.controllers import batch as batch_controller
 
-from tests.integration.controllers.conftest import (
-    DEPENDENCY_GRACE_SECONDS,
-    Kube,
-    Operator,
-    upload,
-    wait_for,
-    write_json,
-)
+from tests.support.apiserver import Kube, wait_for
+from tests.support.operator_process import DEPENDENCY_GRACE_SECONDS, Operator
+from tests.support.store_layout import upload, write_json
 
 pytestmark = pytest.mark.integration
 PLURAL = "batchjobs"

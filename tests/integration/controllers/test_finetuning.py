@@ -19,15 +19,9 @@ from kubernetes import client
 
 from tuneforge.contracts import TrainingRun
 
-from tests.integration.controllers.conftest import (
-    DEPENDENCY_GRACE_SECONDS,
-    Kube,
-    Operator,
-    chat_example,
-    upload,
-    wait_for,
-    write_json,
-)
+from tests.support.apiserver import Kube, wait_for
+from tests.support.operator_process import DEPENDENCY_GRACE_SECONDS, Operator
+from tests.support.store_layout import chat_example, upload, write_json
 
 pytestmark = pytest.mark.integration
 PLURAL = "finetuningjobs"

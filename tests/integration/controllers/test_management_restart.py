@@ -20,25 +20,14 @@ from tuneforge.gateway.app import create_app
 from tuneforge.local.controlplane import free_port
 from tuneforge.storage import ArtifactStore
 
-from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for
 from tests.integration.gateway.gateway_testkit import ServerThread, training_lines
+from tests.support.apiserver import Kube, wait_for
+from tests.support.operator_process import Operator
+from tests.support.store_layout import chat_example, upload
 
 pytestmark = pytest.mark.integration
 PLURAL = "finetuningjobs"
 API = "/api/v1/fine-tuning"
-
-
-@pytest.fixture
-def base_model(kube: Kube, tmp_path: Path, operator: Operator) -> Iterator[str]:
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    name = f"bm-{uuid.uuid4().hex[:8]}"
-    kube.create(None, "basemodels", {
-        "apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel", "metadata": {"name": name},
-        "spec": {"source": {"uri": f"file://{weights}"}, "sharedDeployment": False, "serving": {"engine": "cpu"}}})
-    wait_for(lambda: kube.status(None, "basemodels", name).get("phase") == "Ready", 30, "BaseModel Ready", operator)
-    yield name
-    kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
 
 
 def phase(kube: Kube, namespace: str, name: str) -> str | None:

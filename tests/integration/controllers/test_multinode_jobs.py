@@ -8,32 +8,19 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tuneforge.contracts import TrainingRun
 
-from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for
+from tests.support.apiserver import Kube, wait_for
+from tests.support.operator_process import Operator
+from tests.support.store_layout import chat_example, upload
 
 pytestmark = pytest.mark.integration
 PLURAL = "finetuningjobs"
 GROUP_OF_TWO = {"hardware": {"profile": "h100-8x2", "nodes": 2}}
-
-
-@pytest.fixture
-def base_model(kube: Kube, tmp_path: Path, operator: Operator) -> Iterator[str]:
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    name = f"bm-{uuid.uuid4().hex[:8]}"
-    kube.create(None, "basemodels", {
-        "apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel", "metadata": {"name": name},
-        "spec": {"source": {"uri": f"file://{weights}"}, "sharedDeployment": False, "serving": {"engine": "cpu"},
-                 "parameterCount": 8_000_000_000},
-    })
-    yield name
-    kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
 
 
 def new_job(kube: Kube, store_root: Path, namespace: str, base: str, **spec: object) -> str:

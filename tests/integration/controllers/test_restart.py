@@ -12,7 +12,9 @@ from kubernetes import client
 
 from tuneforge.local.controlplane import ControlPlane
 
-from tests.integration.controllers.conftest import Kube, Operator, chat_example, upload, wait_for
+from tests.support.apiserver import Kube, wait_for
+from tests.support.operator_process import Operator
+from tests.support.store_layout import chat_example, upload
 
 pytestmark = pytest.mark.integration
 N_JOBS = 50

@@ -9,7 +9,8 @@ import pytest
 
 from tuneforge.contracts import ServingSpec
 
-from tests.integration.controllers.conftest import Kube, Operator, wait_for
+from tests.support.apiserver import Kube, wait_for
+from tests.support.operator_process import Operator
 
 pytestmark = pytest.mark.integration
 

@@ -28,14 +28,14 @@ import pytest
 from tuneforge.contracts import Engine, ServingSpec
 from tuneforge.gateway.routing import Adapter, Route, Router, _ready_pods, adapter_path
 
-from tests.support.s3 import new_bucket
-from tests.unit.inference.conftest import (
+from tests.support.inference_servers import (
     BASE_NAME,
     RunningServer,
     free_port,
     serve_in_thread,
     wait_until_healthy,
 )
+from tests.support.s3 import new_bucket
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 LOAD = "/v1/load_lora_adapter"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuneforge.contracts import AdapterSource, ServingSpec
 
-from tests.unit.inference.conftest import RunningServer, free_port, wait_until_healthy
+from tests.support.inference_servers import RunningServer, free_port, wait_until_healthy
 
 
 def run_serve(spec_path: Path, tmp_path: Path, **popen) -> subprocess.Popen:

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.unit.inference.conftest import BASE_NAME, RunningServer
+from tests.support.inference_servers import BASE_NAME, RunningServer
 
 MESSAGES = [{"role": "user", "content": "Write a short poem about the sea."}]
 FIXED_LENGTH = {"ignore_eos": True}

@@ -10,7 +10,7 @@ import pytest
 
 from tuneforge.contracts import ServingSpec
 
-from tests.unit.inference.conftest import free_port, serve_in_thread
+from tests.support.inference_servers import free_port, serve_in_thread
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from tuneforge.config import settings
 from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
-from .conftest import echo_examples, make_run, write_jsonl
+from tests.support.trainer_runs import echo_examples, make_run, write_jsonl
 from tuneforge_trainer.__main__ import main
 
 GOOD = json.dumps(echo_examples(1)[0])

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .conftest import make_run, write_jsonl
+from tests.support.trainer_runs import make_run, write_jsonl
 from tuneforge_trainer.loop import train
 
 GOOD = "wonderful great delightful superb charming brilliant lovely excellent".split()

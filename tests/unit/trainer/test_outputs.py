@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 from tuneforge.jobfiles import METRICS, JobFiles
 from tuneforge.storage import ArtifactStore
 
-from .conftest import echo_examples, make_run, write_jsonl
 from tests.support.s3 import new_bucket
+from tests.support.trainer_runs import echo_examples, make_run, write_jsonl
 from tuneforge_trainer.loop import Trainer
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from .conftest import echo_examples
+from tests.support.trainer_runs import echo_examples
 from tuneforge_trainer import data
 from tuneforge_trainer import model as modelling
 from tuneforge_trainer.objective import token_stats

@@ -27,7 +27,7 @@ from tuneforge.contracts import TrainerExit
 from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
-from .conftest import echo_examples, make_run, write_jsonl
+from tests.support.trainer_runs import echo_examples, make_run, write_jsonl
 
 
 def _spec(tmp_path: Path, name: str, model_dir: Path, training: Path, **overrides) -> Path:

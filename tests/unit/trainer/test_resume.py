@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
 
-from .conftest import echo_examples, make_run, write_jsonl
+from tests.support.trainer_runs import echo_examples, make_run, write_jsonl
 from tuneforge_trainer import checkpoint
 
 

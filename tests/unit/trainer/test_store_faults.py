@@ -14,9 +14,9 @@ from safetensors.torch import load as load_safetensors
 
 from tuneforge.config import settings
 
-from .conftest import echo_examples, make_run, write_jsonl
 from tests.support.faulty_proxy import FaultPlan, running
 from tests.support.s3 import new_bucket
+from tests.support.trainer_runs import echo_examples, make_run, write_jsonl
 from tuneforge_trainer.__main__ import main
 
 FIFTH = FaultPlan(error_rate=0.2, drop_rate=0.03, seed=11)

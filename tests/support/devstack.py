@@ -1,0 +1,101 @@
+"""What the end-to-end tests do to the local platform of `make dev` (tuneforge.local.devstack):
+datasets and batch requests for the official openai client, waits on jobs and batches, and
+the reach under the stack a user or a failing machine has (kubectl, killing a Pod's process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import openai
+from kubernetes import client
+
+from tuneforge.local.devstack import DevStack
+from tuneforge.local.podworker import pod_dir_name
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 240.0, every: float = 1.0) -> T:
+    """Polls `probe` until it returns something truthy; the failure names what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def json_training_rows(n: int) -> list[dict]:
+    """A small JSON-generation dataset: extract fields from a sentence as a JSON object."""
+    names = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Alan", "Radia",
+             "Edsger", "Donald", "Leslie", "Guido", "Bjarne", "Anita"]
+    rows = []
+    for i in range(n):
+        name, age = names[i % len(names)], 20 + i
+        rows.append({"messages": [
+            {"role": "system", "content": "Answer with one JSON object only."},
+            {"role": "user", "content": f"{name} is {age} years old. Give name and age as JSON."},
+            {"role": "assistant", "content": json.dumps({"name": name, "age": age})},
+        ]})
+    return rows
+
+
+def upload_jsonl(openai_client: openai.OpenAI, name: str, rows: list[dict], purpose: str) -> str:
+    data = "\n".join(json.dumps(row) for row in rows).encode()
+    return openai_client.files.create(file=(name, data), purpose=purpose).id
+
+
+def batch_lines(model: str, n: int, max_tokens: int) -> list[dict]:
+    return [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": model, "max_tokens": max_tokens,
+                      "messages": [{"role": "user", "content": f"Give item {i} as JSON."}]}}
+            for i in range(n)]
+
+
+def final_job(openai_client: openai.OpenAI, job_id: str, timeout: float = 300.0):
+    return wait_for(f"fine-tuning job {job_id} to finish", lambda: (
+        job if (job := openai_client.fine_tuning.jobs.retrieve(job_id)).status in ("succeeded", "failed", "cancelled")
+        else None), timeout=timeout, every=2.0)
+
+
+def final_batch(openai_client: openai.OpenAI, batch_id: str, timeout: float = 300.0):
+    return wait_for(f"batch {batch_id} to finish", lambda: (
+        batch if (batch := openai_client.batches.retrieve(batch_id)).status in
+        ("completed", "failed", "expired", "cancelled") else None), timeout=timeout, every=2.0)
+
+
+def job_events(openai_client: openai.OpenAI, job_id: str) -> list[str]:
+    """The job's event messages, oldest first."""
+    return [event.message for event in reversed(openai_client.fine_tuning.jobs.list_events(job_id, limit=1000).data)]
+
+
+def kubectl_json(stack: DevStack, *args: str) -> Any:
+    return json.loads(stack.plane.kubectl(*args, "-o", "json").stdout)
+
+
+def pods_of(stack: DevStack, namespace: str, selector: str) -> list[dict]:
+    return kubectl_json(stack, "get", "pods", "-n", namespace, "-l", selector)["items"]
+
+
+def kill_container_process(stack: DevStack, pod: dict, container: str) -> int:
+    """SIGKILLs the process group of a running container, as an OOM kill or a crash would."""
+    pid_file = stack.state_dir / "node" / "pods" / pod_dir_name(pod) / f"{container}.pid"
+    pid = int(pid_file.read_text().split()[0])
+    os.killpg(pid, signal.SIGKILL)
+    return pid
+
+
+def core(stack: DevStack) -> client.CoreV1Api:
+    return client.CoreV1Api(stack.api_client)
+
+
+def store_path(stack: DevStack, *parts: str) -> Path:
+    return stack.store_dir.joinpath(*parts)
