@@ -21,7 +21,7 @@ from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube
 from tuneforge.controllers.children import first
-from tuneforge.controllers.handlers import plain, status_handler
+from tuneforge.controllers.handlers import plain, reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import set_condition
 from tuneforge.storage import StoreError, filesystem
@@ -103,6 +103,4 @@ def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSet
     """A catalog entry changes rarely and its check may touch the store, so it is polled
     five times less often than the jobs."""
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_basemodels")(index)
-    kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=controller_settings.poll_interval * 5
-    )(status_handler(KIND, _reconcile))
+    reconcile_on_timer(registry, PLURAL, KIND, _reconcile, interval=controller_settings.poll_interval * 5)

@@ -33,7 +33,7 @@ from tuneforge.config import settings
 from tuneforge.contracts import BatchProgress, BatchRun
 from tuneforge.controllers import builders, kube, metrics
 from tuneforge.controllers.children import first, termination_error
-from tuneforge.controllers.handlers import status_handler
+from tuneforge.controllers.handlers import reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import (
     BATCH_PHASE_FROM_OPENAI,
@@ -287,8 +287,5 @@ def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSet
     """The progress throttle is this registry's own, shared by its reconcile and its delete handler."""
     throttle = Throttle(controller_settings.status_interval)
     reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
-    kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, id="reconcile",
-        interval=controller_settings.poll_interval, when=active,
-    )(status_handler(KIND, reconcile))
+    reconcile_on_timer(registry, PLURAL, KIND, reconcile, interval=controller_settings.poll_interval, when=active)
     kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="revoke-key")(partial(on_delete, throttle=throttle))

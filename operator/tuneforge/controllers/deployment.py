@@ -23,7 +23,7 @@ from tuneforge.api.v1alpha1.labels import Annotation, Label
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube
 from tuneforge.controllers.children import first
-from tuneforge.controllers.handlers import plain, status_handler
+from tuneforge.controllers.handlers import plain, reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import set_condition
 
@@ -130,6 +130,4 @@ def index(namespace: str, name: str, labels: dict, spec: dict, status: dict, **_
 
 def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_modeldeployments")(index)
-    kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, id="reconcile", interval=controller_settings.poll_interval
-    )(status_handler(KIND, _reconcile))
+    reconcile_on_timer(registry, PLURAL, KIND, _reconcile, interval=controller_settings.poll_interval)

@@ -34,12 +34,12 @@ import kopf
 
 from tuneforge.api.sizing import size_training
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource, finetuningjob
-from tuneforge.api.v1alpha1.finetuningjob import restart_pending
+from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase, restart_pending
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube, metrics, webhook
 from tuneforge.controllers.children import failed_first, first, group_failure, termination_error
 from tuneforge.controllers.finetuning_validation import Invalid, Wait, validate
-from tuneforge.controllers.handlers import status_handler
+from tuneforge.controllers.handlers import reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import (
     FINE_TUNING_OPENAI_STATUS,
@@ -487,16 +487,13 @@ def _notify(tick: _Tick) -> None:
 def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | None:
     """Fine-tuned model ids of succeeded jobs by namespace (what batches may target)."""
     model = status.get("fineTunedModel")
-    return {namespace: model} if model and status.get("phase") == "Succeeded" else None
+    return {namespace: model} if model and status.get("phase") == FineTuningJobPhase.succeeded.value else None
 
 
 def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
     """The progress throttle is this registry's own, shared by its reconcile and its forget handler."""
     throttle = Throttle(controller_settings.status_interval)
     reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
-    kopf.timer(
-        GROUP, VERSION, PLURAL, registry=registry, id="reconcile",
-        interval=controller_settings.poll_interval, when=active,
-    )(status_handler(KIND, reconcile))
+    reconcile_on_timer(registry, PLURAL, KIND, reconcile, interval=controller_settings.poll_interval, when=active)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget")(partial(forget, throttle=throttle))
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_finetuned")(index_models)

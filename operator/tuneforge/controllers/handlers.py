@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.controllers import metrics
 from tuneforge.controllers.status import diff
 
@@ -25,6 +26,18 @@ def plain(body: Mapping[str, Any]) -> dict[str, Any]:
     """An object (or part of one) as plain JSON data: kopf's live views change under a
     running handler, and a reconcile or an index keeps one consistent copy."""
     return json.loads(json.dumps(dict(body), default=dict))
+
+
+def reconcile_on_timer(
+    registry: kopf.OperatorRegistry, plural: str, kind: str, reconcile: Reconcile, *,
+    interval: float, when: Callable[..., bool] | None = None,
+) -> None:
+    """Installs `reconcile` as the kind's kopf timer: a timer (not a change handler) so a
+    tick also follows children and the store, which change without touching the object;
+    its first tick fires as soon as the object is seen."""
+    kopf.timer(GROUP, VERSION, plural, registry=registry, id="reconcile", interval=interval, when=when)(
+        status_handler(kind, reconcile)
+    )
 
 
 def status_handler(kind: str, reconcile: Reconcile) -> Callable[..., None]:
