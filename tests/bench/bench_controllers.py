@@ -52,12 +52,12 @@ from typing import Any
 from kubernetes import client, config
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.local.controlplane import ControlPlane, free_port
 
 from tests.bench import common
 from tests.support.store_layout import chat_example, upload
 
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
 N_JOBS = 100 if common.quick() else 1_000
 STEADY_S = 3.0 if common.quick() else 10.0
 TIMEOUT_S = 600.0

@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 from kubernetes import client, config
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.config import settings
 from tuneforge.gateway import ids, keys
 from tuneforge.local.controlplane import ControlPlane, free_port
@@ -54,7 +55,6 @@ from tests.bench import common
 from tests.integration.gateway.gateway_testkit import ready_shared_deployment
 from tests.support.openai_upstream import UpstreamConfig, serve_in_subprocess
 
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
 NAMESPACE, SYSTEM_NAMESPACE = "bench", "bench-system"
 BASE_MODEL = "bench-base"
 RATE = 100.0

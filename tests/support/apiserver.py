@@ -18,7 +18,7 @@ from tuneforge.local.controlplane import ControlPlane
 if TYPE_CHECKING:
     from tests.support.operator_process import Operator
 
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, message: str = "", operator: Operator | None = None) -> Any:

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from kubernetes import client
 
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 
 
 @contextmanager

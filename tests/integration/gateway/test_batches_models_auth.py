@@ -11,10 +11,10 @@ import pytest
 from gateway_testkit import batch_lines, training_lines
 from kubernetes import client
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.config import settings
 
 pytestmark = pytest.mark.integration
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
 
 
 def _set_status(api_client, namespace: str, plural: str, name: str, status: dict) -> None:

@@ -16,11 +16,11 @@ import pytest
 from gateway_testkit import ServerThread, make_upstream, ready_shared_deployment, training_lines
 from kubernetes import client
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.config import settings
 from tuneforge.local.controlplane import free_port
 
 pytestmark = pytest.mark.integration
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
 
 
 @pytest.fixture

@@ -28,13 +28,14 @@ from cryptography.x509.oid import NameOID
 from gateway_testkit import training_lines
 from kubernetes import client
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.apikeys import secret_name
 from tuneforge.config import settings
 from tuneforge.gateway.times import unix
 from tuneforge.weights import SMOLLM2_GGUF_URI
 
 pytestmark = pytest.mark.integration
-GROUP, VERSION = "tuneforge.io", "v1alpha1"
+
 API = "/api/v1/fine-tuning"
 
 

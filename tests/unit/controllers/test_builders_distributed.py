@@ -8,6 +8,7 @@ import pytest
 
 from tuneforge.api.sizing import size_training
 from tuneforge.api.v1alpha1 import BaseModelResource, FineTuningJobResource
+from tuneforge.api.v1alpha1.common import MAX_NODES
 from tuneforge.config import HardwareProfile, Settings
 from tuneforge.contracts import RENDEZVOUS_PORT, TrainerExit
 from tuneforge.controllers import builders
@@ -193,7 +194,7 @@ def test_the_headless_service_selects_the_trainer_pods() -> None:
 
 def test_pod_hostnames_of_the_largest_group_stay_dns_labels() -> None:
     name = builders.trainer_job_name("ftjob-" + "a" * 80)
-    assert len(f"{name}-{builders.MAX_NODES - 1}") <= 63 and name.endswith("-trainer")
+    assert len(f"{name}-{MAX_NODES - 1}") <= 63 and name.endswith("-trainer")
     assert builders.trainer_job_name("ftjob-abc") == "ftjob-abc-trainer"
 
 

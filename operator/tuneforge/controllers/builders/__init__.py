@@ -23,7 +23,6 @@ from tuneforge.controllers.builders.batch import (
     runner_labels,
 )
 from tuneforge.controllers.builders.names import (
-    MAX_NODES,
     batch_file_ids,
     batch_key_secret_name,
     child_name,
@@ -103,7 +102,6 @@ __all__ = [
     "FATAL_EXIT_CODES",
     "GPU_PRODUCT_LABEL",
     "GPU_RESOURCE",
-    "MAX_NODES",
     "MODEL_LOAD_TIMEOUT_SECONDS",
     "RUNNER_CONTAINER",
     "RUN_DIR",
