@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.gpu import measure, synthetic
 from tests.gpu.bundle import tree_bytes
@@ -235,8 +235,6 @@ class GpuCheck:
             "packages": {name: package_version(name) for name in PACKAGES},
             "torch_cuda": torch.version.cuda,
             "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-            "transformers_api": {name: hasattr(PreTrainedModel, name) for name in
-                                 ("gradient_checkpointing_enable", "activation_checkpointing_enable")},
         }
 
     def matmul_peak(self) -> dict:

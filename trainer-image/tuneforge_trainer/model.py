@@ -143,7 +143,7 @@ def attach_lora(model, lora: LoraSettings, *, gradient_checkpointing: bool):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
-        enable_activation_checkpointing(model)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -152,15 +152,6 @@ def attach_lora(model, lora: LoraSettings, *, gradient_checkpointing: bool):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-def enable_activation_checkpointing(model) -> None:
-    """transformers renamed gradient checkpointing to activation checkpointing in 5.2x
-    and the old name's keyword is rejected by the new method; take whichever exists."""
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @torch.no_grad()

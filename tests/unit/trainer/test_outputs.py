@@ -80,7 +80,7 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tmp_path, tiny_mod
                        hyperparameters={"n_epochs": 1, "batch_size": 4, "max_seq_length": 64,
                                         "gradient_checkpointing": checkpointing})
         trainer = Trainer(run, progress_interval_s=0.0)
-        assert trainer._unwrapped().get_base_model().is_activation_checkpointing is checkpointing
+        assert trainer._unwrapped().get_base_model().is_gradient_checkpointing is checkpointing
         trainer.run()
         metrics = JobFiles(ArtifactStore(run.output_uri)).metrics()
         losses[checkpointing] = [record["train_loss"] for record in metrics]
