@@ -71,7 +71,10 @@ class Images(Values):
     inference: Image = Field(default_factory=lambda: Image(repository="ghcr.io/tuneforge/inference"))
     """The inference image of ModelDeployments and batch runners."""
     pull_secrets: list[str] = Field(default_factory=list)
-    """Names of imagePullSecrets for the operator and gateway Pods."""
+    """Names of imagePullSecrets for every Pod: operator, gateway, and the trainer, serving
+    and batch runner Pods (in the system and tenant namespaces, which must hold them)."""
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """imagePullPolicy of the trainer, serving and batch runner containers."""
 
 
 class Peering(Values):
@@ -128,6 +131,8 @@ class Operator(Values):
     """Extra environment variables (core/v1 EnvVar objects)."""
     pod_disruption_budget: OperatorPdb = Field(default_factory=OperatorPdb)
     """PodDisruptionBudget."""
+    pod_admission_timeout: float = Field(default=600, gt=0)
+    """Seconds a trainer or batch runner Job may fail to create its Pods before the job fails."""
 
 
 class Service(Values):
@@ -311,6 +316,8 @@ class ChartValues(Values):
     """Container securityContext of the operator and gateway."""
     storage: Storage = Field(default_factory=Storage)
     """The artifact store."""
+    workload_cache_size: str = Field(default="100Gi", pattern=QUANTITY)
+    """sizeLimit of the cache emptyDir of trainer, serving and batch runner Pods."""
     hardware_profiles: list[HardwareProfile] = Field(default_factory=list)
     """Hardware profiles on offer (TUNEFORGE_HARDWARE_PROFILES)."""
     default_hardware_profile: str = ""

@@ -6,8 +6,8 @@ the server listens on `settings().bind_host` and `ServingSpec.port`. A failure t
 is written as one JSON line to the termination log, where the controller reads it into
 the ModelDeployment's status.
 
-`tuneforge-serve --adapter-loader --run serving.json` runs the sidecar of a vLLM Pod on an
-object store instead (see adapter_loader.py), on `ServingSpec.adapter_loader_port`.
+`tuneforge-serve --adapter-loader --run serving.json` runs the serving Pod's adapter-loader
+sidecar instead (see adapter_loader.py), on `ServingSpec.adapter_loader_port`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 
 from tuneforge.config import settings
 from tuneforge.contracts import RUN_FILE, Engine, ErrorInfo, ServingSpec
+from tuneforge.serving_auth import pod_token
 
 from tuneforge_inference.fetch import FetchError
 from tuneforge_inference.launcher import LaunchError
@@ -25,24 +26,25 @@ from tuneforge_inference.launcher import LaunchError
 
 def _serve_vllm(spec: ServingSpec) -> None:
     from tuneforge_inference.fetch import fetch_adapter, fetch_base_model
-    from tuneforge_inference.launcher import exec_vllm, vllm_command
+    from tuneforge_inference.launcher import api_key_env, exec_vllm, vllm_command
 
+    auth = api_key_env(pod_token())
     model = fetch_base_model(spec.base_model_uri)
     adapters = {a.name: fetch_adapter(a.name, a.uri) for a in spec.adapters}
     argv, env = vllm_command(spec, model, adapters, settings().bind_host)
-    exec_vllm(argv, env)
+    exec_vllm(argv, {**env, **auth})
 
 
 def _serve_cpu(spec: ServingSpec) -> None:
     from tuneforge_inference.cpu.server import build_app, uvicorn_server
 
-    uvicorn_server(build_app(spec), settings().bind_host, spec.port).run()
+    uvicorn_server(build_app(spec, token=pod_token()), settings().bind_host, spec.port).run()
 
 
-def _serve_adapter_loader(spec: ServingSpec) -> None:
+def _serve_adapter_loader(run_file: str) -> None:
     from tuneforge_inference.adapter_loader import serve
 
-    serve(spec, settings().bind_host)
+    serve(run_file, settings().bind_host)
 
 
 def _report(code: str, message: str) -> None:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = ServingSpec.load(args.run)
         if args.adapter_loader:
-            _serve_adapter_loader(spec)
+            _serve_adapter_loader(args.run)
         elif spec.engine is Engine.vllm:
             _serve_vllm(spec)
         else:

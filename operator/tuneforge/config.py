@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,6 +19,12 @@ from tuneforge.api.v1alpha1.common import MAX_NODES
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(k|Ki|Mi|Gi|Ti|M|G|T)?$"
 """A Kubernetes memory quantity such as 512Mi or 16Gi."""
+
+DEFAULT_POD_MEMORY = "16Gi"
+"""Memory of a trainer or serving Pod whose profile (or lack of one) names none: room for a
+7B-class model's weights in host memory while they load, or vLLM's 4 GiB of CPU swap space
+plus the server. Memory is both request and limit, so a Pod never counts on memory the
+scheduler did not reserve for it; profiles of bigger models set their own figure."""
 
 
 class HardwareProfile(BaseModel):
@@ -37,7 +43,11 @@ class HardwareProfile(BaseModel):
     gpu_count: int = Field(default=0, ge=0, le=64, description="GPUs per Pod; 0 runs on CPU.")
     gpu_memory_gb: float | None = Field(default=None, ge=0, description="Memory of one GPU, in GiB.")
     cpu: str | None = Field(default=None, description="CPU request per Pod (a Kubernetes quantity).")
-    memory: str | None = Field(default=None, description="Memory request per Pod (a Kubernetes quantity).")
+    memory: str = Field(
+        default=DEFAULT_POD_MEMORY,
+        description="Memory request and limit per Pod (a Kubernetes quantity); it must leave room for "
+        "sharedMemory, which counts against it.",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the Pod must match.")
     tolerations: list[dict[str, str | int]] = Field(default_factory=list, description="core/v1 tolerations.")
     cost_per_hour: float | None = Field(default=None, ge=0, description="Price of one Pod-hour on this profile.")
@@ -114,6 +124,32 @@ class Settings(BaseSettings):
     )
     trainer_image: str = Field(default="ghcr.io/tuneforge/trainer:0.1.0")
     inference_image: str = Field(default="ghcr.io/tuneforge/inference:0.1.0")
+    image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of imagePullSecrets for the trainer, serving and batch runner Pods, as JSON; "
+        "each must exist in every namespace those Pods run in.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None,
+        description="imagePullPolicy of the trainer, serving and batch runner containers; unset leaves "
+        "Kubernetes' default (Always for :latest, else IfNotPresent).",
+    )
+    workload_cache_size: str = Field(
+        default="100Gi", pattern=QUANTITY_PATTERN,
+        description="sizeLimit of the cache emptyDir of trainer, serving and batch runner Pods, where "
+        "they keep weights copied from the store or dequantized from GGUF and the libraries' caches: "
+        "the largest base model's weights must fit.",
+    )
+    batch_image: str = Field(
+        default="ghcr.io/tuneforge/tuneforge:0.1.0",
+        description="Image of the batch runner Pods: the slim control-plane image, since the runner "
+        "only sends HTTP requests and writes files (no torch, no vLLM).",
+    )
+    serving_token: SecretStr | None = Field(
+        default=None,
+        description="A serving Pod's deployment token (tuneforge.serving_auth), from the Secret the "
+        "operator makes: the CPU engine and the adapter loader require it as a bearer token.",
+    )
     bind_host: str = Field(
         default="0.0.0.0",
         description="Address servers bind to. The local node agent sets it to the Pod's "

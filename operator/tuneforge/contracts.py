@@ -220,7 +220,7 @@ class ServingSpec(Contract):
     port: int = Field(default=8000, ge=1, le=65535)
     adapter_loader_port: int = Field(
         default=8001, ge=1, le=65535,
-        description="vLLM on an object store: the adapter-loader sidecar's port (runtime adapter loads).",
+        description="The adapter-loader sidecar's port: runtime adapter loads, authenticated and checked.",
     )
     max_queue: int = Field(default=64, ge=1, description="CPU engine: waiting requests before 429.")
     engine_args: list[str] = Field(default_factory=list, description="Passed through to the engine.")

@@ -10,6 +10,7 @@ layout, with the readers every component uses and the writer of its logs.
         metrics/<seq>.jsonl         one record per optimizer step (compacted the same way)
         events.jsonl, metrics.jsonl the same logs as single files, left by older trainers
         checkpoints/step-<n>/       a checkpoint; it counts only once its COMPLETE marker exists
+        adapter/                    the published LoRA adapter, what serving engines load
 
 The logs are split into objects because an object store cannot append: rewriting one
 growing object per flush costs bytes that grow with the run. A `LogWriter` flush writes
@@ -37,12 +38,14 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tuneforge.api.v1alpha1.finetuningjob import JOB_NAME_PREFIX
 from tuneforge.contracts import TrainingProgress, TrainingResult
 from tuneforge.storage import ArtifactStore, StoreError
 
@@ -55,6 +58,7 @@ RESULTS_CSV = "results.csv"
 EVENTS = "events"
 METRICS = "metrics"
 CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
 COMPLETE = "COMPLETE"
 COMPACT_FANOUT = 16
 """Objects of one tier merged into one of the next: what a reader fetches at most per tier,
@@ -64,6 +68,18 @@ READ_ATTEMPTS = 3
 """Listings of a log one read makes at most while a compaction replaces objects under it."""
 SEGMENT = re.compile(r"^(\d+)(?:-(\d+))?\.jsonl$")
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def adapter_uri(store_root: str, namespace: str, job: str) -> str:
+    """Where job `job` of `namespace` publishes its adapter, from the store's root URI alone:
+    what a serving Pod may load under that job's fine-tuned model id."""
+    return posixpath.join(store_root.rstrip("/"), namespace, FINE_TUNING, job, ADAPTER)
+
+
+def adapter_source_uri(store_root: str, namespace: str, source: str) -> str:
+    """An adapter source as a ModelDeployment names it, as a URI: a FineTuningJob name is
+    that job's adapter in the deployment's namespace, any other value already a URI."""
+    return adapter_uri(store_root, namespace, source) if source.startswith(JOB_NAME_PREFIX) else source
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,12 @@ def is_model_dir(path: Path) -> bool:
     )
 
 
+PARALLEL_DOWNLOADS = 8
+"""Files of a model directory downloaded at once from an object store: enough to fill a
+node's network with the multi-GB shards of a large model, few enough for S3's per-prefix
+request rates."""
+
+
 def materialize_base_model(uri: str, cache_dir: Path | None = None) -> Path:
     """A local Hugging Face directory holding the model at `uri`.
 
@@ -114,9 +120,13 @@ def _materialize_remote(uri: str, fs: fsspec.AbstractFileSystem, path: str, mode
         target = models / _entry_name(posixpath.basename(path), f"{uri}\0{identity}")
 
         def copy(out: Path) -> None:
-            for rel in files:
+            names = sorted(files)
+            for rel in names:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(posixpath.join(path, rel), str(out / rel))
+            # One call for every file: s3fs downloads them concurrently (batch_size at a
+            # time), so the shards of a large model arrive in parallel, not one by one.
+            fs.get([posixpath.join(path, rel) for rel in names], [str(out / rel) for rel in names],
+                   batch_size=PARALLEL_DOWNLOADS)
             if not is_model_dir(out):
                 raise ModelSourceError(
                     f"model source {uri}: copied, but it lacks tokenizer files or model.safetensors"

@@ -1,6 +1,7 @@
 """The node agent on Pods no controller of tuneforge makes: what it cannot run is reported
 clearly and never stalls it; what it runs reports exit codes and termination messages
-as a kubelet would; deleting a Pod stops its process."""
+as a kubelet would; deleting a Pod stops its process. The tenant namespace enforces Pod
+Security "restricted", so these Pods carry the security contexts the operator's carry."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 
 import pytest
 
+from tuneforge.controllers.builders import restricted_container, workload_pod_security
 from tuneforge.local.node import NODE_NAME
 
 from tests.support.devstack import core, kubectl_json, wait_for
@@ -23,7 +25,8 @@ def _apply(stack, pod: dict) -> str:
 
 def _pod(name: str, container: dict, **spec) -> dict:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "containers": [container], **spec}}
+            "spec": {"restartPolicy": "Never", "securityContext": workload_pod_security(),
+                     "containers": [restricted_container(container)], **spec}}
 
 
 def _events(stack, namespace: str, name: str) -> list[dict]:

@@ -50,10 +50,17 @@ def namespace_prefix() -> str:
 
 
 @pytest.fixture
-def namespace(api_client: client.ApiClient, namespace_prefix: str) -> Iterator[str]:
+def namespace_labels() -> dict[str, str]:
+    """Labels of `namespace`; a test package overrides it (the controllers' tests enforce Pod
+    Security "restricted" on theirs)."""
+    return {}
+
+
+@pytest.fixture
+def namespace(api_client: client.ApiClient, namespace_prefix: str, namespace_labels: dict[str, str]) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
     name = f"{namespace_prefix}-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=namespace_labels)))
     yield name
     core.delete_namespace(name, propagation_policy="Background")

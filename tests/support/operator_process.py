@@ -25,6 +25,11 @@ HARDWARE_PROFILES = [{"name": "a100-2", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpu
 DEPENDENCY_GRACE_SECONDS = 8
 """Shorter than the operator's default, so that tests of a missing model fail in seconds."""
 
+POD_ADMISSION_TIMEOUT_SECONDS = 15
+"""Shorter than the operator's 10 minutes, so that a job whose Pods are refused fails in
+seconds; long enough that a refusal lifted at once (the Job controller retries after 1, 2,
+4, 8 s) is not one."""
+
 
 class Operator:
     """`tuneforge operator` in a subprocess, logging to a file: standalone, or one replica
@@ -49,7 +54,8 @@ class Operator:
         }
         args = [sys.executable, "-m", "tuneforge", "operator", "--liveness", "",
                 "--metrics-port", str(self.metrics_port), "--poll-interval", "0.5", "--status-interval", "1",
-                "--dependency-grace", str(DEPENDENCY_GRACE_SECONDS)]
+                "--dependency-grace", str(DEPENDENCY_GRACE_SECONDS),
+                "--pod-admission-timeout", str(POD_ADMISSION_TIMEOUT_SECONDS)]
         if self.peering is None:
             args.append("--standalone")
         else:

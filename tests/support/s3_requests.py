@@ -34,6 +34,9 @@ class RequestLog:
         self._operations: list[str] = []
         self._sent = 0
         self._received = 0
+        self._in_flight = 0
+        self.peak_in_flight = 0
+        """The most requests sent and not yet answered at once: how parallel the client was."""
         self._lock = threading.Lock()
 
     def usage(self) -> Usage:
@@ -44,12 +47,15 @@ class RequestLog:
         with self._lock:
             self._operations.append(event_name.rsplit(".", 1)[-1])
             self._sent += int(request.headers.get("Content-Length") or 0)
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
 
     def on_response(self, event_name: str, response_dict: dict | None = None, **_) -> None:
         """A HEAD answer's Content-Length is the object's size, not bytes transferred."""
-        if response_dict is None or event_name.endswith(".HeadObject"):
-            return
         with self._lock:
+            self._in_flight -= 1
+            if response_dict is None or event_name.endswith(".HeadObject"):
+                return
             self._received += int(response_dict["headers"].get("content-length") or 0)
 
 

@@ -113,3 +113,11 @@ def test_the_base_models_default_profile_is_checked_like_the_jobs_own() -> None:
 def test_a_profile_offers_no_more_nodes_than_its_max() -> None:
     with pytest.raises(ValidationError, match=r"nodes \(3\) must not exceed maxNodes \(2\)"):
         HardwareProfile(name="x", nodes=3, max_nodes=2)
+
+
+def test_a_lora_rank_the_serving_engine_refuses_is_refused_at_create() -> None:
+    base = BaseModelSpec(source={"uri": "file:///models/m"}, serving={"maxAdapterRank": 32})
+    error = refused(job(method={"lora": {"rank": 64}}), base=base)
+    assert (error.code, error.param) == ("invalid_hyperparameters", "method.lora.rank")
+    assert "64" in error.message and "32" in error.message
+    size_training(job(method={"lora": {"rank": 32}}), base, PROFILES)

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tuneforge import weights
 from tuneforge.config import settings
-from tuneforge.storage import StoreError, resolve_uri
+from tuneforge.storage import StoreError, filesystem, resolve_uri
 from tuneforge.weights import (
     SMOLLM2_GGUF_URI,
     ModelSourceError,
@@ -24,6 +24,9 @@ from tuneforge.weights import (
     is_model_dir,
     materialize_base_model,
 )
+
+from tests.support.s3 import new_bucket
+from tests.support.s3_requests import recording
 
 torch.set_num_threads(2)
 
@@ -211,3 +214,24 @@ def test_real_smollm2_gguf_is_dequantized_once_then_served_from_cache(tmp_path: 
     answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer, answer
     shutil.rmtree(cache)
+
+
+def test_a_model_directory_downloads_its_files_in_parallel_from_s3(s3_endpoint: str, tiny_model_dir: Path,
+                                                                   tmp_path: Path):
+    """On the S3-compatible server: the shards of a model arrive concurrently (the client's
+    peak of unanswered GETs), and every byte arrives intact."""
+    root = new_bucket("tuneforge-parallel-weights")
+    fs, path = filesystem(f"{root}/model")
+    for file in tiny_model_dir.iterdir():
+        fs.put_file(str(file), f"{path}/{file.name}")
+    shards = {f"extra-{i}.bin": os.urandom(256 * 1024) for i in range(weights.PARALLEL_DOWNLOADS)}
+    for name, data in shards.items():
+        fs.pipe_file(f"{path}/{name}", data)
+    with recording(fs) as log:
+        local = weights._materialize_remote(f"{root}/model", fs, path, tmp_path)
+    gets = [op for op in log.usage().operations if op == "GetObject"]
+    assert len(gets) >= len(shards) + len(list(tiny_model_dir.iterdir()))
+    assert log.peak_in_flight > 1, "the files were downloaded one at a time"
+    for name, data in shards.items():
+        assert (local / name).read_bytes() == data
+    assert is_model_dir(local)

@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneforge_inference.cpu.engine import Engine
-from tuneforge_inference.cpu.errors import APIError, bad_request, install_handlers
+from tuneforge_inference.cpu.errors import APIError, bad_request, install_handlers, require_token
 from tuneforge_inference.cpu.generation import Delta, GenerationResult
 from tuneforge_inference.cpu.metrics import EngineMetrics
 from tuneforge_inference.cpu.protocol import (
@@ -45,7 +45,7 @@ def invalid_user_input(message: str) -> APIError:
     return APIError(HTTPStatus.BAD_REQUEST, message, err_type="InvalidUserInput")
 
 
-def create_app(engine: Engine, max_queue: int) -> FastAPI:
+def create_app(engine: Engine, max_queue: int, token: str | None = None) -> FastAPI:
     worker = Worker(max_queue)
     metrics = EngineMetrics(
         waiting=lambda: worker.waiting,
@@ -65,6 +65,7 @@ def create_app(engine: Engine, max_queue: int) -> FastAPI:
     app.state.worker = worker
 
     install_handlers(app)
+    require_token(app, token)
 
     @app.middleware("http")
     async def _count(request: Request, call_next):

@@ -13,8 +13,12 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from tuneforge.serving_auth import is_authorized
+
 ERROR_TYPES = {
     HTTPStatus.BAD_REQUEST: "BadRequestError",
+    HTTPStatus.UNAUTHORIZED: "AuthenticationError",
+    HTTPStatus.FORBIDDEN: "PermissionDeniedError",
     HTTPStatus.NOT_FOUND: "NotFoundError",
     HTTPStatus.TOO_MANY_REQUESTS: "RateLimitError",
     HTTPStatus.INTERNAL_SERVER_ERROR: "InternalServerError",
@@ -68,3 +72,18 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 
 def model_not_found(model: str) -> APIError:
     return APIError(HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", param="model")
+
+
+def require_token(app: FastAPI, token: str | None) -> None:
+    """Answers 401 to any /v1 request without `token` as its bearer token, as vLLM does when
+    started with an API key (its middleware guards /v1 and leaves /health and /metrics
+    open, and answers `{"error": "Unauthorized"}`). No token: nothing is guarded, for an
+    engine run by hand outside a Pod."""
+    if token is None:
+        return
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        if request.url.path.startswith("/v1") and not is_authorized(request.headers.get("authorization"), token):
+            return JSONResponse({"error": "Unauthorized"}, status_code=HTTPStatus.UNAUTHORIZED)
+        return await call_next(request)

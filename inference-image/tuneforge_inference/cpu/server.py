@@ -18,8 +18,9 @@ from tuneforge_inference.fetch import FetchError, fetch_base_model
 log = logging.getLogger(__name__)
 
 
-def build_app(spec: ServingSpec, cache_dir: Path | None = None) -> FastAPI:
-    """Fetches the base model and the spec's adapters and returns the ready app.
+def build_app(spec: ServingSpec, cache_dir: Path | None = None, token: str | None = None) -> FastAPI:
+    """Fetches the base model and the spec's adapters and returns the ready app, which
+    requires `token` on its /v1 routes (see tuneforge.serving_auth).
 
     Adapters are loaded before the server listens, so a Pod turns ready only once every
     adapter in its spec answers (a broken adapter fails the start instead).
@@ -38,7 +39,7 @@ def build_app(spec: ServingSpec, cache_dir: Path | None = None) -> FastAPI:
         except APIError as exc:
             raise FetchError(f"adapter {source.name!r}: {exc.message}") from exc
         log.info("loaded adapter %s from %s", source.name, source.uri)
-    return create_app(engine, spec.max_queue)
+    return create_app(engine, spec.max_queue, token)
 
 
 def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:

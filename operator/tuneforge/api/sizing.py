@@ -117,7 +117,26 @@ def size_training(spec: FineTuningJobSpec, base: BaseModelSpec, settings: Settin
     _check_nodes(nodes, profile, settings.hardware_profiles)
     processes = _processes_per_node(spec.distributed.processes_per_node, gpus)
     _check_strategy(spec)
+    _check_adapter_rank(spec, base)
     return TrainingSize(hardware=hardware, profile=profile, nodes=nodes, processes_per_node=processes)
+
+
+def _check_adapter_rank(spec: FineTuningJobSpec, base: BaseModelSpec) -> None:
+    """An adapter must be servable by the deployment that will serve it: vLLM refuses to
+    load a LoRA whose rank exceeds its `--max-lora-rank`, so without this check a job would
+    succeed and its model fail on first use. The limit is the catalog model's serving
+    `maxAdapterRank` (its shared deployment's, and the default of dedicated ones) rather
+    than the largest rank training allows: vLLM reserves GPU memory for every adapter slot
+    at the maximum rank, so raising the shared deployment's rank for rare large adapters
+    would cost every request on it memory. A platform that wants larger ranks raises the
+    catalog entry's limit."""
+    rank, most = spec.method.lora.rank, base.serving.max_adapter_rank
+    if rank > most:
+        raise SizingError(
+            "invalid_hyperparameters", "method.lora.rank",
+            f"LoRA rank {rank} is larger than the {most} this base model's deployments serve "
+            "(its catalog entry's serving.maxAdapterRank); the adapter could never be loaded",
+        )
 
 
 def _check_gpus(gpus: int, profiles: list[HardwareProfile]) -> None:
@@ -172,3 +191,30 @@ def _check_strategy(spec: FineTuningJobSpec) -> None:
             "unsupported_distributed_strategy", "distributed.strategy",
             "fsdp cannot shard a 4-bit (nf4, QLoRA) base model; use ddp or auto, or train without quantization",
         )
+
+
+SERVING_RESERVE_BYTES_PER_GPU = 2 * 2**30
+"""Kept free of weights and KV cache on each serving GPU: the CUDA context, CUDA graphs and
+the activations vLLM profiles at start."""
+CONTEXT_GRANULE = 256
+
+
+def servable_context_length(parameter_count: int | None, max_context_length: int, *, gpu_memory_gb: float | None,
+                            gpu_count: int, utilization: float) -> int:
+    """The longest context (a multiple of CONTEXT_GRANULE, at most the model's own) whose
+    KV cache fits the serving GPUs beside the bf16 weights; the model's own context when a
+    size is unknown or there is no GPU (the CPU engine allocates per request).
+
+    With only the parameter count known, the shape is the Llama-class estimate the
+    training sizing uses (width h = (128 P / 12)^(1/3), depth L = h / 128) and the KV cache
+    2 (K and V) x L x h x 2 bytes per token, i.e. without grouped-query attention: models
+    with GQA need a quarter to an eighth of that, so the estimate errs towards a context
+    that starts. A deployment or BaseModel that sets maxModelLength overrides it."""
+    if not parameter_count or not gpu_memory_gb or gpu_count < 1:
+        return max_context_length
+    width = (128 * parameter_count / 12) ** (1 / 3)
+    kv_bytes_per_token = 2 * (width / 128) * width * 2
+    usable = gpu_count * (gpu_memory_gb * 2**30 * utilization - SERVING_RESERVE_BYTES_PER_GPU)
+    tokens = int((usable - 2 * parameter_count) // kv_bytes_per_token)
+    fitting = max(CONTEXT_GRANULE, tokens // CONTEXT_GRANULE * CONTEXT_GRANULE)
+    return min(max_context_length, fitting)

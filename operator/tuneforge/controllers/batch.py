@@ -9,9 +9,10 @@ their timestamps in progress.json and registers the output and error Files); the
 controller validates before anything runs, starts the runner with a chat-scoped API key
 made for this batch, copies progress into status, and enforces what the runner cannot
 when it is not running: cancel before it started, the completion window when it is
-stuck, and revoking the key when the batch ends. Cancel writes the `cancel` marker into
-the batch's store directory; the runner sees it, finishes in-flight requests and
-finalizes partial results.
+stuck, revoking the key when the batch ends, and failing the batch when the API server
+refuses the runner's Pods for longer than the admission timeout. Cancel writes the
+`cancel` marker into the batch's store directory; the runner sees it, finishes in-flight
+requests and finalizes partial results.
 
 The key's hash lives in the system namespace, which a namespaced BatchJob cannot own by
 ownerReference, so BatchJobs carry kopf's finalizer: deleting a batch first revokes its key.
@@ -31,7 +32,7 @@ from tuneforge.api.v1alpha1 import GROUP, VERSION, BatchJobResource
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 from tuneforge.contracts import BatchProgress, BatchRun
-from tuneforge.controllers import builders, kube, metrics
+from tuneforge.controllers import admission, builders, kube, metrics
 from tuneforge.controllers.children import first, termination_error
 from tuneforge.controllers.handlers import reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
@@ -142,6 +143,8 @@ def _reconcile(
         state.status["errors"] = [error.to_wire()]
         state.transition("Failed", "RunnerFailed", f"{error.code}: {error.message}", warning=True)
         return state.status
+    if job is not None and _runner_refused(state, namespace, job, controller_settings.pod_admission_timeout):
+        return state.status
 
     deadline = now - timedelta(seconds=_cancel_grace()) - RUNNER_EXIT_GRACE
     if state.phase == "Cancelling":
@@ -159,6 +162,19 @@ def _reconcile(
     if runner_phase in ("InProgress", "Finalizing"):
         state.transition(runner_phase, runner_phase, f"the runner reports {progress.status}")
     return state.status
+
+
+def _runner_refused(state: _State, namespace: str, job: dict, timeout: float) -> bool:
+    """Follows whether the runner's Pods are admitted (tuneforge.controllers.admission);
+    True when they were refused for longer than `timeout` and the batch failed: the Job
+    goes, since its controller would go on trying."""
+    error = admission.follow(state, namespace, job, what="batch runner", timeout=timeout)
+    if error is None:
+        return False
+    kube.delete_job(namespace, job["name"])
+    state.status["errors"] = [error.to_wire()]
+    state.transition("Failed", admission.REFUSED, f"{error.code}: {error.message}", warning=True)
+    return True
 
 
 def _cancel_grace() -> float:

@@ -12,12 +12,14 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.labels import Annotation, Label
 from tuneforge.contracts import TrainerExit
 from tuneforge.controllers.builders import FATAL_EXIT_CODES
+from tuneforge.controllers.status import parse_timestamp
 
 OWNER_LABELS = (Label.FINE_TUNING_JOB, Label.BATCH_JOB, Label.MODEL_DEPLOYMENT)
 Key = tuple[str, str, str]
@@ -41,15 +43,60 @@ def job_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     failed = conditions.get("Failed") or conditions.get("FailureTarget")
     return {
         "name": meta["name"],
+        "uid": meta.get("uid", ""),
+        "created": meta.get("creationTimestamp", ""),
         "deleting": bool(meta.get("deletionTimestamp")),
         "suspended": bool(spec.get("suspend")),
+        "started": bool(status.get("startTime")),
         "complete": "Complete" in conditions or "SuccessCriteriaMet" in conditions,
         "failed": failed is not None,
         "failure_reason": (failed or {}).get("reason", ""),
         "failure_message": (failed or {}).get("message", ""),
         "active": status.get("active") or 0,
+        "parallelism": spec.get("parallelism", 1),
         "indexed": spec.get("completionMode") == "Indexed",
     }
+
+
+def short_of_pods(job: Mapping[str, Any]) -> bool:
+    """Whether the Job controller should have created Pods that are not there: the Job is
+    running (it has a startTime, which the controller sets before creating any Pod, and it
+    is neither suspended nor finished) with fewer active Pods than it runs at once. Only
+    then is it worth reading the Job's Events for a refusal."""
+    return (
+        job["started"] and not (job["suspended"] or job["complete"] or job["failed"] or job["deleting"])
+        and job["active"] < job["parallelism"]
+    )
+
+
+_CREATE_REASONS = {"FailedCreate": False, "SuccessfulCreate": True}
+_EVENT_PREFIXES = ("(combined from similar events): ", "Error creating: ")
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    """When an Event last happened: events.k8s.io Events keep it in their series."""
+    series = event.get("series") or {}
+    moment = (series.get("lastObservedTime") or event.get("lastTimestamp") or event.get("eventTime")
+              or event.get("firstTimestamp") or (event.get("metadata") or {}).get("creationTimestamp"))
+    return parse_timestamp(moment)
+
+
+def pod_creation_refusal(events: Iterable[Mapping[str, Any]]) -> str | None:
+    """The API server's refusal of the controller's newest attempt to create a Pod, from the
+    Events of its Job or ReplicaSet (`FailedCreate`: Pod Security, a quota, a webhook...);
+    None when the newest attempt succeeded or none is recorded. A success in the same
+    second as a refusal wins: Event times have second precision."""
+    attempts = [(moment, _CREATE_REASONS[e["reason"]], e) for e in events if e.get("reason") in _CREATE_REASONS
+                for moment in [_event_time(e)] if moment is not None]
+    if not attempts:
+        return None
+    _, created, newest = max(attempts, key=lambda attempt: attempt[:2])
+    if created:
+        return None
+    message = newest.get("message") or "the Pod was refused"
+    for prefix in _EVENT_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
 
 
 def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,7 +136,16 @@ def deployment_summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "ready": status.get("readyReplicas") or 0,
         "available": status.get("availableReplicas") or 0,
         "deadline_exceeded": progressing.get("reason") == "ProgressDeadlineExceeded",
+        "replica_failure": _replica_failure(conditions.get("ReplicaFailure")),
     }
+
+
+def _replica_failure(condition: Mapping[str, Any] | None) -> str | None:
+    """Why the ReplicaSet controller could not create a Pod, as the Deployment controller
+    copies it from the ReplicaSet (the API server's refusal); None while Pods are created."""
+    if condition is None or condition.get("status") != "True":
+        return None
+    return condition.get("message") or condition.get("reason") or "FailedCreate"
 
 
 def first(values: Iterable[dict[str, Any]] | None) -> dict[str, Any] | None:

@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a new job waits for its model to appear before failing with model_not_found "
         "(objects applied together arrive in any order)",
     )
+    parser.add_argument(
+        "--pod-admission-timeout", type=float, default=ControllerSettings.pod_admission_timeout,
+        help="seconds a trainer or batch runner Job may fail to create its Pods (refused by Pod Security, "
+        "a quota or a webhook) before the job fails with pod_creation_refused (default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=32, help="threads running reconciles")
 
 

@@ -9,6 +9,9 @@ and an unchanged object costs no API call. Phase is read from the Deployment's s
 - Degraded: it was Ready and has lost ready Pods;
 - Failed: the rollout exceeded its progress deadline (or the BaseModel is invalid);
 - Deploying: a rollout is under way; Pending: nothing to run yet (no BaseModel, 0 replicas).
+
+Pods the API server refuses to create show as the PodsAdmitted condition, from the
+Deployment's ReplicaFailure (tuneforge.controllers.admission).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import kopf
 from tuneforge.api.sizing import UnknownHardwareProfile
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.api.v1alpha1.labels import Annotation, Label
-from tuneforge.config import settings
-from tuneforge.controllers import builders, kube
+from tuneforge.config import find_hardware_profile, settings
+from tuneforge.controllers import admission, builders, kube
 from tuneforge.controllers.children import first
 from tuneforge.controllers.handlers import plain, reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import set_condition
+from tuneforge.serving_auth import deployment_token
 
 KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
@@ -82,12 +86,18 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
         conditions(False, "InvalidHardwareProfile", str(exc))
         _event(raw, previous, "Failed", "InvalidHardwareProfile", str(exc))
         return desired
-    serving = builders.serving_spec(mdep, base, hardware=hardware, store_root=config.store_root)
+    profile = find_hardware_profile(config, hardware.profile) if hardware and hardware.profile else None
+    serving = builders.serving_spec(mdep, base, hardware=hardware, store_root=config.store_root,
+                                    gpu_memory_gb=profile.gpu_memory_gb if profile else None)
     deployment = builders.serving_deployment(
-        raw, serving, replicas=mdep.spec.replicas, hardware=hardware, settings=config
+        raw, serving, replicas=mdep.spec.replicas, hardware=hardware, rollout=mdep.spec.rollout,
+        startup_seconds=base.spec.serving.startup_timeout_seconds, settings=config,
     )
     summary = first(kwargs["tf_deployments"].get(("inference", namespace, name)))
     if summary is None or summary["hash"] != deployment["metadata"]["annotations"][Annotation.SPEC_HASH]:
+        platform_key = kube.platform_serving_key(config.system_namespace)
+        token = deployment_token(platform_key, namespace, name, raw["metadata"]["uid"])
+        kube.apply(builders.serving_token_secret(raw, token))
         kube.apply(builders.serving_configmap(raw, serving))
         kube.apply(builders.serving_service(raw))
         kube.apply(deployment)
@@ -106,6 +116,9 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
     desired["conditions"] = set_condition(
         desired["conditions"], "Progressing", phase == "Deploying", reason, message, generation=generation
     )
+    if summary is not None:  # none right after an apply: whether Pods are refused is not known yet
+        desired["conditions"] = admission.recorded(raw, desired["conditions"], summary["replica_failure"],
+                                                   what="serving", generation=generation)
     _event(raw, previous, phase, reason, message)
     return desired
 

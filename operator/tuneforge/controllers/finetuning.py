@@ -17,8 +17,10 @@ with the failed Job: it is deleted, the error cleared, and a new trainer resumes
 newest checkpoint (a job that failed validation is validated again). A multi-node
 trainer (an Indexed Job) fails as a whole when one of its Pods fails; unless the exit was
 fatal, the controller replaces the group the same way while
-spec.distributed.maxGroupRestarts lasts (disruptions are not counted). When the job
-ends, an optional webhook is called once per ending (HMAC-signed).
+spec.distributed.maxGroupRestarts lasts (disruptions are not counted). Pods the API
+server refuses to create show as the PodsAdmitted condition and, past the admission
+timeout, fail the job (tuneforge.controllers.admission). When the job ends, an optional
+webhook is called once per ending (HMAC-signed).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import kopf
 
 from tuneforge.api.sizing import size_training
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource, finetuningjob
+from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase, restart_pending
 from tuneforge.config import settings
-from tuneforge.controllers import builders, kube, metrics, webhook
+from tuneforge.controllers import admission, builders, kube, metrics, webhook
 from tuneforge.controllers.children import failed_first, first, group_failure, termination_error
 from tuneforge.controllers.finetuning_validation import Invalid, Wait, validate
 from tuneforge.controllers.handlers import reconcile_on_timer
@@ -193,8 +196,9 @@ def _paused(tick: _Tick) -> dict[str, Any]:
 
 def _training(tick: _Tick) -> dict[str, Any]:
     """Queued or Running: the trainer Job decides. It is stopped on spec.suspend, created
-    again when it went missing, and its end ends the job; until then Running follows
-    whether a trainer Pod runs, so a replaced Pod shows as Queued again."""
+    again when it went missing, and its end ends the job, as do Pods it cannot create for
+    longer than the admission timeout; until then Running follows whether a trainer Pod
+    runs, so a replaced Pod shows as Queued again."""
     if tick.ft.spec.suspend:
         return _pause(tick)
     job = tick.job
@@ -208,6 +212,10 @@ def _training(tick: _Tick) -> dict[str, Any]:
         return tick.state.status
     if job["failed"]:
         return _trainer_failed(tick)
+    refused = admission.follow(tick.state, tick.namespace, job, what="trainer",
+                               timeout=tick.controller_settings.pod_admission_timeout)
+    if refused is not None:
+        return _pods_refused(tick, refused)
     return _follow_pods(tick)
 
 
@@ -285,6 +293,15 @@ def _trainer_failed(tick: _Tick) -> dict[str, Any]:
     state.status["error"] = error.to_wire()
     _finish(state, "Failed", "TrainingFailed", f"{error.code}: {error.message}", ok=False)
     return state.status
+
+
+def _pods_refused(tick: _Tick, error: ApiError) -> dict[str, Any]:
+    """The trainer's Pods were refused for longer than the admission timeout: the Job goes
+    (its controller would go on trying) and the job fails with the API server's refusal."""
+    kube.delete_job(tick.namespace, tick.job["name"])
+    tick.state.status["error"] = error.to_wire()
+    _finish(tick.state, "Failed", admission.REFUSED, f"{error.code}: {error.message}", ok=False)
+    return tick.state.status
 
 
 def _follow_pods(tick: _Tick) -> dict[str, Any]:

@@ -8,12 +8,16 @@ tolerates 404, which is what makes a reconcile safe to repeat.
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
+from tuneforge.api.v1alpha1.labels import OPERATOR_NAME, Label
+from tuneforge.serving_auth import PLATFORM_KEY_FIELD, PLATFORM_KEY_SECRET, new_platform_key
 
 _api: client.ApiClient | None = None
 
@@ -85,6 +89,8 @@ def apply(body: dict[str, Any]) -> None:
         core().patch_namespaced_config_map(name, namespace, body, **common)
     elif kind == "Service":
         core().patch_namespaced_service(name, namespace, body, **common)
+    elif kind == "Secret":
+        core().patch_namespaced_secret(name, namespace, body, **common)
     elif kind == "Deployment":
         apps().patch_namespaced_deployment(name, namespace, body, **common)
     else:
@@ -127,6 +133,15 @@ def job_going(namespace: str, name: str) -> bool:
     return job.metadata.deletion_timestamp is not None
 
 
+def events_of(namespace: str, uid: str) -> list[dict[str, Any]]:
+    """The Events whose involved object has this uid (a Job's, say), as plain JSON: by uid,
+    so the Events of an earlier Job of the same name do not count."""
+    response = core().list_namespaced_event(
+        namespace, field_selector=f"involvedObject.uid={uid}", _preload_content=False
+    )
+    return json.loads(response.data)["items"]
+
+
 def delete_secret(namespace: str, name: str) -> None:
     try:
         core().delete_namespaced_secret(name, namespace)
@@ -163,3 +178,16 @@ def delete_custom(namespace: str, kind: str, name: str) -> None:
 
 def plural(kind: str) -> str:
     return kind.lower() + "s"
+
+
+def platform_serving_key(namespace: str) -> str:
+    """The platform key serving tokens derive from (tuneforge.serving_auth), created on
+    first use; of two replicas racing to create it, the loser reads the winner's."""
+    secret = read_secret(namespace, PLATFORM_KEY_SECRET)
+    if secret is None:
+        create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": PLATFORM_KEY_SECRET, "namespace": namespace,
+                             "labels": {Label.MANAGED_BY: OPERATOR_NAME}},
+                "stringData": {PLATFORM_KEY_FIELD: new_platform_key()}})
+        secret = read_secret(namespace, PLATFORM_KEY_SECRET)
+    return base64.b64decode(secret.data[PLATFORM_KEY_FIELD]).decode()

@@ -63,6 +63,7 @@ def controller_settings(args: argparse.Namespace) -> ControllerSettings:
         poll_interval=args.poll_interval,
         status_interval=args.status_interval,
         dependency_grace=args.dependency_grace,
+        pod_admission_timeout=args.pod_admission_timeout,
     )
 
 

@@ -19,6 +19,10 @@ class ControllerSettings:
     dependency_grace: float = 30.0
     """Seconds a new object waits for what it names (a BaseModel, a deployment serving its
     model) to appear before failing: objects applied together arrive in any order."""
+    pod_admission_timeout: float = 600.0
+    """Seconds a trainer or batch runner Job may go on failing to create its Pods (Pod
+    Security, a quota, a webhook refusing them) before the job fails: long enough for a
+    platform team to fix a quota, short enough that nobody waits on a job that cannot run."""
     webhook_timeout: float = 10.0
     """Seconds one webhook delivery attempt may take."""
     webhook_attempts: int = 4

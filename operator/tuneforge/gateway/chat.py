@@ -22,6 +22,7 @@ from starlette.background import BackgroundTask
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request
 from tuneforge.gateway.routing import Pod, Route, Router
+from tuneforge.serving_auth import bearer
 
 router = APIRouter(tags=["chat"])
 
@@ -93,7 +94,7 @@ async def _send(router_: Router, pod: Pod, route: Route, raw: bytes, request_id:
     await router_.ensure_adapter(pod, route, request_id)
     return await router_.http.post(
         f"{pod.url}/v1/chat/completions", data=raw,
-        headers={"content-type": "application/json", "x-request-id": request_id},
+        headers={"content-type": "application/json", "x-request-id": request_id, **bearer(route.token)},
     )
 
 

@@ -6,20 +6,26 @@ pod IPs are loopback addresses, and lets the gateway pick the replica that alrea
 the requested LoRA adapter.
 
 A fine-tuned model (`ft:...`) is served by a ModelDeployment of the tenant that lists it,
-or else by its base model's shared multi-LoRA deployment in the system namespace, where
-the adapter is loaded on first use through vLLM's `/v1/load_lora_adapter` (the CPU engine
-speaks the same endpoint). Loads go to the Pod's port named `adapters` when it declares
-one: vLLM reads adapters from local paths only, so on an object store its Pods run an
-adapter-loader sidecar there that copies the adapter next to vLLM and forwards the load;
-other Pods take loads on their `http` port. The gateway remembers, per Pod, which
-adapters it loaded (an LRU bounded by the deployment's maxAdapters, mirroring the engine's
-own eviction); if an engine has forgotten one anyway (restart, eviction), the chat path
-reloads it and retries.
+or else by its base model's shared multi-LoRA deployment in the system namespace. Either
+way adapters are loaded at run time, on first use, through vLLM's `/v1/load_lora_adapter`
+(the CPU engine speaks the same endpoint): a deployment's Pods load the adapters its spec
+listed when they started, and one added later is loaded when first asked for, so editing
+a deployment's adapters never restarts its Pods. Loads go to the Pod's port named
+`adapters`, the adapter-loader sidecar, which checks the name against its source and
+copies the adapter next to the engine; a Pod without one (an older serving Pod) takes
+loads on its `http` port. The gateway remembers, per Pod, which adapters it loaded (an LRU
+bounded by the deployment's maxAdapters, mirroring the engine's own eviction); if an
+engine has forgotten one anyway (restart, eviction), the chat path reloads it and retries.
+
+Every call to a serving Pod carries the deployment's serving token
+(tuneforge.serving_auth), derived from the platform key the operator keeps in the system
+namespace; the engines and the sidecar refuse calls without it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,6 +39,8 @@ from tuneforge.gateway.caching import RefreshingCache
 from tuneforge.gateway.catalog import catalog_model, fine_tuned_job
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import Kube
+from tuneforge.jobfiles import adapter_source_uri
+from tuneforge.serving_auth import PLATFORM_KEY_FIELD, PLATFORM_KEY_SECRET, bearer, deployment_token
 from tuneforge.storage import StoreError, resolve_uri
 
 DEFAULT_MAX_ADAPTERS = 8
@@ -64,6 +72,8 @@ class Route:
     pods: list[Pod]
     adapter: Adapter | None
     max_adapters: int
+    token: str
+    """The deployment's serving token, sent on every call to its Pods."""
     counter: itertools.count = field(default_factory=itertools.count)
 
 
@@ -83,6 +93,15 @@ def _ready_pods(pods: list[dict]) -> list[Pod]:
         ready.append(Pod(uid=pod["metadata"]["uid"], name=pod["metadata"]["name"],
                          url=f"http://{ip}:{port}", load_url=f"http://{ip}:{loader}"))
     return sorted(ready, key=lambda pod: pod.name)
+
+
+def _listed_adapter(deployment: dict, model: str) -> Adapter | None:
+    """The adapter `model` names in a deployment's own spec, or None for its base model."""
+    for listed in deployment["spec"].get("adapters") or []:
+        if listed.get("name") == model:
+            uri = adapter_source_uri(settings().store_root, deployment["metadata"]["namespace"], listed["source"])
+            return Adapter(name=model, path=adapter_path(uri))
+    return None
 
 
 def adapter_path(uri: str) -> str:
@@ -128,7 +147,7 @@ class Router:
             adapter = Adapter(name=model, path=adapter_path(job["status"].get("adapterUri") or ""))
         for deployment in await self.kube.list("modeldeployments", tenant):
             if model in ((deployment.get("status") or {}).get("servedModels") or []):
-                return await self._route_for(deployment, None)
+                return await self._route_for(deployment, _listed_adapter(deployment, model))
         shared = await self.kube.list("modeldeployments", settings().system_namespace,
                                       label_selector=f"{Label.BASE_MODEL}={base},{Label.SHARED}=true")
         if not shared:
@@ -150,8 +169,19 @@ class Router:
         if not pods:
             raise OpenAIError(503, f"The deployment '{meta['name']}' has no ready replicas.", param="model",
                               code="model_not_ready", type="server_error")
+        token = deployment_token(await self._platform_key(), meta["namespace"], meta["name"], meta["uid"])
         return Route(deployment=meta["name"], pods=pods, adapter=adapter,
-                     max_adapters=spec.get("maxAdapters") or DEFAULT_MAX_ADAPTERS)
+                     max_adapters=spec.get("maxAdapters") or DEFAULT_MAX_ADAPTERS, token=token)
+
+    async def _platform_key(self) -> str:
+        """Read with each route resolution (routes are cached), so a replaced key is picked
+        up as quickly as a changed deployment."""
+        secret = await self.kube.get_secret(settings().system_namespace, PLATFORM_KEY_SECRET)
+        encoded = ((secret or {}).get("data") or {}).get(PLATFORM_KEY_FIELD)
+        if not encoded:
+            raise OpenAIError(503, "The platform's serving key does not exist yet; the operator creates it.",
+                              code="model_not_ready", type="server_error")
+        return base64.b64decode(encoded).decode()
 
     # -- pod choice and adapters -------------------------------------------------------
 
@@ -189,10 +219,10 @@ class Router:
             async with self.http.post(
                 f"{pod.load_url}/v1/load_lora_adapter",
                 json={"lora_name": adapter.name, "lora_path": adapter.path},
-                headers={"x-request-id": request_id},
+                headers={"x-request-id": request_id, **bearer(route.token)},
             ) as response:
                 status, text = response.status, await response.text(errors="replace")
-            if status >= 400 and "already" not in text.lower():
+            if status >= 400:
                 raise OpenAIError(502, f"Loading adapter '{adapter.name}' on {pod.name} failed: {status} {text[:500]}",
                                   code="adapter_load_failed", type="server_error")
             loaded[adapter.name] = None

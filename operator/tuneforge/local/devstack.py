@@ -4,7 +4,8 @@ It starts, in order: the control plane (state under `.dev/controlplane`, so a re
 keeps every object), the operator and the gateway as `tuneforge` subprocesses, and the
 node agent in this process. Then it makes sure of the catalog (SmolLM2-135M-Instruct and
 the tiny test model, each with its shared CPU deployment), a dev tenant namespace and a
-dev API key, waits until everything is ready, and writes `.dev/env`.
+dev API key, waits until everything is ready, and writes `.dev/env`. The system and
+tenant namespaces enforce Pod Security "restricted".
 
 Everything a restart must keep lives under the state directory: etcd's data, the
 artifact store (`store/`: files, checkpoints, adapters, batch outputs), the dev key, the
@@ -53,6 +54,13 @@ LOCAL_HARDWARE_PROFILES = [{
 group (the node agent gives them the names an Indexed Job's Pods have on a cluster). A
 TUNEFORGE_HARDWARE_PROFILES of the caller's own wins."""
 READY_TIMEOUT_SECONDS = 900.0
+RESTRICTED_NAMESPACE_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+"""Pod Security admission's labels for the "restricted" profile, which the system and tenant
+namespaces enforce: every Pod the operator creates must be admitted under it, as in a
+cluster that requires it, and one that is not shows as the resource's PodsAdmitted condition."""
 
 
 class DevStackError(RuntimeError):
@@ -248,11 +256,16 @@ class DevStack:
         }
 
     def _ensure_namespace(self, name: str) -> None:
+        """The namespace, enforcing the restricted profile also when a state directory from
+        before it did already holds the namespace."""
+        core = client.CoreV1Api(self.api_client)
+        metadata = {"name": name, "labels": RESTRICTED_NAMESPACE_LABELS}
         try:
-            client.CoreV1Api(self.api_client).create_namespace({"metadata": {"name": name}}, _preload_content=False)
+            core.create_namespace({"metadata": metadata}, _preload_content=False)
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            core.patch_namespace(name, {"metadata": {"labels": RESTRICTED_NAMESPACE_LABELS}}, _preload_content=False)
 
     def _ensure_catalog(self) -> None:
         custom = client.CustomObjectsApi(self.api_client)

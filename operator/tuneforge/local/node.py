@@ -57,12 +57,18 @@ def image_catalog(settings: Settings, scripts_dir: Path | None = None) -> ImageC
     """tuneforge's images as the Dockerfiles define them, with their entrypoints resolved
     to the console scripts of this Python environment."""
     run_file_args = ("--run", "/etc/tuneforge/run.json")
-    trainer = Image(settings.trainer_image, frozenset({"tuneforge-train"}), ("tuneforge-train",), run_file_args)
-    inference = Image(settings.inference_image, frozenset({"tuneforge-serve", "tuneforge-batch"}),
-                      ("tuneforge-serve",), run_file_args)
-    images = {trainer.name: trainer}
-    images[inference.name] = inference if inference.name != trainer.name else Image(
-        inference.name, trainer.entrypoints | inference.entrypoints, trainer.default_command, run_file_args)
+    dockerfiles = [  # (image, its entrypoints, ENTRYPOINT, CMD)
+        (settings.trainer_image, {"tuneforge-train"}, ("tuneforge-train",), run_file_args),
+        (settings.inference_image, {"tuneforge-serve"}, ("tuneforge-serve",), run_file_args),
+        (settings.batch_image, {"tuneforge", "tuneforge-batch"}, ("tuneforge",), ("--help",)),
+    ]
+    images: dict[str, Image] = {}
+    for name, scripts, command, args in dockerfiles:
+        # Settings may name one image for several roles (as the tests do): it then has
+        # every role's entrypoints and the first role's defaults.
+        known = images.get(name)
+        images[name] = (Image(name, known.entrypoints | scripts, known.default_command, known.default_args)
+                        if known else Image(name, frozenset(scripts), command, args))
     return ImageCatalog(images=images, scripts_dir=scripts_dir or Path(sys.executable).parent)
 
 

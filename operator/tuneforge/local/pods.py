@@ -3,7 +3,7 @@ translation from the Pod spec (and the ConfigMaps and Secrets it names) to a
 `ProcessPlan` of argv, environment, working directory and the files to materialise.
 
 The Pod spec stays exactly what a cluster gets. A local process differs from a container
-in three ways, and each is told to it in one documented way (docs/local.md):
+in four ways, and each is told to it in one documented way (docs/local.md):
 
 * **Its file tree.** Every volume mount is materialised under the Pod's `rootfs`
   directory at the same path (`<rootfs>/etc/tuneforge/run.json` for a ConfigMap mounted at
@@ -16,6 +16,10 @@ in three ways, and each is told to it in one documented way (docs/local.md):
 * **Its termination log.** `TUNEFORGE_TERMINATION_LOG` points at a per-container file
   that the agent reads back as the termination message, as a kubelet reads
   `terminationMessagePath`.
+* **Its weight cache.** `TUNEFORGE_CACHE_DIR` is the machine's cache, whatever the Pod
+  spec says: the spec points it into the Pod's cache emptyDir, which on a cluster lives
+  as long as the Pod, and a local Pod would then dequantize a GGUF model at every start
+  instead of once per machine.
 
 Only tuneforge's own images run: a container's image must be one of the configured
 trainer or inference images and its command one of that image's entrypoints, resolved to
@@ -36,6 +40,7 @@ from tuneforge.local.hosts import pod_hostname
 
 BIND_HOST_ENV = "TUNEFORGE_BIND_HOST"
 TERMINATION_LOG_ENV = "TUNEFORGE_TERMINATION_LOG"
+WEIGHT_CACHE_ENV = "TUNEFORGE_CACHE_DIR"
 AGENT_ENV = (BIND_HOST_ENV, TERMINATION_LOG_ENV)
 """The variables through which the agent tells tuneforge's entrypoints where they run."""
 
@@ -402,6 +407,8 @@ def plan_container(
     env["HOSTNAME"] = pod_hostname(pod)  # set by the container runtime; the spec's env may override it
     env.update(container_env(pod, container, sources, place, node_capacity))
     env = {key: rewrite_path(value, mount_paths, place.rootfs) for key, value in env.items()}
+    if WEIGHT_CACHE_ENV in base_env:
+        env[WEIGHT_CACHE_ENV] = base_env[WEIGHT_CACHE_ENV]
     name = container["name"]
     termination_log = place.root / f"{name}.termination-log"
     env[BIND_HOST_ENV] = place.pod_ip

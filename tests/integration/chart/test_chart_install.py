@@ -326,7 +326,9 @@ def test_batch_starts_and_cancels(platform: Platform, tenant):
     wait_for(lambda: api.batches.retrieve(batch.id).status == "cancelled", 90, f"cancelled\n{platform.logs()}")
     wait_for(lambda: not kube.core.list_namespaced_secret(NAMESPACE, label_selector=system_keys).items, 30,
              "the runner's key revoked")
-    assert not _exists(kube.core.read_namespaced_secret, f"{batch.id}-api-key", namespace)
+    # The key's hash goes first, then the Secret handing it to the runner (one reconcile, two calls).
+    wait_for(lambda: not _exists(kube.core.read_namespaced_secret, f"{batch.id}-api-key", namespace), 30,
+             "the runner's key Secret deleted")
 
 
 def _reconciles(metrics_port: int) -> float:

@@ -5,7 +5,8 @@ operator_process.py, store_layout.py) that play trainer, runner and kubelet.
 One operator serves the whole session, watching only namespaces `ctl-*` (which this
 `namespace` fixture makes), so it never reconciles the objects of other test packages, so each test pays only for its own objects. There is no kubelet: Pods the
 Job and ReplicaSet controllers create stay Pending until a test patches their status,
-exactly as a kubelet would report it.
+exactly as a kubelet would report it. Every namespace here enforces Pod Security
+"restricted", so each test that waits for a Pod also shows the operator's Pods admitted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from tuneforge.local.controlplane import ControlPlane
+from tuneforge.local.devstack import RESTRICTED_NAMESPACE_LABELS
 
 from tests.support.apiserver import GROUP, VERSION, Kube, wait_for
 from tests.support.operator_process import Operator
@@ -31,7 +33,8 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def system_namespace(api_client: client.ApiClient) -> str:
     name = f"ctl-system-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    metadata = client.V1ObjectMeta(name=name, labels=RESTRICTED_NAMESPACE_LABELS)
+    client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=metadata))
     return name
 
 
@@ -48,6 +51,11 @@ def operator(control_plane: ControlPlane, store_root: Path, system_namespace: st
 def namespace_prefix() -> str:
     """Test namespaces fall inside the operator's watch (`ctl-*`)."""
     return "ctl"
+
+
+@pytest.fixture
+def namespace_labels() -> dict[str, str]:
+    return RESTRICTED_NAMESPACE_LABELS
 
 
 @pytest.fixture(autouse=True)

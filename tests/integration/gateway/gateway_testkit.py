@@ -11,6 +11,7 @@ otherwise, so a gateway that skipped loading the adapter fails the test.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
+from tuneforge.serving_auth import PLATFORM_KEY_FIELD, PLATFORM_KEY_SECRET, new_platform_key
 
 
 @contextmanager
@@ -40,6 +42,7 @@ def ready_shared_deployment(api_client: client.ApiClient, system_namespace: str,
     name = f"shared-{uuid.uuid4().hex[:8]}"
     labels = {"app": name}
     custom, apps, core = client.CustomObjectsApi(api_client), client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    platform_serving_key(api_client, system_namespace)
     custom.create_namespaced_custom_object(GROUP, VERSION, system_namespace, "modeldeployments", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
         "metadata": {"name": name, "labels": {"tuneforge.io/base-model": base_model, "tuneforge.io/shared": "true"}},
@@ -71,11 +74,33 @@ def ready_shared_deployment(api_client: client.ApiClient, system_namespace: str,
         custom.delete_namespaced_custom_object(GROUP, VERSION, system_namespace, "modeldeployments", name)
 
 
+def platform_serving_key(api_client: client.ApiClient, system_namespace: str) -> str:
+    """The platform key serving tokens derive from, created as the operator does when the
+    test runs without one."""
+    core = client.CoreV1Api(api_client)
+    try:
+        core.create_namespaced_secret(system_namespace, {
+            "metadata": {"name": PLATFORM_KEY_SECRET}, "stringData": {PLATFORM_KEY_FIELD: new_platform_key()}})
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    secret = core.read_namespaced_secret(PLATFORM_KEY_SECRET, system_namespace)
+    return base64.b64decode(secret.data[PLATFORM_KEY_FIELD]).decode()
+
+
 def make_upstream(base_model: str) -> FastAPI:
+    """The server; `app.state.authorizations` records the Authorization header of every
+    request, so tests can check the gateway sent the deployment's serving token."""
     app = FastAPI()
     app.state.loads = []
     app.state.requests = []
     app.state.adapters = {}
+    app.state.authorizations = []
+
+    @app.middleware("http")
+    async def record_authorization(request: Request, call_next):
+        app.state.authorizations.append(request.headers.get("authorization"))
+        return await call_next(request)
 
     @app.post("/v1/load_lora_adapter")
     async def load(request: Request):

@@ -13,12 +13,19 @@ import time
 import httpx
 import openai
 import pytest
-from gateway_testkit import ServerThread, make_upstream, ready_shared_deployment, training_lines
+from gateway_testkit import (
+    ServerThread,
+    make_upstream,
+    platform_serving_key,
+    ready_shared_deployment,
+    training_lines,
+)
 from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.config import settings
 from tuneforge.local.controlplane import free_port
+from tuneforge.serving_auth import deployment_token
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +86,21 @@ def test_fine_tuned_model_loads_adapter_once(tenant, api_client, base_model, sha
     shared_deployment.state.adapters.clear()
     api.chat.completions.create(model=model, messages=messages)
     assert len(shared_deployment.state.loads) == 2
+
+
+def test_every_call_to_a_serving_pod_carries_the_deployments_token(tenant, api_client, base_model,
+                                                                   shared_deployment) -> None:
+    """The engines refuse calls without their deployment's token (tuneforge.serving_auth);
+    the gateway derives it from the platform key and the deployment it routed to."""
+    namespace, api = tenant
+    model = _fine_tuned_model(api, api_client, namespace, base_model)
+    api.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    system = settings().system_namespace
+    [deployment] = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
+        GROUP, VERSION, system, "modeldeployments", label_selector=f"tuneforge.io/base-model={base_model}")["items"]
+    token = deployment_token(platform_serving_key(api_client, system), system, deployment["metadata"]["name"],
+                             deployment["metadata"]["uid"])
+    assert shared_deployment.state.authorizations[-2:] == [f"Bearer {token}"] * 2  # the load, then the chat
 
 
 def test_chat_errors(tenant, gateway, base_model, shared_deployment) -> None:

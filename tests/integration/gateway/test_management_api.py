@@ -30,7 +30,7 @@ from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.apikeys import secret_name
-from tuneforge.config import settings
+from tuneforge.config import DEFAULT_POD_MEMORY, settings
 from tuneforge.gateway.times import unix
 from tuneforge.weights import SMOLLM2_GGUF_URI
 
@@ -506,7 +506,8 @@ def test_base_models_and_hardware(caller, catalog, hardware_profiles) -> None:
     assert hardware["default"] == "a100" and hardware["count"] == 2
     by_id = {h["id"]: h for h in hardware["hardware"]}
     assert by_id["a100"] == {"id": "a100", "name": "1x A100 80GB", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpuCount": 1,
-                             "gpuMemory": 80.0, "cpu": None, "memory": None, "costPerHour": 2.0, "currency": "USD",
+                             "gpuMemory": 80.0, "cpu": None, "memory": DEFAULT_POD_MEMORY, "costPerHour": 2.0,
+                             "currency": "USD",
                              "default": True}
     assert by_id["cpu-small"]["gpuCount"] == 0 and by_id["cpu-small"]["default"] is False
 

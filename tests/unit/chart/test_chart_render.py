@@ -10,8 +10,15 @@ import pytest
 
 from tuneforge.__main__ import build_parser
 from tuneforge.api.v1alpha1.basemodel import BaseModelResource
+from tuneforge.api.v1alpha1.common import Hardware
+from tuneforge.api.v1alpha1.modeldeployment import ModelDeploymentResource
 from tuneforge.config import Settings
-from tuneforge.controllers.builders import STORE_CREDENTIALS_SECRET, serving_labels
+from tuneforge.controllers.builders import (
+    STORE_CREDENTIALS_SECRET,
+    serving_deployment,
+    serving_labels,
+    serving_spec,
+)
 from tuneforge.storage import resolve_uri
 
 from tests.support.helm import CHART, CI_VALUES, NAMESPACE, Helm, Rendered
@@ -131,6 +138,22 @@ def test_every_container_is_hardened(renderings):
             assert {"/tmp", "/var/cache/tuneforge"} <= mounts
 
 
+def test_workload_pull_settings_cache_size_and_admission_timeout_reach_the_operator(helm: Helm, monkeypatch):
+    rendered = helm.template(sets=('images={"pullSecrets":["regcred"],"pullPolicy":"Always"}',
+                                   'workloadCacheSize="20Gi"', 'operator={"podAdmissionTimeout":120}'))
+    for key, value in _settings_env(rendered).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.image_pull_secrets == ["regcred"] and settings.image_pull_policy == "Always"
+    assert settings.workload_cache_size == "20Gi"
+    operator = rendered.one("StatefulSet", OPERATOR)["spec"]["template"]["spec"]
+    assert operator["imagePullSecrets"] == [{"name": "regcred"}]
+    args = [arg.replace("$(TUNEFORGE_PEERING_PRIORITY)", "0") for arg in operator["containers"][0]["args"]]
+    assert _parse(args).pod_admission_timeout == 120
+    defaults = _settings_env(helm.template())
+    assert (defaults["TUNEFORGE_IMAGE_PULL_SECRETS"], defaults["TUNEFORGE_IMAGE_PULL_POLICY"]) == ("[]", "IfNotPresent")
+
+
 def _parse(args: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(args)
 
@@ -211,10 +234,39 @@ def test_network_policies_and_ingress(renderings):
     serving = policies["tuneforge-inference"]["spec"]
     assert serving["podSelector"]["matchLabels"].items() <= serving_labels("any").items()
     assert serving["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert serving["ingress"][1] == {"ports": [{"port": "http", "protocol": "TCP"}], "from": metrics_from}
     ingress = rendered.one("Ingress", GATEWAY)
     assert ingress["spec"]["tls"] == [{"hosts": ["tuneforge.internal.example.com"], "secretName": "tuneforge-tls"}]
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == GATEWAY
     assert renderings["defaults"].of_kind("NetworkPolicy") == renderings["defaults"].of_kind("Ingress") == []
+
+
+def _serving_pod_ports(engine: str) -> set[str]:
+    """The named ports of a serving Pod as the operator builds it (and so as the gateway
+    finds them on the Pod: it dials every port a serving Pod declares)."""
+    body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": NAMESPACE, "uid": "u"}, "spec": {"baseModel": "m"}}
+    mdep = ModelDeploymentResource.model_validate(body)
+    base = BaseModelResource.model_validate({"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel",
+                                             "metadata": {"name": "m"},
+                                             "spec": {"source": {"uri": "s3://b/m"}, "serving": {"engine": engine}}})
+    hardware = Hardware(gpu_count=1) if engine == "vllm" else None
+    settings = Settings(store_root="s3://b/store")
+    serving = serving_spec(mdep, base, hardware=hardware, store_root=settings.store_root)
+    deployment = serving_deployment(body, serving, replicas=1, hardware=hardware, rollout=mdep.spec.rollout,
+                                    startup_seconds=600, settings=settings)
+    return {port["name"] for container in deployment["spec"]["template"]["spec"]["containers"]
+            for port in container.get("ports", [])}
+
+
+@pytest.mark.parametrize("engine", ["vllm", "cpu"])
+def test_the_serving_policy_admits_the_gateway_on_every_port_a_serving_pod_declares(renderings, engine):
+    policy = renderings["monitoring-values"].one("NetworkPolicy", "tuneforge-inference")["spec"]
+    from_gateway = [rule for rule in policy["ingress"]
+                    if any(peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                           == "gateway" for peer in rule.get("from", []))]
+    admitted = {port["port"] for rule in from_gateway for port in rule["ports"]}
+    assert _serving_pod_ports(engine) <= admitted
 
 
 # -- RBAC -------------------------------------------------------------------------------
@@ -258,8 +310,8 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(op, "apps", "deployments", "list watch create patch"),
         _expand(op, "", "pods", "list watch"),
         _expand(op, "", "configmaps services", "create patch"),
-        _expand(op, "", "secrets", "get create delete"),
-        _expand(op, "", "events", "create"),
+        _expand(op, "", "secrets", "get create patch delete"),
+        _expand(op, "", "events", "create list"),
         _expand(op, "apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
         _expand(op, "kopf.dev", "clusterkopfpeerings", "list watch create"),
         _expand(op, "kopf.dev", "clusterkopfpeerings", "get patch", "tuneforge"),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timezone
 
 import pytest
+from pydantic import ValidationError
 
 from tuneforge.api.sizing import UnknownHardwareProfile, size_training, training_hardware
 from tuneforge.api.v1alpha1 import (
@@ -13,7 +15,7 @@ from tuneforge.api.v1alpha1 import (
     FineTuningJobResource,
     ModelDeploymentResource,
 )
-from tuneforge.config import HardwareProfile, Settings
+from tuneforge.config import HardwareProfile, Settings, find_hardware_profile
 from tuneforge.contracts import BatchRun, ServingSpec, TrainingRun
 from tuneforge.controllers import builders
 
@@ -82,7 +84,8 @@ def test_trainer_job() -> None:
     assert container["image"] == "trainer:1" and container["command"] == ["tuneforge-train"]
     assert container["args"] == ["--run", "/etc/tuneforge/run.json"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"},
+                                      "limits": {"memory": "16Gi", "nvidia.com/gpu": "2"}}
     # The store lives on a PVC: it is mounted where pvc:// URIs resolve.
     assert {"name": "pvc-store", "persistentVolumeClaim": {"claimName": "store"}} in pod["volumes"]
     assert {"name": "pvc-store", "mountPath": "/mnt/pvc/store"} in container["volumeMounts"]
@@ -101,7 +104,7 @@ def test_trainer_job_for_kueue_is_suspended_and_labelled() -> None:
 def test_s3_store_uses_optional_credentials_secret() -> None:
     access = builders.store_access(Settings(store_root="s3://bucket/tf"), ["s3://bucket/tf/x"])
     assert access["env_from"] == [{"secretRef": {"name": "tuneforge-store-credentials", "optional": True}}]
-    assert access["volumes"] == []
+    assert not any("persistentVolumeClaim" in volume for volume in access["volumes"])
 
 
 def test_child_names_stay_within_63_characters() -> None:
@@ -129,41 +132,58 @@ def test_serving_spec_fills_base_model_defaults() -> None:
     assert builders.served_models(spec) == ["smollm2", "ft:smollm2:team::ftjob-abc", "ext"]
 
 
-def render_serving(**spec: object) -> tuple[ServingSpec, dict]:
+def render_serving(base_serving: dict | None = None, settings: Settings = SETTINGS, **spec: object
+                   ) -> tuple[ServingSpec, dict]:
     body, md = mdep(**spec)
-    _, bm = base(serving={"engine": "cpu"})
-    hardware = builders.serving_hardware(md, bm, SETTINGS)
-    serving = builders.serving_spec(md, bm, hardware=hardware, store_root=SETTINGS.store_root)
-    return serving, builders.serving_deployment(body, serving, replicas=md.spec.replicas,
-                                                hardware=hardware, settings=SETTINGS)
+    _, bm = base(serving=base_serving or {"engine": "cpu"})
+    hardware = builders.serving_hardware(md, bm, settings)
+    serving = builders.serving_spec(md, bm, hardware=hardware, store_root=settings.store_root)
+    return serving, builders.serving_deployment(
+        body, serving, replicas=md.spec.replicas, hardware=hardware, rollout=md.spec.rollout,
+        startup_seconds=bm.spec.serving.startup_timeout_seconds, settings=settings)
 
 
 def test_serving_deployment() -> None:
     _, deployment = render_serving(replicas=2)
     spec = deployment["spec"]
-    assert spec["replicas"] == 2 and spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert spec["replicas"] == 2
     assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]
-    [container] = spec["template"]["spec"]["containers"]
-    assert container["command"] == ["tuneforge-serve"] and container["image"] == "inference:1"
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= builders.MODEL_LOAD_TIMEOUT_SECONDS
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
-    assert spec["progressDeadlineSeconds"] > builders.MODEL_LOAD_TIMEOUT_SECONDS
+    server = spec["template"]["spec"]["containers"][0]
+    assert server["command"] == ["tuneforge-serve"] and server["image"] == "inference:1"
+    assert server["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+
+
+def test_the_default_rollout_needs_no_spare_gpus_and_is_configurable() -> None:
+    _, default = render_serving()
+    assert default["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    _, surging = render_serving(rollout={"maxSurge": 1, "maxUnavailable": 0})
+    assert surging["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    with pytest.raises(ValidationError):
+        mdep(rollout={"maxSurge": 0, "maxUnavailable": 0})
+
+
+def test_the_startup_budget_comes_from_the_base_model() -> None:
+    for budget in (600, 7200):
+        _, deployment = render_serving({"engine": "cpu", "startupTimeoutSeconds": budget})
+        startup = deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+        assert budget <= startup["periodSeconds"] * startup["failureThreshold"] < budget + startup["periodSeconds"]
+        assert deployment["spec"]["progressDeadlineSeconds"] > budget
 
 
 def render_pod(store_root: str, engine: str) -> dict:
-    body, md = mdep()
-    _, bm = base(serving={"engine": engine, "hardware": {"gpuCount": 1 if engine == "vllm" else 0}})
     settings = SETTINGS.model_copy(update={"store_root": store_root})
-    hardware = builders.serving_hardware(md, bm, settings)
-    serving = builders.serving_spec(md, bm, hardware=hardware, store_root=store_root)
-    deployment = builders.serving_deployment(body, serving, replicas=1, hardware=hardware, settings=settings)
+    _, deployment = render_serving({"engine": engine, "hardware": {"gpuCount": 1 if engine == "vllm" else 0}},
+                                   settings)
     return deployment["spec"]["template"]["spec"]
 
 
-def test_vllm_on_an_object_store_gets_the_adapter_loader_sidecar() -> None:
-    pod = render_pod("s3://bucket/tf", "vllm")
+@pytest.mark.parametrize(("store_root", "engine"), [
+    ("s3://bucket/tf", "vllm"), ("s3://bucket/tf", "cpu"), ("pvc://store/root", "vllm"),
+    ("file:///var/lib/tuneforge/store", "cpu"),
+])
+def test_every_serving_pod_gets_the_adapter_loader_sidecar(store_root: str, engine: str) -> None:
+    pod = render_pod(store_root, engine)
     server, loader = pod["containers"]
     assert server["name"] == "server" and server["args"] == ["--run", "/etc/tuneforge/run.json"]
     assert loader["name"] == "adapter-loader" and loader["image"] == server["image"] == "inference:1"
@@ -173,27 +193,41 @@ def test_vllm_on_an_object_store_gets_the_adapter_loader_sidecar() -> None:
     assert loader["readinessProbe"]["httpGet"] == {"path": "/health", "port": "adapters"}
     assert loader["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
     assert builders.GPU_RESOURCE not in loader["resources"].get("limits", {})
-    # The same store access, so s3fs in the sidecar finds the credentials the server has.
-    secret = [{"secretRef": {"name": "tuneforge-store-credentials", "optional": True}}]
-    assert server["envFrom"] == loader["envFrom"] == secret
+    # The same store access, so the sidecar reads the store as the server does.
+    assert server.get("envFrom") == loader.get("envFrom")
     assert server["env"] == loader["env"]
-    env = {e["name"]: e["value"] for e in loader["env"]}
-    assert env["TUNEFORGE_STORE_ROOT"] == "s3://bucket/tf"
-    # One emptyDir at the same path in both: the path the sidecar hands vLLM exists there.
-    [cache] = [v for v in pod["volumes"] if "emptyDir" in v]
-    mounts = [{m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (server, loader)]
-    assert mounts[0][cache["name"]] == mounts[1][cache["name"]] == env["TUNEFORGE_CACHE_DIR"]
-    assert mounts[0]["run"] == mounts[1]["run"] == "/etc/tuneforge"
+    env = {e["name"]: e for e in loader["env"]}
+    assert env["TUNEFORGE_STORE_ROOT"]["value"] == store_root
+    # One cache at the same path in both: the path the sidecar hands the engine exists there.
+    cache_dir = env["TUNEFORGE_CACHE_DIR"]["value"]
+    mounts = [{m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in (server, loader)]
+    [cache_mount] = [path for path in mounts[0] if cache_dir.startswith(path.rstrip("/") + "/")]
+    assert mounts[0][cache_mount] == mounts[1][cache_mount]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mounts[0][cache_mount])
+    assert mounts[0]["/etc/tuneforge"] == mounts[1]["/etc/tuneforge"] == "run"
 
 
-@pytest.mark.parametrize(("store_root", "engine"), [
-    ("s3://bucket/tf", "cpu"), ("pvc://store/root", "vllm"), ("file:///var/lib/tuneforge/store", "vllm"),
-])
-def test_no_sidecar_where_the_engine_can_read_the_store(store_root: str, engine: str) -> None:
-    pod = render_pod(store_root, engine)
-    [server] = pod["containers"]
-    assert not any("emptyDir" in v for v in pod["volumes"])
-    assert "TUNEFORGE_CACHE_DIR" not in {e["name"] for e in server["env"]}
+def test_both_serving_containers_get_the_deployments_token_from_its_secret() -> None:
+    body, _ = mdep()
+    pod = render_pod("s3://bucket/tf", "vllm")
+    reference = {"secretKeyRef": {"name": "chat-serving-token", "key": "token"}}
+    for container in pod["containers"]:
+        assert {"name": "TUNEFORGE_SERVING_TOKEN", "valueFrom": reference} in container["env"]
+    secret = builders.serving_token_secret(body, "t0ken")
+    assert secret["metadata"]["name"] == "chat-serving-token" and secret["data"] == {"token": base64.b64encode(b"t0ken").decode()}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-md"
+
+
+def test_serving_pods_get_a_memory_backed_dev_shm_sized_by_the_profile() -> None:
+    settings = SETTINGS.model_copy(update={"hardware_profiles": [
+        HardwareProfile(name="h100x4", gpu_count=4, gpu_memory_gb=80, shared_memory="32Gi")]})
+    for base_serving, size in (({"engine": "vllm", "hardware": {"profile": "h100x4"}}, "32Gi"),
+                               ({"engine": "cpu"}, "2Gi")):
+        _, deployment = render_serving(base_serving, settings)
+        pod = deployment["spec"]["template"]["spec"]
+        [shm] = [v for v in pod["volumes"] if v["name"] == "dshm"]
+        assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": size}
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
 
 
 def test_serving_spec_change_changes_the_pod_template() -> None:
@@ -203,6 +237,34 @@ def test_serving_spec_change_changes_the_pod_template() -> None:
     key = "tuneforge.io/spec-hash"
     assert first["spec"]["template"]["metadata"]["annotations"][key] != second["spec"]["template"]["metadata"]["annotations"][key]
     assert first == again
+
+
+def test_adding_an_adapter_reapplies_the_spec_but_keeps_the_pods() -> None:
+    key = "tuneforge.io/spec-hash"
+    _, before = render_serving()
+    _, after = render_serving(adapters=[{"name": "ft:smollm2:team::ftjob-abc", "source": "ftjob-abc"}])
+    assert before["metadata"]["annotations"][key] != after["metadata"]["annotations"][key]
+    assert before["spec"]["template"] == after["spec"]["template"]
+
+
+def test_a_gpu_deployment_without_a_context_length_serves_what_fits_its_memory() -> None:
+    settings = SETTINGS.model_copy(update={"hardware_profiles": [
+        HardwareProfile(name="l4", gpu_count=1, gpu_memory_gb=24), HardwareProfile(name="cpu")]})
+    _, md = mdep()
+    lengths = {}
+    for profile in ("l4", "cpu"):
+        _, bm = base(serving={"engine": "vllm", "hardware": {"profile": profile}}, parameterCount=8_000_000_000,
+                     maxContextLength=131072)
+        hardware = builders.serving_hardware(md, bm, settings)
+        gpu_memory = find_hardware_profile(settings, profile).gpu_memory_gb
+        lengths[profile] = builders.serving_spec(md, bm, hardware=hardware, store_root="file:///s",
+                                                 gpu_memory_gb=gpu_memory).max_model_length
+    assert 1024 <= lengths["l4"] < 131072 and lengths["l4"] % 256 == 0
+    assert lengths["cpu"] == 131072
+    _, pinned = mdep(maxModelLength=4096)
+    _, bm = base(serving={"engine": "vllm", "hardware": {"profile": "l4"}}, parameterCount=8_000_000_000)
+    assert builders.serving_spec(pinned, bm, hardware=builders.serving_hardware(pinned, bm, settings),
+                                 store_root="file:///s", gpu_memory_gb=24).max_model_length == 4096
 
 
 def test_serving_configmap_and_service() -> None:
@@ -277,7 +339,8 @@ def test_a_named_profile_supplies_gpus_placement_and_requests() -> None:
     _, bm = base()
     hardware = training_hardware(ft.spec, bm.spec, PROFILES)
     place = builders.placement(hardware)
-    assert place["resources"] == {"requests": {"cpu": "16", "memory": "128Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert place["resources"] == {"requests": {"cpu": "16", "memory": "128Gi"},
+                                  "limits": {"memory": "128Gi", "nvidia.com/gpu": "2"}}
     assert place["node_selector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert {"key": "dedicated", "operator": "Exists"} in place["tolerations"]
 

@@ -34,5 +34,7 @@ def test_the_command_line_builds_the_settings_with_their_defaults() -> None:
     cli.add_arguments(parser)
     assert run.controller_settings(parser.parse_args([])) == ControllerSettings()
     given = run.controller_settings(parser.parse_args(
-        ["--poll-interval", "0.5", "--status-interval", "1", "--dependency-grace", "3"]))
-    assert given == ControllerSettings(poll_interval=0.5, status_interval=1, dependency_grace=3)
+        ["--poll-interval", "0.5", "--status-interval", "1", "--dependency-grace", "3",
+         "--pod-admission-timeout", "9"]))
+    assert given == ControllerSettings(poll_interval=0.5, status_interval=1, dependency_grace=3,
+                                       pod_admission_timeout=9)

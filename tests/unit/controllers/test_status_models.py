@@ -60,6 +60,10 @@ class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.deleted_jobs: list[str] = []
+        self.events: dict[str, list[dict[str, Any]]] = {}
+
+    def events_of(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        return self.events.get(uid, [])
 
     def create(self, body: dict[str, Any]) -> bool:
         key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
@@ -100,8 +104,8 @@ class FakeApi:
 @pytest.fixture
 def api(monkeypatch) -> FakeApi:
     fake = FakeApi()
-    for verb in ("create", "apply", "delete_job", "job_exists", "job_going", "read_custom", "read_secret",
-                 "delete_secret", "core"):
+    for verb in ("create", "apply", "delete_job", "job_exists", "job_going", "events_of", "read_custom",
+                 "read_secret", "delete_secret", "core"):
         monkeypatch.setattr(kube, verb, getattr(fake, verb))
     monkeypatch.setattr(kopf, "info", lambda *args, **kwargs: None)
     monkeypatch.setattr(kopf, "warn", lambda *args, **kwargs: None)
@@ -286,10 +290,56 @@ def test_progress_refresh_follows_the_status_interval_given_to_register(root, ap
     assert ("progress" in driver.tick()) is refreshed
 
 
+REFUSAL = 'pods "x-trainer-abcde" is forbidden: exceeded quota: none, requested: pods=1, used: pods=0, limited: pods=0'
+
+
+def _started_job(name: str) -> list[dict]:
+    """A Job the Job controller started but holds no Pod of: what a refused Pod leaves."""
+    return [job_summary({"metadata": {"name": name, "uid": "u-job", "creationTimestamp": NOW},
+                         "spec": {"parallelism": 1}, "status": {"startTime": NOW}})]
+
+
+def _create_event(reason: str, message: str, at: str = NOW) -> dict[str, Any]:
+    return {"reason": reason, "message": message, "lastTimestamp": at}
+
+
+def _pods_admitted(status: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "PodsAdmitted")
+
+
+def test_refused_trainer_pods_show_as_a_condition_that_clears_when_pods_are_created(root, api) -> None:
+    driver = _fine_tuning(root)
+    key = ("trainer", "team", "ftjob-abc")
+    driver.tick()
+    driver.indexes["tf_jobs"] = {key: _started_job(builders.trainer_job_name("ftjob-abc"))}
+    api.events["u-job"] = [_create_event("FailedCreate", f"Error creating: {REFUSAL}")]
+    refused = driver.tick()
+    condition = _pods_admitted(refused)
+    assert (condition["status"], condition["reason"], condition["message"]) == ("False", "PodCreationRefused", REFUSAL)
+    assert driver.status["phase"] == "Queued" and not api.deleted_jobs
+
+    api.events["u-job"].append(_create_event("SuccessfulCreate", "Created pod: x-trainer-fghij", "2026-01-01T00:00:05Z"))
+    cleared = _pods_admitted(driver.tick())
+    assert (cleared["status"], cleared["reason"]) == ("True", "PodsCreated")
+
+
+def test_trainer_pods_refused_past_the_timeout_fail_the_job(root, api) -> None:
+    driver = _fine_tuning(root, controller_settings=ControllerSettings(status_interval=0, pod_admission_timeout=0))
+    key = ("trainer", "team", "ftjob-abc")
+    driver.tick()
+    driver.indexes["tf_jobs"] = {key: _started_job(builders.trainer_job_name("ftjob-abc"))}
+    api.events["u-job"] = [_create_event("FailedCreate", f"Error creating: {REFUSAL}")]
+    failed = driver.tick()
+    assert failed["phase"] == "Failed" and failed["error"]["code"] == "pod_creation_refused"
+    assert REFUSAL in failed["error"]["message"]
+    assert api.deleted_jobs == [builders.trainer_job_name("ftjob-abc")]
+
+
 # -- BatchJob --------------------------------------------------------------------------------
 
 
-def _batch(root: Path, **spec: Any) -> Driver:
+def _batch(root: Path, controller_settings: ControllerSettings = ControllerSettings(status_interval=0),
+           **spec: Any) -> Driver:
     requests = root / "input.jsonl"
     requests.write_text("\n".join(json.dumps({
         "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -299,7 +349,7 @@ def _batch(root: Path, **spec: Any) -> Driver:
             "metadata": {"name": "batch-abc", "namespace": "team", "uid": "u-b", "generation": 1,
                          "creationTimestamp": timestamp()},
             "spec": {"inputFile": f"file://{requests}", **spec}}
-    driver = Driver(batch.register, BatchJobStatus, body)
+    driver = Driver(batch.register, BatchJobStatus, body, controller_settings)
     driver.indexes["tf_modeldeployments"] = {"team": [{"base": "smollm2", "served": ["smollm2"]}]}
     return driver
 
@@ -348,6 +398,18 @@ def test_batch_job_with_an_invalid_input_and_one_cancelled(root, api) -> None:
     assert cancelled.tick()["phase"] == "Cancelled" and "cancellingAt" in cancelled.status
 
 
+def test_batch_job_whose_runner_pods_are_refused(root, api) -> None:
+    driver = _batch(root, controller_settings=ControllerSettings(status_interval=0, pod_admission_timeout=0))
+    key = ("batch-runner", "team", "batch-abc")
+    driver.tick()
+    driver.indexes["tf_jobs"] = {key: _started_job(builders.runner_job_name("batch-abc"))}
+    api.events["u-job"] = [_create_event("FailedCreate", f"Error creating: {REFUSAL}")]
+    failed = driver.tick()
+    assert failed["phase"] == "Failed" and failed["errors"][0]["code"] == "pod_creation_refused"
+    assert _pods_admitted(failed)["message"] == REFUSAL
+    assert api.deleted_jobs == [builders.runner_job_name("batch-abc")]
+
+
 # -- ModelDeployment and BaseModel -----------------------------------------------------------
 
 
@@ -368,6 +430,15 @@ def test_model_deployment_from_pending_to_ready(root, api) -> None:
     driver.indexes["tf_deployments"] = {("inference", "team", "chat"): [deployment_summary(live)]}
     ready = driver.tick()
     assert ready["phase"] == "Ready" and ready["readyReplicas"] == 1
+    assert "PodsAdmitted" not in {c["type"] for c in driver.status["conditions"]}
+
+    refused = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": REFUSAL}
+    failing = {**live, "status": {**status, "conditions": [refused]}}
+    driver.indexes["tf_deployments"] = {("inference", "team", "chat"): [deployment_summary(failing)]}
+    condition = _pods_admitted(driver.tick())
+    assert (condition["status"], condition["reason"], condition["message"]) == ("False", "PodCreationRefused", REFUSAL)
+    driver.indexes["tf_deployments"] = {("inference", "team", "chat"): [deployment_summary(live)]}
+    assert _pods_admitted(driver.tick())["status"] == "True"
 
 
 @pytest.mark.parametrize("exists,phase", [(True, "Ready"), (False, "Failed")])

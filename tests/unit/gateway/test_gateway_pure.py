@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tuneforge.api.v1alpha1.modeldeployment import Rollout
 from tuneforge.config import Settings
 from tuneforge.contracts import Engine, ServingSpec
 from tuneforge.controllers.builders import serving_deployment
@@ -86,14 +87,14 @@ def test_adapter_loads_go_to_the_sidecar_port_when_the_pod_declares_one() -> Non
     assert (sidecar.url, sidecar.load_url) == ("http://10.0.0.1:8000", "http://10.0.0.1:8001")
 
 
-def test_the_builders_vllm_pod_on_s3_routes_loads_to_its_sidecar() -> None:
+def test_the_builders_serving_pod_routes_loads_to_its_sidecar() -> None:
     """The port names the builder declares are the ones the gateway looks for."""
     body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": "chat", "namespace": "team", "uid": "u"}, "spec": {"baseModel": "smol"}}
     serving = ServingSpec(deployment="chat", namespace="team", served_model_name="smol", base_model_uri="s3://b/m",
                           engine=Engine.vllm, gpu_count=1, adapter_loader_port=8123)
-    deployment = serving_deployment(body, serving, replicas=1, hardware=None,
-                                    settings=Settings(store_root="s3://b/tf"))
+    deployment = serving_deployment(body, serving, replicas=1, hardware=None, rollout=Rollout(),
+                                    startup_seconds=600, settings=Settings(store_root="s3://b/tf"))
     pod = _pod("p")
     pod["spec"] = deployment["spec"]["template"]["spec"]
     [ready] = _ready_pods([pod])

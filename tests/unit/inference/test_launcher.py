@@ -3,6 +3,7 @@ vLLM's EngineArgs/LoRAConfig/FrontendArgs; see launcher.py)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 
 from tuneforge.contracts import AdapterSource, Engine, ServingSpec
 
-from tuneforge_inference.launcher import LaunchError, vllm_command, vllm_lora_rank
+from tuneforge_inference.launcher import LaunchError, effective_max_loras, vllm_command, vllm_lora_rank
+from tuneforge_inference.vllm_guard import ServingTokenMiddleware
 
 MODEL = Path("/cache/models/smollm2")
 
@@ -36,7 +38,7 @@ def test_base_model_without_adapters():
     assert "--enable-lora" in argv and "--lora-modules" not in argv
     assert (flag(argv, "--max-loras"), flag(argv, "--max-lora-rank"), flag(argv, "--max-cpu-loras")) == ("8", "64", "8")
     assert "--max-model-len" not in argv
-    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_NO_USAGE_STATS": "1"}
 
 
 def test_adapters_tensor_parallel_and_context_length():
@@ -62,6 +64,53 @@ def test_adapters_tensor_parallel_and_context_length():
 def test_engine_args_come_last_so_they_override():
     argv, _ = vllm_command(spec(engine_args=["--max-loras", "16", "--enforce-eager"]), MODEL, {}, "h")
     assert argv[-3:] == ["--max-loras", "16", "--enforce-eager"]
+
+
+def test_vllm_is_told_to_guard_every_route_with_the_serving_token():
+    engine_args = ["--middleware", "team.Extra"]
+    argv, _ = vllm_command(spec(engine_args=engine_args), MODEL, {}, "h")
+    # Once, before engine_args; --middleware appends, so an operator's own is added and ours stays.
+    launchers, passed_through = argv[: -len(engine_args)], argv[-len(engine_args) :]
+    assert launchers.count("--middleware") == 1 and passed_through == engine_args
+    # The name is the class's import path, as vLLM resolves it (module, then attribute).
+    module, _, name = flag(launchers, "--middleware").rpartition(".")
+    assert getattr(importlib.import_module(module), name) is ServingTokenMiddleware
+
+
+@pytest.mark.parametrize(
+    ("max_adapters", "adapters", "engine_args", "expected"),
+    [
+        # (effective --max-loras, --max-cpu-loras)
+        (8, 0, [], (8, 8)),
+        (2, 3, [], (2, 3)),
+        (8, 0, ["--max-loras", "16"], (16, 16)),
+        (8, 0, ["--max-loras=32"], (32, 32)),
+        (8, 0, ["--max_loras", "12"], (12, 12)),
+        (8, 0, ["--max_loras=20", "--enforce-eager"], (20, 20)),
+        # argparse keeps the last value.
+        (8, 0, ["--max-loras", "16", "--max-loras=10"], (10, 10)),
+        (8, 0, ["--max-loras=16", "--max-loras", "4"], (4, 8)),
+        # Fewer than the spec's: the cache still holds max_adapters and every listed adapter.
+        (8, 10, ["--max-loras", "4"], (4, 10)),
+        (4, 2, ["--max-loras", "16"], (16, 16)),
+        # Flags that merely start alike are not --max-loras (the launcher's own
+        # --max-cpu-loras is the first one; vLLM would keep the operator's 99).
+        (8, 0, ["--max-lora-rank", "64", "--max-cpu-loras", "99"], (8, 8)),
+    ],
+)
+def test_the_cpu_cache_holds_the_effective_max_loras(max_adapters, adapters, engine_args, expected):
+    sources = [AdapterSource(name=f"a{i}", uri=f"s3://b/a{i}") for i in range(adapters)]
+    served = spec(max_adapters=max_adapters, adapters=sources, engine_args=engine_args)
+    argv, _ = vllm_command(served, MODEL, {a.name: Path(f"/cache/{a.name}") for a in sources}, "h")
+    assert (effective_max_loras(served), int(flag(argv, "--max-cpu-loras"))) == expected
+    # vLLM's LoRAConfig check, against what argparse will keep.
+    assert int(flag(argv, "--max-cpu-loras")) >= effective_max_loras(served)
+
+
+@pytest.mark.parametrize("engine_args", [["--max-loras"], ["--max-loras", "many"], ["--max-loras="]])
+def test_an_unreadable_max_loras_override_is_refused(engine_args):
+    with pytest.raises(LaunchError, match="--max-loras"):
+        vllm_command(spec(engine_args=engine_args), MODEL, {}, "h")
 
 
 @pytest.mark.parametrize(("rank", "expected"), [(1, 1), (2, 8), (8, 8), (64, 64), (100, 128), (300, 320), (512, 512)])

@@ -13,6 +13,7 @@ from tuneforge.local.node import image_catalog
 from tuneforge.local.pods import (
     BIND_HOST_ENV,
     TERMINATION_LOG_ENV,
+    WEIGHT_CACHE_ENV,
     MissingReference,
     PodPlace,
     PodSources,
@@ -191,6 +192,20 @@ def test_trainer_pod_plan():
     plan = _plan(pod, PodSources(config_maps={"ftjob-1-run": {"run.json": b"{}"}}))
     assert plan.argv == [str(SCRIPTS / "tuneforge-train"), "--run", f"{PLACE.rootfs}/etc/tuneforge/run.json"]
     assert plan.env["TUNEFORGE_STORE_ROOT"] == "file:///store"
+
+
+def test_the_pods_tmp_and_caches_are_its_own_but_the_weight_cache_is_the_machines():
+    """The restricted Pod writes only to its emptyDirs, which locally are directories of the
+    Pod; the weight cache it points into one stays the machine's (rule 4, docs/local.md)."""
+    pod = _runner_pod()
+    plan = plan_container(pod, pod["spec"]["containers"][0], catalog=image_catalog(SETTINGS, SCRIPTS),
+                          sources=RUNNER_SOURCES, place=PLACE, node_capacity={},
+                          base_env={"PATH": "/venv/bin", WEIGHT_CACHE_ENV: "/home/me/.cache/tuneforge"})
+    assert plan.env[WEIGHT_CACHE_ENV] == "/home/me/.cache/tuneforge"
+    assert plan.env["TMPDIR"] == f"{PLACE.rootfs}/tmp"
+    assert plan.env["HF_HOME"] == f"{PLACE.rootfs}/var/cache/huggingface"
+    assert plan.links[PLACE.rootfs / "tmp"] == PLACE.volume_dir(builders.TMP_VOLUME)
+    assert plan.links[PLACE.rootfs / "var/cache"] == PLACE.volume_dir(builders.CACHE_VOLUME)
 
 
 def test_indexed_job_pod_gets_its_hostname_and_completion_index():

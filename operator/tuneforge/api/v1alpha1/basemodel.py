@@ -40,6 +40,9 @@ class ServingDefaults(ApiModel):
     """Hardware for serving; defaults to the model's defaultHardware."""
     engine_args: list[str] = Field(default_factory=list)
     """Extra engine arguments passed through verbatim (e.g. --enforce-eager)."""
+    startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
+    """How long a serving Pod may take to load the weights (download, dequantize, CUDA
+    graphs) before it counts as failed; a 70B model from S3 may need more than the default."""
 
 
 class BaseModelSpec(ApiModel):

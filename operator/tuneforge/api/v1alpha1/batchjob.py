@@ -88,7 +88,8 @@ class BatchJobStatus(ApiModel):
     phase: BatchJobPhase | None = None
     """Validating, InProgress, Finalizing, Completed, Failed, Expired, Cancelling or Cancelled."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Validated, Complete."""
+    """Validated, Complete, KeyRevoked; PodsAdmitted (False while the API server refuses the
+    runner's Pods, with its refusal as the message) once a refusal was seen."""
     observed_generation: int | None = None
     """The generation this status describes."""
     request_counts: RequestCounts | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import Field
 
@@ -219,12 +219,27 @@ def fine_tuned_model_id(base_model: str, namespace: str, suffix: str | None, job
     return f"{FINE_TUNED_MODEL_PREFIX}:{base_model}:{namespace}:{suffix or ''}:{job}"
 
 
-def job_of_fine_tuned_model(model_id: str) -> str | None:
-    """The job id in a fine-tuned model id, or None for any other id."""
+class FineTunedModel(NamedTuple):
+    """The parts of a fine-tuned model id."""
+
+    base_model: str
+    namespace: str
+    suffix: str
+    job: str
+
+
+def parse_fine_tuned_model(model_id: str) -> FineTunedModel | None:
+    """The parts of a fine-tuned model id, or None for any other id."""
     parts = model_id.split(":")
     if len(parts) == 5 and parts[0] == FINE_TUNED_MODEL_PREFIX and parts[4].startswith(JOB_NAME_PREFIX):
-        return parts[4]
+        return FineTunedModel(*parts[1:])
     return None
+
+
+def job_of_fine_tuned_model(model_id: str) -> str | None:
+    """The job id in a fine-tuned model id, or None for any other id."""
+    parsed = parse_fine_tuned_model(model_id)
+    return parsed.job if parsed else None
 
 
 def restart_pending(spec: dict, status: dict) -> bool:
@@ -281,7 +296,8 @@ class FineTuningJobStatus(ApiModel):
     phase: FineTuningJobPhase | None = None
     """ValidatingFiles, Queued, Running, Paused, Succeeded, Failed or Cancelled."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Validated, Running, Succeeded."""
+    """Validated, Running, Succeeded, Paused, Notified; PodsAdmitted (False while the API
+    server refuses the trainer's Pods, with its refusal as the message) once a refusal was seen."""
     observed_generation: int | None = None
     """The generation this status describes."""
     created_at: datetime | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from tuneforge.api.v1alpha1.basemodel import ServingEngine
 from tuneforge.api.v1alpha1.common import (
@@ -25,6 +25,31 @@ class AdapterRef(ApiModel):
     """The model name clients use for this adapter (e.g. a fine-tuned model id)."""
     source: str = Field(pattern=r"^((s3|pvc|file)://.+|ftjob-[a-z0-9]+)$")
     """An adapter directory URI, or the name of a succeeded FineTuningJob in this namespace."""
+
+
+ROLLOUT_PROGRESSES = ("(has(self.maxSurge) ? self.maxSurge : 0) > 0 || "
+                      "(has(self.maxUnavailable) ? self.maxUnavailable : 1) > 0")
+"""Evaluated on the object as written, before the API server fills in the defaults."""
+
+
+class Rollout(ApiModel):
+    """How the Deployment replaces Pods on a spec change (apps/v1 RollingUpdate)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": ROLLOUT_PROGRESSES, "message": "maxSurge and maxUnavailable cannot both be 0"}]})
+
+    max_surge: int = Field(default=0, ge=0, le=64)
+    """Pods started above the desired count during a rollout. 0 (the default) never needs
+    spare GPUs: on a full pool a surge Pod would wait Pending until the rollout fails."""
+    max_unavailable: int = Field(default=1, ge=0, le=64)
+    """Pods taken down before their replacement is ready. Set maxSurge 1 and maxUnavailable 0
+    where spare GPUs exist and capacity must not dip during a rollout."""
+
+    @model_validator(mode="after")
+    def _progresses(self) -> Rollout:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
+        return self
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -48,6 +73,9 @@ class ModelDeploymentSpec(ApiModel):
     """Hardware to serve on; defaults to the BaseModel's serving hardware."""
     engine_args: list[str] = Field(default_factory=list)
     """Extra engine arguments, passed through verbatim."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """How Pods are replaced when the spec changes (adapters are loaded at run time and
+    never replace Pods)."""
 
 
 class ModelDeploymentPhase(str, Enum):
@@ -64,7 +92,8 @@ class ModelDeploymentStatus(ApiModel):
     phase: ModelDeploymentPhase | None = None
     """Pending, Deploying, Ready, Degraded or Failed."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Available, Progressing."""
+    """Available, Progressing; PodsAdmitted (False while the API server refuses the serving
+    Pods, with its refusal as the message) once a refusal was seen."""
     observed_generation: int | None = None
     """The generation this status describes."""
     replicas: int | None = None

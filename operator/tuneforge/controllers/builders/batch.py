@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tuneforge.api.v1alpha1 import BatchJobResource
+from tuneforge.api.v1alpha1.common import Hardware, ResourceList
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import Settings
 from tuneforge.contracts import RUN_FILE, BatchRun
@@ -26,12 +27,17 @@ from tuneforge.controllers.builders.pods import (
     run_configmap,
     store_access,
     store_uri,
+    with_image_pull,
 )
 
 RUNNER_CONTAINER = "runner"
 BATCH_KEY_ENV = "TUNEFORGE_BATCH_API_KEY"
 BATCH_BACKOFF_LIMIT = 3
 COMPLETION_WINDOWS = {"1h": 1, "3h": 3, "6h": 6, "12h": 12, "24h": 24}
+RUNNER_HARDWARE = Hardware(requests=ResourceList(cpu="100m", memory="512Mi"), limits=ResourceList(memory="2Gi"))
+"""The runner only sends HTTP requests and appends results to its journal, whatever the
+model, so it needs no hardware profile: a fixed request, with room above it for the
+response bodies in flight at high concurrency."""
 
 
 def expires_at(created: datetime, completion_window: str) -> datetime:
@@ -109,7 +115,7 @@ def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) ->
     ]
     container = {
         "name": RUNNER_CONTAINER,
-        "image": settings.inference_image,
+        "image": settings.batch_image,
         "command": ["tuneforge-batch"],
         "args": ["--run", RUN_FILE],
         "env": env,
@@ -132,14 +138,14 @@ def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) ->
             "podFailurePolicy": pod_failure_policy(RUNNER_CONTAINER),
             "template": {
                 "metadata": {"labels": labels},
-                "spec": pod_spec(
+                "spec": with_image_pull(pod_spec(
                     container=container,
                     configmap=runner_configmap_name(name),
                     access=access,
-                    place=placement(None),
+                    place=placement(RUNNER_HARDWARE),
                     restart_policy="Never",
                     grace_seconds=int(run.cancel_grace_s) + 10,
-                ),
+                ), settings),
             },
         },
     }

@@ -53,6 +53,10 @@ def serving_configmap_name(mdep: str) -> str:
     return child_name(mdep, "serving")
 
 
+def serving_token_secret_name(mdep: str) -> str:
+    return child_name(mdep, "serving-token")
+
+
 def runner_job_name(batch: str) -> str:
     return child_name(batch, "runner")
 

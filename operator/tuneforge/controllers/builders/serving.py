@@ -1,52 +1,49 @@
-"""What a ModelDeployment owns: its ServingSpec, the serving Deployment (with the
-adapter-loader sidecar on an object store) and Service; and the shared multi-LoRA
-ModelDeployment a BaseModel may ask for."""
+"""What a ModelDeployment owns: its ServingSpec, the Secret holding its serving token, the
+serving Deployment (engine plus adapter-loader sidecar) and Service; and the shared
+multi-LoRA ModelDeployment a BaseModel may ask for."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from typing import Any
 
-from tuneforge.api.sizing import resolve_hardware
+from tuneforge.api.sizing import resolve_hardware, servable_context_length
 from tuneforge.api.v1alpha1 import API_VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.api.v1alpha1.common import Hardware
-from tuneforge.api.v1alpha1.finetuningjob import JOB_NAME_PREFIX
 from tuneforge.api.v1alpha1.labels import OPERATOR_NAME, Annotation, Label, PortName
-from tuneforge.config import Settings
+from tuneforge.api.v1alpha1.modeldeployment import Rollout
+from tuneforge.config import Settings, find_hardware_profile
 from tuneforge.contracts import RUN_FILE, AdapterSource, Engine, ServingSpec
-from tuneforge.controllers.builders.names import serving_configmap_name, shared_deployment_name
+from tuneforge.controllers.builders.names import (
+    serving_configmap_name,
+    serving_token_secret_name,
+    shared_deployment_name,
+)
 from tuneforge.controllers.builders.pods import (
+    SHM_VOLUME,
     labels_for,
     owner_reference,
     placement,
     pod_spec,
+    restricted_container,
     run_configmap,
     spec_hash,
     store_access,
-    store_uri,
+    with_image_pull,
+    with_shared_memory,
 )
-from tuneforge.storage import is_object_store
+from tuneforge.jobfiles import adapter_source_uri
+from tuneforge.serving_auth import TOKEN_ENV, TOKEN_SECRET_FIELD
 
 SERVER_CONTAINER = "server"
 SERVING_PORT = 8000
 ADAPTER_LOADER_PORT = 8001
 ADAPTER_LOADER_CONTAINER = "adapter-loader"
-ADAPTER_CACHE_VOLUME = "adapter-cache"
-ADAPTER_CACHE_DIR = "/var/cache/tuneforge"
 ADAPTER_LOADER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
-
-MODEL_LOAD_TIMEOUT_SECONDS = 1800
-"""How long a serving Pod may take to load its weights before it counts as failed: big
-models on vLLM take minutes (download, dequantize, CUDA graphs), so the startup probe
-allows half an hour while readiness and liveness stay quick once it has started."""
-
-
-def adapter_uri(store_root: str, namespace: str, source: str) -> str:
-    """An adapter source as a URI: a FineTuningJob name is its adapter directory in the
-    store (where the trainer writes it), any other value is already a URI."""
-    if source.startswith(JOB_NAME_PREFIX):
-        return store_uri(store_root, namespace, "fine-tuning", source, "adapter")
-    return source
+ROLLOUT_DEADLINE_MARGIN_SECONDS = 600
+"""Added to the startup budget for the Deployment's progress deadline: a Pod may wait for
+its node and image before the startup probe starts counting."""
 
 
 def serving_hardware(mdep: ModelDeploymentResource, base: BaseModelResource, settings: Settings) -> Hardware | None:
@@ -54,13 +51,22 @@ def serving_hardware(mdep: ModelDeploymentResource, base: BaseModelResource, set
 
 
 def serving_spec(
-    mdep: ModelDeploymentResource, base: BaseModelResource, *, hardware: Hardware | None, store_root: str
+    mdep: ModelDeploymentResource, base: BaseModelResource, *, hardware: Hardware | None, store_root: str,
+    gpu_memory_gb: float | None = None,
 ) -> ServingSpec:
-    """The ServingSpec of a ModelDeployment, with the BaseModel's serving defaults filled in."""
+    """The ServingSpec of a ModelDeployment, with the BaseModel's serving defaults filled in.
+    Without a context length from either, a GPU deployment serves the longest context that
+    fits the GPUs' memory (`gpu_memory_gb` each, from the hardware profile), so vLLM starts
+    rather than refusing a context its KV cache cannot hold."""
     spec = mdep.spec
     defaults = base.spec.serving
     namespace = mdep.metadata["namespace"]
     engine = spec.engine or defaults.engine
+    gpus = (hardware.gpu_count or 0) if hardware else 0
+    max_model_length = spec.max_model_length or defaults.max_model_length or servable_context_length(
+        base.spec.parameter_count, base.spec.max_context_length, gpu_memory_gb=gpu_memory_gb, gpu_count=gpus,
+        utilization=ServingSpec.model_fields["gpu_memory_utilization"].default,
+    )
     return ServingSpec(
         deployment=mdep.metadata["name"],
         namespace=namespace,
@@ -68,12 +74,12 @@ def serving_spec(
         base_model_uri=base.spec.source.uri,
         engine=Engine(engine.value),
         adapters=[
-            AdapterSource(name=a.name, uri=adapter_uri(store_root, namespace, a.source)) for a in spec.adapters
+            AdapterSource(name=a.name, uri=adapter_source_uri(store_root, namespace, a.source)) for a in spec.adapters
         ],
         max_adapters=spec.max_adapters or defaults.max_adapters,
         max_adapter_rank=spec.max_adapter_rank or defaults.max_adapter_rank,
-        max_model_length=spec.max_model_length or defaults.max_model_length or base.spec.max_context_length,
-        gpu_count=(hardware.gpu_count or 0) if hardware else 0,
+        max_model_length=max_model_length,
+        gpu_count=gpus,
         port=SERVING_PORT,
         adapter_loader_port=ADAPTER_LOADER_PORT,
         engine_args=spec.engine_args or defaults.engine_args,
@@ -110,30 +116,60 @@ def _http_probe(
     }
 
 
-def serving_deployment(
-    body: Mapping[str, Any], serving: ServingSpec, *, replicas: int, hardware: Hardware | None, settings: Settings
-) -> dict[str, Any]:
-    """The apps/v1 Deployment running `tuneforge-serve` on the serving spec.
+def serving_token_secret(body: Mapping[str, Any], token: str) -> dict[str, Any]:
+    """The Secret handing the deployment's Pods their serving token (tuneforge.serving_auth)."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": serving_token_secret_name(name),
+            "namespace": body["metadata"]["namespace"],
+            "labels": serving_labels(name),
+            "ownerReferences": [owner_reference(body)],
+        },
+        # data, not stringData: the controller applies it server-side, and a re-apply with
+        # a new token (a replaced platform key) must overwrite the old value.
+        "data": {TOKEN_SECRET_FIELD: base64.b64encode(token.encode()).decode()},
+    }
 
-    The spec's hash is a Pod-template annotation, so any change of the serving spec (which
-    lives in a ConfigMap the Deployment controller does not watch) rolls the Pods. Rolling
-    updates bring a new Pod up before an old one goes (maxUnavailable 0), so a model
-    change never drops capacity. The startup probe allows MODEL_LOAD_TIMEOUT_SECONDS for
-    loading weights; liveness only starts after it, so a slow load is not a crash loop.
+
+def serving_deployment(
+    body: Mapping[str, Any],
+    serving: ServingSpec,
+    *,
+    replicas: int,
+    hardware: Hardware | None,
+    rollout: Rollout,
+    startup_seconds: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The apps/v1 Deployment running `tuneforge-serve` on the serving spec, with the
+    adapter-loader sidecar.
+
+    The Pod-template carries the hash of the serving spec without its adapters: a change
+    of the spec (which lives in a ConfigMap the Deployment controller does not watch)
+    rolls the Pods, but adding or removing adapters does not, since the gateway loads them
+    at run time. The rollout never needs spare GPUs by default (`rollout`). The startup
+    probe allows `startup_seconds` (the BaseModel's budget) for loading weights; liveness
+    only starts after it, so a slow load is not a crash loop.
     """
     name = body["metadata"]["name"]
     namespace = body["metadata"]["namespace"]
     labels = serving_labels(name)
     adapters = [a.uri for a in serving.adapters]
     access = store_access(settings, [serving.base_model_uri, *adapters])
+    token = {"name": TOKEN_ENV,
+             "valueFrom": {"secretKeyRef": {"name": serving_token_secret_name(name), "key": TOKEN_SECRET_FIELD}}}
     container = {
         "name": SERVER_CONTAINER,
         "image": settings.inference_image,
         "command": ["tuneforge-serve"],
         "args": ["--run", RUN_FILE],
-        "env": access["env"],
+        "env": [*access["env"], token],
         "ports": [{"name": PortName.HTTP, "containerPort": serving.port, "protocol": "TCP"}],
-        "startupProbe": _http_probe("/health", period=10, failures=MODEL_LOAD_TIMEOUT_SECONDS // 10),
+        "startupProbe": _http_probe("/health", period=10, failures=-(-startup_seconds // 10)),
         "readinessProbe": _http_probe("/health", period=5, failures=3),
         "livenessProbe": _http_probe("/health", period=15, failures=4, timeout=10),
     }
@@ -145,8 +181,12 @@ def serving_deployment(
         restart_policy="Always",
         grace_seconds=60,
     )
-    if serving.engine is Engine.vllm and is_object_store(settings.store_root):
-        pod = _with_adapter_loader(pod, serving, settings.inference_image)
+    profile = find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
+    # vLLM's processes (API server, engine core, a worker per GPU with tensor parallelism)
+    # exchange inputs and NCCL buffers through /dev/shm, whatever the GPU count.
+    pod = with_shared_memory(pod, profile.shared_memory if profile else None)
+    pod = with_image_pull(_with_adapter_loader(pod, serving, settings.inference_image), settings)
+    template_hash = spec_hash(serving.model_dump(mode="json", exclude={"adapters"}))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -154,19 +194,18 @@ def serving_deployment(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"), replicas, pod)},
+            "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"), replicas, pod,
+                                                            rollout.to_wire(), startup_seconds)},
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "progressDeadlineSeconds": MODEL_LOAD_TIMEOUT_SECONDS + 600,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": rollout.max_unavailable,
+                                                                     "maxSurge": rollout.max_surge}},
+            "progressDeadlineSeconds": startup_seconds + ROLLOUT_DEADLINE_MARGIN_SECONDS,
             "template": {
-                "metadata": {
-                    "labels": labels,
-                    "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"))},
-                },
+                "metadata": {"labels": labels, "annotations": {Annotation.SPEC_HASH: template_hash}},
                 "spec": pod,
             },
         },
@@ -174,19 +213,16 @@ def serving_deployment(
 
 
 def _with_adapter_loader(pod: dict[str, Any], serving: ServingSpec, image: str) -> dict[str, Any]:
-    """The serving Pod plus the adapter-loader sidecar and the cache both containers mount.
+    """The serving Pod plus the adapter-loader sidecar (tuneforge_inference.adapter_loader).
 
-    vLLM loads adapters from local paths only, and on an object store fine-tuned adapters
-    exist only in the bucket. The gateway sends runtime loads to the port named `adapters`
-    when a Pod declares one; the sidecar copies the adapter into the shared emptyDir (same
-    path in both containers) and hands vLLM that directory. It gets the server's store
-    environment and mounts, so it reads the store with the same credentials.
+    The gateway sends runtime loads to the port named `adapters`; the sidecar checks the
+    caller's token and the adapter's source, copies the adapter into the workload cache
+    (the same volume at the same path in both containers) and hands the engine that
+    directory. It gets the server's environment and mounts (store access, cache, token),
+    so it reads the store as the server would; not /dev/shm, which only the engine uses.
     """
-    cache_env = {"name": "TUNEFORGE_CACHE_DIR", "value": ADAPTER_CACHE_DIR}
-    cache_mount = {"name": ADAPTER_CACHE_VOLUME, "mountPath": ADAPTER_CACHE_DIR}
     [server] = pod["containers"]
-    server = {**server, "env": [*server["env"], cache_env], "volumeMounts": [*server["volumeMounts"], cache_mount]}
-    loader: dict[str, Any] = {
+    loader: dict[str, Any] = restricted_container({
         "name": ADAPTER_LOADER_CONTAINER,
         "image": image,
         "command": ["tuneforge-serve"],
@@ -195,16 +231,12 @@ def _with_adapter_loader(pod: dict[str, Any], serving: ServingSpec, image: str) 
         "ports": [{"name": PortName.ADAPTERS, "containerPort": serving.adapter_loader_port, "protocol": "TCP"}],
         "readinessProbe": _http_probe("/health", period=5, failures=3, port=PortName.ADAPTERS),
         "resources": ADAPTER_LOADER_RESOURCES,
-        "volumeMounts": list(server["volumeMounts"]),
+        "volumeMounts": [mount for mount in server["volumeMounts"] if mount["name"] != SHM_VOLUME],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    })
     if "envFrom" in server:
-        loader["envFrom"] = list(server["envFrom"])
-    return {
-        **pod,
-        "containers": [server, loader],
-        "volumes": [*pod["volumes"], {"name": ADAPTER_CACHE_VOLUME, "emptyDir": {}}],
-    }
+        loader["envFrom"] = server["envFrom"]
+    return {**pod, "containers": [server, loader]}
 
 
 def serving_service(body: Mapping[str, Any]) -> dict[str, Any]:

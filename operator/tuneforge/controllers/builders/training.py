@@ -39,18 +39,14 @@ from tuneforge.controllers.builders.pods import (
     run_configmap,
     store_access,
     store_uri,
+    with_image_pull,
+    with_shared_memory,
 )
 
 TRAINER_CONTAINER = "trainer"
 TRAINER_BACKOFF_LIMIT = 3
 TRAINER_GRACE_SECONDS = 120
 """SIGTERM to SIGKILL: time for the trainer to write a last checkpoint when paused."""
-SHM_VOLUME = "dshm"
-SHM_DIR = "/dev/shm"
-DEFAULT_SHARED_MEMORY = "2Gi"
-"""/dev/shm of a multi-process trainer Pod whose profile names no size: enough for NCCL's
-shared-memory transport between eight local processes and the data loader; the 64 MiB a
-container gets otherwise is too small for NCCL's buffers."""
 USABLE_GPU_MEMORY = 0.9
 """Share of a GPU's memory training may plan on; the rest goes to the CUDA context, the
 allocator's fragmentation and the small LoRA gradients and optimizer states."""
@@ -215,7 +211,8 @@ def trainer_job(
         grace_seconds=TRAINER_GRACE_SECONDS,
     )
     if run.distributed.world_size > 1:
-        pod = _with_shared_memory(pod, profile.shared_memory if profile else None)
+        pod = with_shared_memory(pod, profile.shared_memory if profile else None)
+    pod = with_image_pull(pod, settings)
     spec: dict[str, Any] = {
         "suspend": bool(queue_name),
         "backoffLimit": TRAINER_BACKOFF_LIMIT,
@@ -241,20 +238,6 @@ def trainer_job(
 
 def _profile_env(profile: HardwareProfile | None) -> list[dict[str, str]]:
     return [{"name": key, "value": value} for key, value in sorted((profile.env if profile else {}).items())]
-
-
-def _with_shared_memory(pod: dict[str, Any], size: str | None) -> dict[str, Any]:
-    """A memory-backed /dev/shm for Pods running several processes: NCCL's intra-node
-    transport and data loader workers share memory there, and a container's own /dev/shm
-    is only 64 MiB. It counts against the Pod's memory, hence the size limit."""
-    [container] = pod["containers"]
-    mount = {"name": SHM_VOLUME, "mountPath": SHM_DIR}
-    volume = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size or DEFAULT_SHARED_MEMORY}}
-    return {
-        **pod,
-        "containers": [{**container, "volumeMounts": [*container["volumeMounts"], mount]}],
-        "volumes": [*pod["volumes"], volume],
-    }
 
 
 def _group(spec: dict[str, Any], ftjob: str, nodes: int) -> dict[str, Any]:
