@@ -316,7 +316,7 @@ def test_batch_run_job_configmap_and_key_secret() -> None:
     key_env = [e for e in container["env"] if e["name"] == "TUNEFORGE_BATCH_API_KEY"][0]
     assert key_env["valueFrom"]["secretKeyRef"] == {"name": "batch-abc-api-key", "key": "TUNEFORGE_BATCH_API_KEY"}
     secret = builders.batch_key_secret(body, "tf-key")
-    assert secret["metadata"]["name"] == "batch-abc-api-key" and secret["stringData"] == {"TUNEFORGE_BATCH_API_KEY": "tf-key"}
+    assert secret["metadata"]["name"] == "batch-abc-api-key" and secret["data"] == {"TUNEFORGE_BATCH_API_KEY": base64.b64encode(b"tf-key").decode()}
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-b"
 
 

@@ -91,8 +91,8 @@ class FakeApi:
         body = self.objects.get(("Secret", namespace, name))
         if body is None:
             return None
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in body.get("stringData", {}).items()}
-        return SimpleNamespace(data=data)
+        written = {k: base64.b64encode(v.encode()).decode() for k, v in body.get("stringData", {}).items()}
+        return SimpleNamespace(data={**body.get("data", {}), **written})
 
     def delete_secret(self, namespace: str, name: str) -> None:
         self.objects.pop(("Secret", namespace, name), None)

@@ -20,6 +20,7 @@ from tuneforge.controllers.builders.names import (
 )
 from tuneforge.controllers.builders.pods import (
     labels_for,
+    owned_secret,
     owner_reference,
     placement,
     pod_failure_policy,
@@ -85,18 +86,7 @@ def batch_key_secret(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     """The Secret in the batch's namespace that hands the runner its chat-scoped key (the
     key's hash lives in the system namespace, see tuneforge.apikeys)."""
     name = body["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": batch_key_secret_name(name),
-            "namespace": body["metadata"]["namespace"],
-            "labels": runner_labels(name),
-            "ownerReferences": [owner_reference(body)],
-        },
-        "stringData": {BATCH_KEY_ENV: key},
-    }
+    return owned_secret(batch_key_secret_name(name), body, runner_labels(name), {BATCH_KEY_ENV: key})
 
 
 def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) -> dict[str, Any]:

@@ -6,6 +6,7 @@ filesystem with emptyDirs for what the images write, and no service account toke
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import posixpath
@@ -181,6 +182,25 @@ def run_configmap(
             "ownerReferences": [owner_reference(owner)],
         },
         "data": {RUN_KEY: contract_json},
+    }
+
+
+def owned_secret(
+    name: str, owner: Mapping[str, Any], labels: dict[str, str], values: dict[str, str]
+) -> dict[str, Any]:
+    """A Secret in the owner's namespace, deleted with it. `data` (base64), not stringData:
+    a server-side re-apply with new values must replace the old ones."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": owner["metadata"]["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in values.items()},
     }
 
 

@@ -4,7 +4,6 @@ multi-LoRA ModelDeployment a BaseModel may ask for."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from tuneforge.controllers.builders.names import (
 from tuneforge.controllers.builders.pods import (
     SHM_VOLUME,
     labels_for,
+    owned_secret,
     owner_reference,
     placement,
     pod_spec,
@@ -119,20 +119,7 @@ def _http_probe(
 def serving_token_secret(body: Mapping[str, Any], token: str) -> dict[str, Any]:
     """The Secret handing the deployment's Pods their serving token (tuneforge.serving_auth)."""
     name = body["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": serving_token_secret_name(name),
-            "namespace": body["metadata"]["namespace"],
-            "labels": serving_labels(name),
-            "ownerReferences": [owner_reference(body)],
-        },
-        # data, not stringData: the controller applies it server-side, and a re-apply with
-        # a new token (a replaced platform key) must overwrite the old value.
-        "data": {TOKEN_SECRET_FIELD: base64.b64encode(token.encode()).decode()},
-    }
+    return owned_secret(serving_token_secret_name(name), body, serving_labels(name), {TOKEN_SECRET_FIELD: token})
 
 
 def serving_deployment(
