@@ -22,6 +22,7 @@ from tuneforge.controllers.builders import (
 from tuneforge.storage import resolve_uri
 
 from tests.support.helm import CHART, CI_VALUES, NAMESPACE, Helm, Rendered
+from tests.support.pod_security import restricted_violations
 
 CI = {path.stem: path for path in CI_VALUES}
 OPERATOR, GATEWAY, SETTINGS = "tuneforge-operator", "tuneforge-gateway", "tuneforge-settings"
@@ -341,3 +342,13 @@ def test_bindings_name_the_chart_service_accounts(renderings):
                                             "namespace": NAMESPACE}]
     for kind, name in (("StatefulSet", OPERATOR), ("Deployment", GATEWAY)):
         assert rendered.one(kind, name)["spec"]["template"]["spec"]["serviceAccountName"] == name
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["defaults", *CI])
+def test_the_charts_own_pods_are_admitted_under_restricted(helm: Helm, values):
+    rendered = helm.template(*([values] if values else []))
+    workloads = [doc for doc in rendered.documents if doc["kind"] in ("Deployment", "StatefulSet", "Job")]
+    assert workloads
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert restricted_violations(pod) == [], workload["metadata"]["name"]
