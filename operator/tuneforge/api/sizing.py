@@ -46,6 +46,11 @@ class UnknownHardwareProfile(SizingError):
         self.name = name
 
 
+def profile_of(hardware: Hardware | None, settings: Settings) -> HardwareProfile | None:
+    """The offered profile resolved hardware names, if it names one."""
+    return find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
+
+
 def resolve_hardware(requested: Hardware | None, fallback_profile: str | None, settings: Settings) -> Hardware | None:
     """The hardware a workload gets: the profile it names (else the base model's default
     profile, else the platform default) supplies every field; fields set on the request
@@ -110,7 +115,7 @@ def size_training(spec: FineTuningJobSpec, base: BaseModelSpec, settings: Settin
     """Resolves and checks a job's hardware and processes; raises SizingError (an unknown
     profile included) for a request no offered hardware can serve."""
     hardware = training_hardware(spec, base, settings)
-    profile = find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
+    profile = profile_of(hardware, settings)
     gpus = (hardware.gpu_count or 0) if hardware else 0
     nodes = (hardware.nodes or 1) if hardware else 1
     _check_gpus(gpus, settings.hardware_profiles)

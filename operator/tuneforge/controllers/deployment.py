@@ -20,10 +20,10 @@ from typing import Any
 
 import kopf
 
-from tuneforge.api.sizing import UnknownHardwareProfile
+from tuneforge.api.sizing import UnknownHardwareProfile, profile_of
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.api.v1alpha1.labels import Annotation, Label
-from tuneforge.config import find_hardware_profile, settings
+from tuneforge.config import settings
 from tuneforge.controllers import admission, builders, kube
 from tuneforge.controllers.children import first
 from tuneforge.controllers.handlers import plain, reconcile_on_timer
@@ -86,7 +86,7 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
         conditions(False, "InvalidHardwareProfile", str(exc))
         _event(raw, previous, "Failed", "InvalidHardwareProfile", str(exc))
         return desired
-    profile = find_hardware_profile(config, hardware.profile) if hardware and hardware.profile else None
+    profile = profile_of(hardware, config)
     serving = builders.serving_spec(mdep, base, hardware=hardware, store_root=config.store_root,
                                     gpu_memory_gb=profile.gpu_memory_gb if profile else None)
     deployment = builders.serving_deployment(

@@ -22,8 +22,8 @@ in four ways, and each is told to it in one documented way (docs/local.md):
   instead of once per machine.
 
 Only tuneforge's own images run: a container's image must be one of the configured
-trainer or inference images and its command one of that image's entrypoints, resolved to
-the console scripts next to the agent's Python. Anything else is `UnsupportedContainer`.
+trainer, inference or batch-runner (control-plane) images and its command one of that
+image's entrypoints, resolved to the console scripts next to the agent's Python. Anything else is `UnsupportedContainer`.
 """
 
 from __future__ import annotations

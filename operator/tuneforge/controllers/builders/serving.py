@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tuneforge.api.sizing import resolve_hardware, servable_context_length
+from tuneforge.api.sizing import profile_of, resolve_hardware, servable_context_length
 from tuneforge.api.v1alpha1 import API_VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.api.v1alpha1.common import Hardware
 from tuneforge.api.v1alpha1.labels import OPERATOR_NAME, Annotation, Label, PortName
 from tuneforge.api.v1alpha1.modeldeployment import Rollout
-from tuneforge.config import Settings, find_hardware_profile
+from tuneforge.config import Settings
 from tuneforge.contracts import RUN_FILE, AdapterSource, Engine, ServingSpec
 from tuneforge.controllers.builders.names import (
     serving_configmap_name,
@@ -168,7 +168,7 @@ def serving_deployment(
         restart_policy="Always",
         grace_seconds=60,
     )
-    profile = find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
+    profile = profile_of(hardware, settings)
     # vLLM's processes (API server, engine core, a worker per GPU with tensor parallelism)
     # exchange inputs and NCCL buffers through /dev/shm, whatever the GPU count.
     pod = with_shared_memory(pod, profile.shared_memory if profile else None)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tuneforge.api.sizing import TrainingSize
+from tuneforge.api.sizing import TrainingSize, profile_of
 from tuneforge.api.v1alpha1 import BaseModelResource, FineTuningJobResource
 from tuneforge.api.v1alpha1.common import Hardware
 from tuneforge.api.v1alpha1.finetuningjob import DistributedStrategy, fine_tuned_model_id
 from tuneforge.api.v1alpha1.labels import Label, PortName
-from tuneforge.config import HardwareProfile, Settings, find_hardware_profile
+from tuneforge.config import HardwareProfile, Settings
 from tuneforge.contracts import (
     RENDEZVOUS_PORT,
     RUN_FILE,
@@ -194,7 +194,7 @@ def trainer_job(
     if queue_name:
         job_labels[Label.KUEUE_QUEUE] = queue_name
     access = store_access(settings, [run.base_model_uri, run.training_file, run.validation_file, run.output_uri])
-    profile = find_hardware_profile(settings, hardware.profile) if hardware and hardware.profile else None
+    profile = profile_of(hardware, settings)
     container = {
         "name": TRAINER_CONTAINER,
         "image": settings.trainer_image,
