@@ -83,6 +83,10 @@ def test_examples_apply_cleanly(control_plane, namespace):
         ("BatchJob", {"inputFile": "file-0123456789", "completionWindow": "2h"}, "spec.completionWindow"),
         ("ModelDeployment", {"baseModel": "m", "engine": "tensorrt"}, "spec.engine"),
         ("ModelDeployment", {"baseModel": "m", "replicas": -1}, "spec.replicas"),
+        ("ModelDeployment", {"baseModel": "m", "rollout": {"maxUnavailable": 0}},
+         "maxSurge and maxUnavailable cannot both be 0"),
+        ("BaseModel", {"source": {"uri": "file:///m"}, "serving": {"startupTimeoutSeconds": 5}},
+         "spec.serving.startupTimeoutSeconds"),
         ("BaseModel", {"source": {"uri": "ftp://weights"}}, "spec.source.uri"),
     ],
 )
