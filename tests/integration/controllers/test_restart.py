@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from tuneforge.local.controlplane import ControlPlane
 
@@ -40,8 +40,7 @@ def test_kill_and_restart_while_reconciling(kube: Kube, control_plane: ControlPl
 
     operator = Operator(control_plane.kubeconfig, store_root, system_namespace, tmp_path / "op.log", [namespace]).start()
     try:
-        wait_for(lambda: len(trainer_jobs()) >= 1, 60, "first trainer Jobs", operator)
-        operator.kill()
+        kill_at_first_trainer_job(kube, namespace, operator)
         killed_with = len(trainer_jobs())
         operator.start()
 
@@ -60,3 +59,15 @@ def test_kill_and_restart_while_reconciling(kube: Kube, control_plane: ControlPl
         operator.stop()
         kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)
         kube.core.delete_namespace(namespace, propagation_policy="Background")
+
+
+def kill_at_first_trainer_job(kube: Kube, namespace: str, operator: Operator) -> None:
+    """Kills the operator the moment its first trainer Job is announced by a watch: polling
+    let a fast operator create all of them between two looks, leaving nothing half done."""
+    jobs = watch.Watch()
+    for _ in jobs.stream(kube.batch.list_namespaced_job, namespace, timeout_seconds=60,
+                         label_selector="app.kubernetes.io/component=trainer"):
+        operator.kill()
+        jobs.stop()
+        return
+    raise AssertionError(f"no trainer Job within 60 s\noperator log:\n{operator.tail()}")
