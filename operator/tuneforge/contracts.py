@@ -257,6 +257,34 @@ class BatchRun(Contract):
     )
 
 
+BATCH_CANCEL_MARKER = "cancel"
+"""Object in the batch's directory: the user cancelled; the runner stops dispatching,
+finishes what is in flight and finalizes partial results."""
+BATCH_FINALIZE_MARKER = "finalize"
+"""Object in the batch's directory holding a `BatchFinalize`: the batch ends without its
+runner finishing it, and the runner Pod started next only finalizes."""
+
+
+class BatchFinalize(Contract):
+    """The controller's decision to end a batch whose runner cannot finish it: retries
+    exhausted, the runner gone past the completion window or the cancel grace. The
+    controller writes it before it starts a runner Pod that sends nothing, publishes what
+    the journal holds (every finished request) and ends the batch in `status`. Requests
+    without a result get one error line each, code `batch_failed` or `batch_expired` with
+    a message quoting `error` (failed, expired), or are left out (cancelled, as OpenAI
+    does); a failed batch also reports `error` in `progress.errors`. A journal whose end was already
+    decided (say `completed`, killed while publishing) keeps that end: nothing is failed
+    that finished.
+
+    Such a run needs no API key, and it may be killed at any point and run again: every
+    request still ends in exactly one line. An input the runner never finished validating
+    is validated first, so that `request_counts.total` counts it; an invalid one ends the
+    batch `failed` with its validation error, as any run would have."""
+
+    status: Literal["failed", "expired", "cancelled"]
+    error: ErrorInfo
+
+
 class RequestCounts(Report):
     total: int = 0
     completed: int = 0

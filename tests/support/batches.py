@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from tuneforge.contracts import BatchRun
+from tuneforge.contracts import BATCH_FINALIZE_MARKER, BatchFinalize, BatchRun
+from tuneforge.storage import ArtifactStore
 
 from tests.support.openai_upstream import RunningUpstream
 
@@ -72,6 +76,11 @@ class BatchFiles:
         path.write_text(spec.dump())
         return path
 
+    def write_finalize_marker(self, marker: BatchFinalize) -> None:
+        """What the controller writes to end a batch its runner cannot finish."""
+        store = ArtifactStore(f"file://{self.batch_dir}")
+        store.write_json(store.path(BATCH_FINALIZE_MARKER), marker.model_dump(mode="json"))
+
     def progress(self) -> dict[str, Any]:
         return json.loads((self.batch_dir / "progress.json").read_text())
 
@@ -81,5 +90,24 @@ class BatchFiles:
             return []
         return [json.loads(line) for line in path.read_text().splitlines()]
 
+    def recorded(self, name: str = "output.jsonl") -> int:
+        """Lines in the runner's journal on a local store; safe while the runner writes."""
+        path = self.batch_dir / "journal" / name
+        return path.read_bytes().count(b"\n") if path.exists() else 0
+
+    def journal_lines(self, name: str) -> list[dict[str, Any]]:
+        """The lines of the journal of a runner that has stopped."""
+        path = self.batch_dir / "journal" / name
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
     def file_dir(self, file_id: str) -> Path:
         return self.root / "store" / self.namespace / "files" / file_id
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)

@@ -6,8 +6,10 @@ sockets, keep-alive and status handling rather than a mocked transport. It answe
 same answer as server-sent chat.completion.chunk events, one per word, then `[DONE]`) and
 `GET /v1/models`, and it can be scripted: a fixed latency for every request, and per-request behaviour keyed by the
 content of the last message (e.g. "answer 429 with Retry-After: 1, then 500, then
-succeed"). `GET /_stats` reports what arrived, so tests can check retries happened and
-that a rejected batch sent nothing.
+succeed"), or SIGKILL a client process when a given request's answer is ready (an answer
+that kills its client). `GET /_stats` reports what arrived and how many other requests
+were in flight at each arrival, so tests can check retries happened, that a rejected batch
+sent nothing, and that a request was sent alone.
 
 Run in a thread (`serve_in_thread`, cheap, for tests) or in its own process
 (`serve_in_subprocess`, for benchmarks, so the server does not share the client's GIL).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,6 +55,9 @@ class UpstreamConfig:
     api_key: str | None = None
     # last message content -> answers for its 1st, 2nd, ... attempt; later attempts succeed.
     scripts: dict[str, list[Step]] = field(default_factory=dict)
+    # last message content -> pid to SIGKILL once the answer is ready (after the delay),
+    # as an answer too large for the client's memory would; set it live per client process.
+    kill_pid_on: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -71,6 +78,9 @@ class OpenAIUpstream:
         self.requests = 0
         self.attempts: dict[str, int] = defaultdict(int)
         self.arrivals: dict[str, list[float]] = defaultdict(list)
+        # last message content -> how many other completions were being answered as it arrived
+        self.others_in_flight: dict[str, list[int]] = defaultdict(list)
+        self.active = 0
         self.auth_failures = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -110,7 +120,9 @@ class OpenAIUpstream:
 
     async def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
         if method == "GET" and path == "/_stats":
-            return 200, {"requests": self.requests, "attempts": self.attempts, "arrivals": self.arrivals}, {}
+            stats = {"requests": self.requests, "attempts": self.attempts, "arrivals": self.arrivals,
+                     "others_in_flight": self.others_in_flight}
+            return 200, stats, {}
         if self.config.api_key is not None and headers.get("authorization") != f"Bearer {self.config.api_key}":
             self.auth_failures += 1
             return 401, _error("invalid_api_key", "Incorrect API key provided"), {}
@@ -123,11 +135,21 @@ class OpenAIUpstream:
         content = str(request["messages"][-1].get("content", ""))
         self.attempts[content] += 1
         self.arrivals[content].append(time.monotonic())
+        self.others_in_flight[content].append(self.active)
+        self.active += 1
+        try:
+            return await self._complete(request, content)
+        finally:
+            self.active -= 1
+
+    async def _complete(self, request: dict, content: str) -> tuple[int, Any, dict]:
         steps = self.config.scripts.get(content, [])
         step = steps[self.attempts[content] - 1] if self.attempts[content] <= len(steps) else Step()
         delay = step.delay_s or self.config.latency_s
         if delay:
             await asyncio.sleep(delay)
+        if content in self.config.kill_pid_on:
+            os.kill(self.config.kill_pid_on[content], signal.SIGKILL)
         request_id = {"x-request-id": f"upstream-{uuid.uuid4().hex[:16]}"}
         if step.status != 200:
             return step.status, _error(f"scripted_{step.status}", f"scripted status {step.status}"), step.headers | request_id

@@ -1,13 +1,18 @@
 """`tuneforge-batch --run batch.json`: the batch runner's command line.
 
 Exit codes (the controller reads them from the Job's Pod):
-  0  the batch reached a final status: completed, cancelled, expired, or failed because
-     its input is invalid. The outcome is in progress.json, not in the exit code, so the
-     Job succeeds and Kubernetes does not retry a batch that is already decided.
-  1  the runner itself failed (unreadable spec, missing API key, store unreachable, a
-     bug). The message goes to the termination log as one line of JSON (ErrorInfo with
-     code `runner_error`), and a retried Pod resumes from the journal.
-  2  bad command-line usage (argparse).
+  0    the batch reached a final status: completed, cancelled, expired, or failed (an
+       invalid input, or the controller's finalize marker). The outcome is in
+       progress.json, not in the exit code, so the Job succeeds and Kubernetes does not
+       retry a batch that is already decided.
+  1    the runner itself failed (unreadable spec, missing API key, store unreachable, a
+       bug). The message goes to the termination log as one line of JSON (ErrorInfo with
+       code `runner_error`), and a retried Pod resumes from the journal.
+  2    bad command-line usage (argparse).
+  143  interrupted: a new Pod resumes from the journal. SIGTERM/SIGINT mean the Pod is
+       going away (drain, eviction, preemption), not that the batch should end: in-flight
+       requests had the cancel grace period to finish, the journal is durable and
+       progress.json still says in_progress, so the Job's retry carries on.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import traceback
 from tuneforge.config import settings
 from tuneforge.contracts import RUN_FILE, BatchRun, ErrorInfo
 
-from tuneforge_inference.batch.runner import run_batch
+from tuneforge_inference.batch.interrupt import EXIT_INTERRUPTED
+from tuneforge_inference.batch.runner import Interrupted, run_batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = BatchRun.load(args.run)
         status = asyncio.run(run_batch(spec))
+    except Interrupted:
+        print(f"batch {spec.batch_id}: interrupted; a new Pod resumes from the journal", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - any failure must reach the termination log
         traceback.print_exc()
         _write_termination_log(ErrorInfo(code="runner_error", message=f"{type(exc).__name__}: {exc}"))

@@ -5,6 +5,12 @@ per-request timeout. Anything else (a 400, a 404 for an unknown model) is the re
 own fault and is final at once. When retries run out, the last answer is the outcome (an
 HTTP error line keeps the server's status and body) or, with no answer at all, an error
 with code `connection_error` or `request_timeout`.
+
+A 429 is backpressure, not a failure: the engine's queue is full because other batches
+and users share it. It does not use up `max_retries`; the request waits (Retry-After, or
+backoff up to the policy's cap) and tries again for as long as the batch runs, so ten
+batches sharing one deployment finish instead of failing their overflow. A target that
+never stops answering 429 leaves the request to the completion window (`batch_expired`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import httpx
 
 from tuneforge_inference.batch.records import Outcome
 from tuneforge_inference.batch.retry import RetryPolicy, is_retryable_status, retry_after_seconds
+
+BUSY = 429
 
 
 class Sender:
@@ -43,6 +51,7 @@ class Sender:
 
     async def send(self, custom_id: str, body: dict[str, Any]) -> Outcome:
         attempt = 0
+        throttled = 0
         while True:
             request_id = f"req_{uuid.uuid4().hex}"
             retry_after: float | None = None
@@ -65,6 +74,10 @@ class Sender:
                     return _answered(custom_id, response, request_id)
                 outcome = _answered(custom_id, response, request_id)
                 retry_after = retry_after_seconds(response.headers)
+                if response.status_code == BUSY:
+                    await asyncio.sleep(self.policy.delay(throttled, retry_after, self.rng))
+                    throttled += 1
+                    continue
             if attempt >= self.max_retries:
                 return outcome
             await asyncio.sleep(self.policy.delay(attempt, retry_after, self.rng))

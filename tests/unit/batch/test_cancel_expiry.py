@@ -1,4 +1,5 @@
-"""Cancellation (cancel marker, SIGTERM, grace period) and expiry at the deadline."""
+"""Cancellation (cancel marker, grace period), SIGTERM (which does not cancel) and expiry
+at the deadline."""
 
 from __future__ import annotations
 
@@ -10,29 +11,17 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-from tests.support.batches import request_line
+from tests.support.batches import request_line, wait_for
 from tuneforge_inference.batch.runner import RunnerTuning, run_batch
 
 TICK = RunnerTuning(tick_s=0.05)
-
-
-def _journal_lines(batch) -> int:
-    path = batch.batch_dir / "journal" / "output.jsonl"
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-async def _wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 async def test_cancel_marker_stops_dispatch_and_keeps_partial_results(batch, upstream):
     upstream.app.config.latency_s = 0.1
     batch.write_input([request_line(f"r{i}") for i in range(200)])
     run = asyncio.create_task(run_batch(batch.spec(upstream, concurrency=4), TICK))
-    await _wait_for(lambda: _journal_lines(batch) >= 8)
+    await wait_for(lambda: batch.recorded() >= 8)
     (batch.batch_dir / "cancel").write_text("")
     assert await run == "cancelled"
 
@@ -53,7 +42,7 @@ async def test_in_flight_requests_are_abandoned_after_the_grace_period(batch, up
     upstream.app.config.latency_s = 2.0
     batch.write_input([request_line(f"r{i}") for i in range(20)])
     run = asyncio.create_task(run_batch(batch.spec(upstream, concurrency=4, cancel_grace_s=0.2), TICK))
-    await _wait_for(lambda: upstream.app.requests >= 4)
+    await wait_for(lambda: upstream.app.requests >= 4)
     started = time.monotonic()
     (batch.batch_dir / "cancel").write_text("")
     assert await run == "cancelled"
@@ -62,25 +51,34 @@ async def test_in_flight_requests_are_abandoned_after_the_grace_period(batch, up
     assert batch.lines("output.jsonl") == [] and batch.lines("errors.jsonl") == []
 
 
-def test_sigterm_cancels_the_batch_and_exits_0(batch, upstream):
+def test_sigterm_exits_143_keeping_the_journal_and_a_rerun_resumes(batch, upstream):
     upstream.app.config.latency_s = 0.1
-    batch.write_input([request_line(f"r{i}") for i in range(300)])
+    ids = [f"r{i}" for i in range(300)]
+    batch.write_input([request_line(i) for i in ids])
     spec_path = batch.write_spec(batch.spec(upstream, concurrency=4))
-    proc = subprocess.Popen([sys.executable, "-m", "tuneforge_inference.batch", "--run", str(spec_path)])
+    command = [sys.executable, "-m", "tuneforge_inference.batch", "--run", str(spec_path)]
+    proc = subprocess.Popen(command)
     deadline = time.monotonic() + 30
-    while _journal_lines(batch) < 8:
+    while batch.recorded() < 8:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=30) == 143
+
     progress = batch.progress()
-    assert progress["status"] == "cancelled"
-    assert 8 <= progress["request_counts"]["completed"] < 300
-    assert len(batch.lines("output.jsonl")) == progress["request_counts"]["completed"]
-    # A restart of a cancelled batch does not resume it.
-    assert subprocess.run([sys.executable, "-m", "tuneforge_inference.batch", "--run", str(spec_path)]).returncode == 0
-    assert batch.progress()["status"] == "cancelled"
-    assert len(batch.lines("output.jsonl")) == progress["request_counts"]["completed"]
+    assert progress["status"] == "in_progress", "a Pod going away must not end the batch"
+    assert progress["cancelling_at"] is None and progress["cancelled_at"] is None
+    kept = batch.recorded()
+    assert 8 <= kept == progress["request_counts"]["completed"] < 300
+    # In-flight requests finished within the grace period: every request sent has its line.
+    assert upstream.stats()["requests"] == kept
+    assert not (batch.batch_dir / "output.jsonl").exists(), "nothing is published yet"
+
+    upstream.app.config.latency_s = 0.0
+    assert subprocess.run(command, timeout=120).returncode == 0
+    assert batch.progress()["status"] == "completed"
+    assert Counter(line["custom_id"] for line in batch.lines("output.jsonl")) == Counter(ids)
+    assert upstream.stats()["requests"] == 300, "the rerun sent again what was recorded"
 
 
 async def test_expiry_finalizes_with_unfinished_requests_as_batch_expired(batch, upstream):

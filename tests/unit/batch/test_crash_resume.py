@@ -49,12 +49,14 @@ def test_sigkill_at_random_moments_then_finish_exactly_once(batch, upstream):
     assert subprocess.run(command, stderr=subprocess.DEVNULL, timeout=120).returncode == 0, f"seed {seed}"
 
     output, errors = batch.lines("output.jsonl"), batch.lines("errors.jsonl")
-    assert errors == [], f"seed {seed}"
-    assert Counter(line["custom_id"] for line in output) == Counter(ids), f"seed {seed}"
+    # Kills that land CRASH_LIMIT times on one request, alone in flight after the first,
+    # are indistinguishable from a crash loop: such a request is failed, and only such.
+    assert {line["error"]["code"] for line in errors} <= {"runner_crashed"}, f"seed {seed}"
+    assert Counter(line["custom_id"] for line in output + errors) == Counter(ids), f"seed {seed}"
     for line in output:
         assert line["response"]["body"]["choices"][0]["message"]["content"] == f"echo: content of {line['custom_id']}"
     progress = batch.progress()
     assert progress["status"] == "completed"
-    assert progress["request_counts"] == {"total": N, "completed": N, "failed": 0}
+    assert progress["request_counts"] == {"total": N, "completed": len(output), "failed": len(errors)}
     # Requests in flight at a kill were sent again, and yet recorded once.
     assert upstream.stats()["requests"] >= N

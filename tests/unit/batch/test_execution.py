@@ -80,25 +80,35 @@ async def test_429_and_500_are_retried_until_success_honouring_retry_after(batch
     assert min(gaps) >= 0.3
 
 
+async def test_a_busy_target_is_waited_for_beyond_max_retries(batch, upstream):
+    upstream.app.config.scripts = {"busy": [Step(429)] * 6}
+    batch.write_input([request_line("queued", "busy"), request_line("fine")])
+    assert await run_batch(batch.spec(upstream, max_retries=1), FAST) == "completed"
+
+    assert {line["custom_id"] for line in batch.lines("output.jsonl")} == {"queued", "fine"}
+    assert batch.lines("errors.jsonl") == []
+    assert upstream.stats()["attempts"]["busy"] == 7, "six 429s, then the answer"
+
+
 async def test_permanent_and_exhausted_failures_land_in_the_error_file(batch, upstream):
     upstream.app.config.scripts = {
         "bad request": [Step(400)],
-        "always busy": [Step(429)] * 10,
+        "always down": [Step(503)] * 10,
     }
     batch.write_input(
-        [request_line("bad", "bad request"), request_line("busy", "always busy"), request_line("fine")]
+        [request_line("bad", "bad request"), request_line("down", "always down"), request_line("fine")]
     )
     assert await run_batch(batch.spec(upstream, max_retries=2), FAST) == "completed"
 
     errors = {line["custom_id"]: line for line in batch.lines("errors.jsonl")}
-    assert set(errors) == {"bad", "busy"}
+    assert set(errors) == {"bad", "down"}
     assert errors["bad"]["response"]["status_code"] == 400
     assert errors["bad"]["response"]["body"]["error"]["code"] == "scripted_400"
-    assert errors["busy"]["response"]["status_code"] == 429
+    assert errors["down"]["response"]["status_code"] == 503
     assert errors["bad"]["error"] is None
     stats = upstream.stats()
     assert stats["attempts"]["bad request"] == 1, "a 400 must not be retried"
-    assert stats["attempts"]["always busy"] == 3, "max_retries=2 means three attempts"
+    assert stats["attempts"]["always down"] == 3, "max_retries=2 means three attempts"
     progress = batch.progress()
     assert progress["request_counts"] == {"total": 3, "completed": 1, "failed": 2}
     assert progress["error_file_id"] == "file-err"

@@ -73,3 +73,25 @@ def test_backoff_grows_with_jitter_and_honours_hints():
     hinted = [policy.delay(0, 5.0, rng) for _ in range(100)]
     assert min(hinted) >= 5.0 and max(hinted) <= 5.5
     assert policy.delay(0, 3600, rng) <= 66
+
+
+def test_requests_in_flight_at_a_death_are_charged_one_crash_each(tmp_path):
+    journal = Journal(tmp_path)
+    for custom_id in ("a", "b", "c\nwith a newline"):
+        journal.dispatch(custom_id)
+    journal.record(Outcome("a", status_code=200, request_id="r", body=BODY))
+    journal.close()  # the process dies here: nothing emptied its dispatched log
+
+    reopened = Journal(tmp_path)
+    assert sorted(reopened.died_in_flight) == ["b", "c\nwith a newline"]
+    assert reopened.state.crashes == {"b": 1, "c\nwith a newline": 1}
+    reopened.dispatch("b")
+    reopened.clear_dispatched()  # a clean stop abandons "b" on purpose
+    reopened.close()
+
+    again = Journal(tmp_path)
+    assert again.died_in_flight == []
+    assert again.state.crashes == {"b": 1, "c\nwith a newline": 1}, "a charge is counted once"
+    again.dispatch("b")
+    again.close()
+    assert Journal(tmp_path).state.crashes == {"b": 2, "c\nwith a newline": 1}

@@ -62,5 +62,30 @@ def test_a_local_journal_wins_over_the_snapshot(tmp_path: Path):
     journal.close()
 
 
+def test_the_in_flight_set_comes_back_and_is_charged_a_crash(tmp_path: Path):
+    store = _store_with_snapshot(tmp_path, ids=["a"], state={"validated": True, "total": 5, "final": None})
+    snapshot.put_in_flight(["a", "b"], store)
+    work_dir = tmp_path / "pod" / "journal"
+
+    assert snapshot.restore(work_dir, store)
+
+    journal = Journal(work_dir)
+    assert journal.state.crashes == {"b": 1}, "a request with a result was not in flight at the death"
+    journal.close()
+
+
+def test_an_in_flight_set_alone_is_restored(tmp_path: Path):
+    """A request that kills the runner within seconds does so before the first snapshot."""
+    store = ArtifactStore(str(tmp_path / "store"))
+    snapshot.put_in_flight(["x"], store)
+    work_dir = tmp_path / "pod" / "journal"
+
+    assert snapshot.restore(work_dir, store)
+
+    journal = Journal(work_dir)
+    assert journal.state.crashes == {"x": 1} and journal.done == set()
+    journal.close()
+
+
 def test_no_snapshot_means_a_fresh_start(tmp_path: Path):
     assert not snapshot.restore(tmp_path / "pod" / "journal", ArtifactStore(str(tmp_path / "store")))
