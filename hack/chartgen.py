@@ -133,6 +133,8 @@ class Operator(Values):
     """PodDisruptionBudget."""
     pod_admission_timeout: float = Field(default=600, gt=0)
     """Seconds a trainer or batch runner Job may fail to create its Pods before the job fails."""
+    batch_retries_per_hour: int = Field(default=10, ge=1)
+    """Batch runner crashes retried per hour of a batch's completion window."""
 
 
 class Service(Values):

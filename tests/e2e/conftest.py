@@ -2,10 +2,10 @@
 
 It is the same `DevStack` that `make dev` starts (control plane, operator and gateway
 subprocesses, the node agent running Pods as processes), with only the tiny model in the
-catalog, a free gateway port and a state directory of its own. The tests drive it
-through the official `openai` client and `kubectl`, and reach under it only to do what a
-user or a failing machine would: kill the operator, kill a Pod's process (the helpers for
-that are in tests/support/devstack.py).
+catalog, a free gateway port, a state directory of its own and a small batch retry
+budget. The tests drive it through the official `openai` client and `kubectl`, and reach
+under it only to do what a user or a failing machine would: kill the operator, kill a
+Pod's process (the helpers for that are in tests/support/devstack.py).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import pytest
 
 from tuneforge.local.devstack import TINY, DevStack, free_gateway_port
 
+from tests.support.devstack import BATCH_RETRIES_PER_HOUR
+
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     stack = DevStack(state_dir=tmp_path_factory.mktemp("dev"), gateway_port=free_gateway_port(), models=(TINY,),
-                     poll_interval=1.0, status_interval=2.0)
+                     poll_interval=1.0, status_interval=2.0, batch_retries_per_hour=BATCH_RETRIES_PER_HOUR)
     with stack:
         yield stack
 

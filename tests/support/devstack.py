@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import openai
 from kubernetes import client
 
@@ -19,6 +21,9 @@ from tuneforge.local.devstack import DevStack
 from tuneforge.local.podworker import pod_dir_name
 
 T = TypeVar("T")
+BATCH_RETRIES_PER_HOUR = 3
+"""The e2e platform's `--batch-retries-per-hour`: a 1h batch's runner gets 3 retries, few
+enough for the chaos tests to run one out of them; a 24h batch still gets 72."""
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 240.0, every: float = 1.0) -> T:
@@ -75,6 +80,23 @@ def final_batch(openai_client: openai.OpenAI, batch_id: str, timeout: float = 30
 def job_events(openai_client: openai.OpenAI, job_id: str) -> list[str]:
     """The job's event messages, oldest first."""
     return [event.message for event in reversed(openai_client.fine_tuning.jobs.list_events(job_id, limit=1000).data)]
+
+
+def step_events(openai_client: openai.OpenAI, job_id: str) -> list[int]:
+    """The steps of the job's per-step metric events ("Step N/T: ..."), oldest first."""
+    return [int(match.group(1)) for message in job_events(openai_client, job_id)
+            if (match := re.match(r"Step (\d+)/\d+: ", message))]
+
+
+def checkpoint_steps(openai_client: openai.OpenAI, job_id: str) -> list[int]:
+    """The steps of the job's complete checkpoints as the OpenAI API lists them, newest first."""
+    return [c.step_number for c in openai_client.fine_tuning.jobs.checkpoints.list(job_id, limit=100).data]
+
+
+def management_api(stack: DevStack) -> httpx.Client:
+    """The management API (/api/v1/fine-tuning) with the dev key, as a dashboard calls it."""
+    return httpx.Client(base_url=f"http://127.0.0.1:{stack.gateway_port}/api/v1/fine-tuning",
+                        headers={"X-API-Key": stack.api_key}, timeout=60)
 
 
 def kubectl_json(stack: DevStack, *args: str) -> Any:

@@ -3,16 +3,24 @@
     Validating -> InProgress -> Finalizing -> Completed
          \\-> Failed          \\-> Expired (completion window passed; partial results kept)
     any -> Cancelling -> Cancelled (spec.cancel)
+    InProgress/Cancelling -> Finalizing (the finalizer) -> Failed/Expired/Cancelled
 
 The runner owns the batch's lifecycle once it runs (it records the status strings and
 their timestamps in progress.json and registers the output and error Files); the
 controller validates before anything runs, starts the runner with a chat-scoped API key
 made for this batch, copies progress into status, and enforces what the runner cannot
-when it is not running: cancel before it started, the completion window when it is
-stuck, revoking the key when the batch ends, and failing the batch when the API server
-refuses the runner's Pods for longer than the admission timeout. Cancel writes the
-`cancel` marker into the batch's store directory; the runner sees it, finishes in-flight
-requests and finalizes partial results.
+when it is not running: cancel before it started, revoking the key when the batch ends,
+and failing the batch when the API server refuses the runner's Pods for longer than the
+admission timeout. Cancel writes the `cancel` marker into the batch's store directory;
+the runner sees it, finishes in-flight requests and finalizes partial results.
+
+A runner that stops short (out of its retry budget, exited without an end, refused after
+it ran, stuck past the completion window or the cancel grace) never takes finished work
+with it: the controller writes its decision as the `finalize` marker
+(tuneforge.contracts.BatchFinalize) and, once no runner Pod is left, starts the finalizer
+Job, the runner's own Pod, which publishes every finished request and one error line per
+unfinished one, as an expired batch does. Every step is idempotent, so an operator or
+finalizer killed half-way simply repeats it.
 
 The key's hash lives in the system namespace, which a namespaced BatchJob cannot own by
 ownerReference, so BatchJobs carry kopf's finalizer: deleting a batch first revokes its key.
@@ -21,9 +29,9 @@ ownerReference, so BatchJobs carry kopf's finalizer: deleting a batch first revo
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 
@@ -31,7 +39,14 @@ from tuneforge import apikeys
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BatchJobResource
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
-from tuneforge.contracts import BatchProgress, BatchRun
+from tuneforge.contracts import (
+    BATCH_CANCEL_MARKER,
+    BATCH_FINALIZE_MARKER,
+    BatchFinalize,
+    BatchProgress,
+    BatchRun,
+    ErrorInfo,
+)
 from tuneforge.controllers import admission, builders, kube, metrics
 from tuneforge.controllers.children import first, termination_error
 from tuneforge.controllers.handlers import reconcile_on_timer
@@ -52,6 +67,7 @@ from tuneforge.storage import StoreError
 
 KIND = "BatchJob"
 PLURAL = "batchjobs"
+EndStatus = Literal["failed", "expired", "cancelled"]
 RUNNER_EXIT_GRACE = timedelta(seconds=60)
 """Time the runner gets beyond its own cancel grace to finalize, before the controller
 stops it and finishes the batch itself."""
@@ -94,7 +110,7 @@ def _reconcile(
     # The deadline enforced is the one published in status (the gateway's `expires_at`), so
     # what users are told and what happens cannot drift apart.
     expires = parse_timestamp(state.status["expiresAt"])
-    job = first(indexes["tf_jobs"].get(("batch-runner", namespace, name)))
+    job = first(indexes["tf_jobs"].get((builders.RUNNER_COMPONENT, namespace, name)))
 
     if state.phase in BATCH_TERMINAL:
         _revoke_key(state, namespace, name)
@@ -105,12 +121,15 @@ def _reconcile(
             state.transition("Cancelled", "Cancelled", "cancelled before it started")
             return state.status
         state.transition("Validating", "Validating", "validating the input file")
-        _validate_and_start(batch, raw, state, indexes, expires, created, controller_settings.dependency_grace)
+        _validate_and_start(batch, raw, state, indexes, expires, created, controller_settings)
         return state.status
 
     directory = store().batch_dir(namespace, name)
     progress_data = store().read_json(f"{directory}/progress.json")
     progress = BatchProgress.model_validate(progress_data) if progress_data is not None else None
+    if "finalizerJob" in state.status:
+        _follow_finalizer(state, raw, progress, indexes, controller_settings.pod_admission_timeout)
+        return state.status
     runner_phase = BATCH_PHASE_FROM_OPENAI.get(progress.status) if progress else None
     finished = job is not None and (job["complete"] or job["failed"])
     if progress is not None and (finished or runner_phase != state.phase or throttle.ready(raw["metadata"]["uid"])):
@@ -118,7 +137,7 @@ def _reconcile(
 
     now = utcnow()
     if batch.spec.cancel and state.phase != "Cancelling":
-        store().write_bytes(f"{directory}/cancel", b"")
+        store().write_bytes(f"{directory}/{BATCH_CANCEL_MARKER}", b"")
         state.transition("Cancelling", "Cancelling", "cancel requested; the runner finalizes partial results")
         if progress is None:  # the runner never started: nobody to finalize
             if job is not None:
@@ -131,46 +150,120 @@ def _reconcile(
         if final in BATCH_TERMINAL:
             state.transition(final, final, f"batch {final.lower()}", warning=final == "Failed")
         else:
-            state.status["errors"] = [{"code": "runner_exited_early", "message": "the batch runner exited before finishing"}]
-            state.transition("Failed", "RunnerFailed", "the batch runner exited before finishing", warning=True)
+            _finalize(state, raw, None, _ending(state, expires, now), ErrorInfo(
+                code="runner_exited_early", message="the batch runner exited before finishing"))
         return state.status
     if job is not None and job["failed"]:
         error = termination_error(
-            indexes["tf_pods"].get(("batch-runner", namespace, name)),
+            indexes["tf_pods"].get((builders.RUNNER_COMPONENT, namespace, name)),
             default_code="batch_runner_failed",
             fallback=job["failure_message"] or "the batch runner failed",
         )
-        state.status["errors"] = [error.to_wire()]
-        state.transition("Failed", "RunnerFailed", f"{error.code}: {error.message}", warning=True)
+        _finalize(state, raw, None, _ending(state, expires, now), ErrorInfo(code=error.code, message=error.message))
         return state.status
-    if job is not None and _runner_refused(state, namespace, job, controller_settings.pod_admission_timeout):
+    if job is not None and _runner_refused(state, raw, job, progress, controller_settings.pod_admission_timeout):
         return state.status
 
     deadline = now - timedelta(seconds=_cancel_grace()) - RUNNER_EXIT_GRACE
     if state.phase == "Cancelling":
         cancelling = parse_timestamp(state.status.get("cancellingAt")) or now
         if cancelling < deadline:
-            if job is not None:
-                kube.delete_job(namespace, job["name"])
-            state.transition("Cancelled", "Cancelled", "the runner did not finish in time; partial results kept")
+            _finalize(state, raw, job, "cancelled", ErrorInfo(
+                code="batch_cancelled", message="the runner did not finish cancelling in time"))
         return state.status
     if expires < deadline:
-        if job is not None:
-            kube.delete_job(namespace, job["name"])
-        state.transition("Expired", "Expired", "the completion window passed; partial results kept", warning=True)
+        _finalize(state, raw, job, "expired", ErrorInfo(
+            code="batch_expired", message="the completion window passed before the runner finished"))
         return state.status
     if runner_phase in ("InProgress", "Finalizing"):
         state.transition(runner_phase, runner_phase, f"the runner reports {progress.status}")
     return state.status
 
 
-def _runner_refused(state: _State, namespace: str, job: dict, timeout: float) -> bool:
+def _ending(state: _State, expires: datetime, now: datetime) -> EndStatus:
+    """How a batch ends whose runner stopped short: as the user asked (cancelled), as its
+    window says (expired), or failed."""
+    if state.phase == "Cancelling":
+        return "cancelled"
+    return "expired" if now >= expires else "failed"
+
+
+def _finalize(state: _State, raw: dict, job: dict | None, ending: EndStatus, error: ErrorInfo) -> None:
+    """Decides the end of a batch its runner cannot finish and hands it to the finalizer:
+    the marker first (the finalizer's instructions, rewritten identically if this repeats),
+    then the runner Job goes when it is still running (its Pods get SIGTERM and leave their
+    journal durable), then the status records the decision. The finalizer Job itself is
+    created by `_follow_finalizer` once no runner Pod can still write the journal."""
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    decision = BatchFinalize(status=ending, error=error)
+    store().write_json(f"{store().batch_dir(namespace, name)}/{BATCH_FINALIZE_MARKER}", decision.model_dump(mode="json"))
+    if job is not None:
+        kube.delete_job(namespace, job["name"])
+    if ending == "failed":
+        state.status["errors"] = [error.model_dump(exclude_none=True)]
+    state.status["finalizerJob"] = builders.finalizer_job_name(name)
+    state.transition("Finalizing", "RunnerStopped",
+                     f"{error.code}: {error.message}; publishing the finished requests, then {ending}",
+                     warning=ending == "failed")
+
+
+def _follow_finalizer(state: _State, raw: dict, progress: BatchProgress | None, indexes: dict[str, Any],
+                      admission_timeout: float) -> None:
+    """Starts the finalizer once the runner's Pods are gone (two writers would break the
+    journal's exactly-once) and ends the batch as its progress says once it succeeded. A
+    finalizer that fails too ends the batch failed without files: the journal stays in the
+    store, and the errors say why."""
+    namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    runner = first(indexes["tf_jobs"].get((builders.RUNNER_COMPONENT, namespace, name)))
+    runner_pods = indexes["tf_pods"].get((builders.RUNNER_COMPONENT, namespace, name)) or ()
+    if (runner is not None and runner["deleting"]) or any(p["phase"] in ("Pending", "Running") for p in runner_pods):
+        return
+    finalizer = first(indexes["tf_jobs"].get((builders.FINALIZER_COMPONENT, namespace, name)))
+    if finalizer is None:
+        batch = BatchJobResource.model_validate(raw)
+        config = settings()
+        run = builders.batch_run(batch, input_uri=state.status["inputFileUri"], expires=parse_timestamp(
+            state.status["expiresAt"]), served=None, settings=config)
+        if kube.create(builders.finalizer_job(raw, run, settings=config)):
+            kopf.info(raw, reason="FinalizerCreated", message=f"created batch finalizer Job {state.status['finalizerJob']}")
+        return
+    final = BATCH_PHASE_FROM_OPENAI.get(progress.status) if progress else None
+    if finalizer["complete"] and final in BATCH_TERMINAL:
+        _copy_progress(state, progress)
+        state.transition(final, final, f"batch {final.lower()} with the results its runner finished",
+                         warning=final == "Failed")
+        return
+    if finalizer["failed"] or finalizer["complete"]:
+        error = termination_error(
+            indexes["tf_pods"].get((builders.FINALIZER_COMPONENT, namespace, name)),
+            default_code="batch_finalizer_failed",
+            fallback=finalizer["failure_message"] or "the batch finalizer failed",
+        )
+        _fail_unpublished(state, error.to_wire())
+        return
+    refused = admission.follow(state, namespace, finalizer, what="batch finalizer", timeout=admission_timeout)
+    if refused is not None:
+        kube.delete_job(namespace, finalizer["name"])
+        _fail_unpublished(state, refused.to_wire())
+
+
+def _fail_unpublished(state: _State, error: dict) -> None:
+    state.status["errors"] = [*state.status.get("errors", []), error][-100:]
+    state.transition("Failed", "FinalizerFailed",
+                     f"{error['code']}: {error['message']}; the finished requests stay in the journal", warning=True)
+
+
+def _runner_refused(state: _State, raw: dict, job: dict, progress: BatchProgress | None, timeout: float) -> bool:
     """Follows whether the runner's Pods are admitted (tuneforge.controllers.admission);
-    True when they were refused for longer than `timeout` and the batch failed: the Job
-    goes, since its controller would go on trying."""
+    True when they were refused for longer than `timeout`: a runner that never ran fails
+    the batch at once, one that ran before is finalized like any runner that stopped short."""
+    namespace = raw["metadata"]["namespace"]
     error = admission.follow(state, namespace, job, what="batch runner", timeout=timeout)
     if error is None:
         return False
+    if progress is not None:
+        _finalize(state, raw, job, "failed", ErrorInfo(code=error.code, message=error.message))
+        return True
     kube.delete_job(namespace, job["name"])
     state.status["errors"] = [error.to_wire()]
     state.transition("Failed", admission.REFUSED, f"{error.code}: {error.message}", warning=True)
@@ -200,7 +293,7 @@ def _served_models(namespace: str, indexes: dict[str, Any]) -> list[str]:
 
 
 def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, indexes: dict, expires: Any,
-                        created: Any, dependency_grace: float) -> None:
+                        created: Any, controller_settings: ControllerSettings) -> None:
     """Validates the input against the models served now and starts the runner. A model
     nobody serves yet fails the batch only once it is older than the dependency grace: a
     ModelDeployment applied with it may not have been seen yet."""
@@ -215,7 +308,7 @@ def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, index
         error = exc.to_error_info().model_dump(exclude_none=True)
     else:
         error = None
-    young = (utcnow() - created).total_seconds() < dependency_grace
+    young = (utcnow() - created).total_seconds() < controller_settings.dependency_grace
     if error is not None and error["code"] == "model_not_found" and young:
         state.condition("Validated", "Unknown", "WaitingForModel", error["message"])
         return
@@ -228,7 +321,8 @@ def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, index
     run = builders.batch_run(batch, input_uri=input_uri, expires=expires, served=served, settings=config)
     _ensure_key(raw)
     kube.create(builders.runner_configmap(raw, run))
-    kube.create(builders.runner_job(raw, run, settings=config))
+    kube.create(builders.runner_job(raw, run, settings=config,
+                                   retries_per_hour=controller_settings.batch_retries_per_hour))
     state.status["inputFileUri"] = input_uri
     state.status["runnerJob"] = builders.runner_job_name(name)
     state.status["requestCounts"] = {"total": summary.n_requests, "completed": 0, "failed": 0}

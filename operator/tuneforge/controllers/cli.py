@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a trainer or batch runner Job may fail to create its Pods (refused by Pod Security, "
         "a quota or a webhook) before the job fails with pod_creation_refused (default: %(default)s)",
     )
+    parser.add_argument(
+        "--batch-retries-per-hour", type=int, default=ControllerSettings.batch_retries_per_hour,
+        help="batch runner crashes retried per hour of the batch's completion window; the runner resumes "
+        "from its journal each time, and a batch out of retries ends with what it finished (default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=32, help="threads running reconciles")
 
 

@@ -64,6 +64,7 @@ def controller_settings(args: argparse.Namespace) -> ControllerSettings:
         status_interval=args.status_interval,
         dependency_grace=args.dependency_grace,
         pod_admission_timeout=args.pod_admission_timeout,
+        batch_retries_per_hour=args.batch_retries_per_hour,
     )
 
 

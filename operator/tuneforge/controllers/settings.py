@@ -23,6 +23,9 @@ class ControllerSettings:
     """Seconds a trainer or batch runner Job may go on failing to create its Pods (Pod
     Security, a quota, a webhook refusing them) before the job fails: long enough for a
     platform team to fix a quota, short enough that nobody waits on a job that cannot run."""
+    batch_retries_per_hour: int = 10
+    """Batch runner crashes retried per hour of a batch's completion window (see
+    builders.runner_retry_budget): at 10, the retries span the whole window."""
     webhook_timeout: float = 10.0
     """Seconds one webhook delivery attempt may take."""
     webhook_attempts: int = 4

@@ -156,6 +156,9 @@ class DevStack:
     tenant: str = DEV_TENANT
     poll_interval: float = 2.0
     status_interval: float = 5.0
+    batch_retries_per_hour: int | None = None
+    """The operator's `--batch-retries-per-hour`; None keeps its default. The chaos tests
+    lower it to run a batch out of retries in a minute instead of a window's worth."""
     plane: ControlPlane | None = None
     api_client: client.ApiClient | None = None
     operator: Component | None = None
@@ -198,6 +201,7 @@ class DevStack:
             self.operator = Component("operator", [
                 *tuneforge, "operator", "--standalone", "--liveness", "", "--metrics-port", "0",
                 "--poll-interval", str(self.poll_interval), "--status-interval", str(self.status_interval),
+                *(["--batch-retries-per-hour", str(self.batch_retries_per_hour)] if self.batch_retries_per_hour else []),
             ], env, self.state_dir / "logs" / "operator.log").start()
             self.gateway = Component("gateway", [
                 *tuneforge, "gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port),

@@ -308,9 +308,10 @@ def test_batch_run_job_configmap_and_key_secret() -> None:
     assert run.output_file_id != run.error_file_id and run.output_file_id.startswith("file-")
     cm = builders.runner_configmap(body, run)
     assert BatchRun.model_validate_json(cm["data"]["run.json"]) == run
-    job = builders.runner_job(body, run, settings=SETTINGS)
+    job = builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=10)
     assert job["metadata"]["name"] == "batch-abc-runner"
     assert job["spec"]["activeDeadlineSeconds"] > 3600
+    assert job["spec"]["backoffLimit"] == 10
     [container] = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["tuneforge-batch"]
     key_env = [e for e in container["env"] if e["name"] == "TUNEFORGE_BATCH_API_KEY"][0]
@@ -318,6 +319,33 @@ def test_batch_run_job_configmap_and_key_secret() -> None:
     secret = builders.batch_key_secret(body, "tf-key")
     assert secret["metadata"]["name"] == "batch-abc-api-key" and secret["data"] == {"TUNEFORGE_BATCH_API_KEY": base64.b64encode(b"tf-key").decode()}
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-b"
+
+
+@pytest.mark.parametrize("window,retries", [("1h", 10), ("6h", 60), ("24h", 240)])
+def test_the_runner_retry_budget_scales_with_the_completion_window(window: str, retries: int) -> None:
+    body, bj = batch(completionWindow=window)
+    run = builders.batch_run(bj, input_uri="file:///in.jsonl", expires=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                             served=None, settings=SETTINGS)
+    assert builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=10)["spec"]["backoffLimit"] == retries
+    assert builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=2)["spec"]["backoffLimit"] == retries // 5
+
+
+def test_the_finalizer_is_the_runner_pod_under_its_own_name_and_component() -> None:
+    body, bj = batch(completionWindow="24h")
+    run = builders.batch_run(bj, input_uri="file:///in.jsonl", expires=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                             served=None, settings=SETTINGS)
+    runner = builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=10)
+    finalizer = builders.finalizer_job(body, run, settings=SETTINGS)
+    assert finalizer["metadata"]["name"] == "batch-abc-finalizer"
+    labels = finalizer["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == builders.FINALIZER_COMPONENT
+    assert runner["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == builders.RUNNER_COMPONENT
+    assert finalizer["spec"]["backoffLimit"] == builders.FINALIZER_BACKOFF_LIMIT
+    assert finalizer["spec"]["activeDeadlineSeconds"] < runner["spec"]["activeDeadlineSeconds"]
+    strip = ("metadata",)
+    runner_pod = {k: v for k, v in runner["spec"]["template"].items() if k not in strip}
+    finalizer_pod = {k: v for k, v in finalizer["spec"]["template"].items() if k not in strip}
+    assert finalizer_pod == runner_pod
 
 
 @pytest.mark.parametrize("window,hours", [("1h", 1), ("24h", 24)])

@@ -67,7 +67,7 @@ def runner_pod() -> dict:
     batch = BatchJobResource.model_validate(body)
     run = builders.batch_run(batch, input_uri="s3://bucket/tf/in", served=["m"], settings=SETTINGS,
                              expires=datetime(2030, 1, 1, tzinfo=timezone.utc))
-    return builders.runner_job(body, run, settings=SETTINGS)["spec"]["template"]["spec"]
+    return builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=10)["spec"]["template"]["spec"]
 
 
 def serving_pod(engine: str = "cpu") -> dict:

@@ -27,7 +27,13 @@ from tuneforge.api.v1alpha1.common import ApiModel
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobStatus
 from tuneforge.api.v1alpha1.modeldeployment import ModelDeploymentStatus
 from tuneforge.config import settings
-from tuneforge.contracts import BatchProgress, TrainingProgress, TrainingResult
+from tuneforge.contracts import (
+    BATCH_FINALIZE_MARKER,
+    BatchFinalize,
+    BatchProgress,
+    TrainingProgress,
+    TrainingResult,
+)
 from tuneforge.controllers import basemodel, batch, builders, deployment, finetuning, kube, webhook
 from tuneforge.controllers.children import deployment_summary, job_summary, pod_summary
 from tuneforge.controllers.settings import ControllerSettings
@@ -380,13 +386,78 @@ def test_batch_job_from_validation_to_revoked_key(root, api) -> None:
     assert [c["type"] for c in driver.tick()["conditions"]][-1] == "KeyRevoked"
 
 
-def test_batch_job_whose_runner_fails(root, api) -> None:
+def test_a_batch_whose_runner_runs_out_of_retries_is_finalized_with_what_it_finished(root, api) -> None:
     driver = _batch(root)
-    key = ("batch-runner", "team", "batch-abc")
+    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
+    finalizer_key = (builders.FINALIZER_COMPONENT, "team", "batch-abc")
     driver.tick()
-    driver.indexes["tf_jobs"] = {key: _job(builders.runner_job_name("batch-abc"), "Failed", message="boom")}
+    _batch_progress("in_progress")
+    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"), "Failed",
+                                                  message="Job has reached the specified backoff limit")}
+    driver.indexes["tf_pods"] = {runner_key: [_pod("Failed", exit_code=137)]}
+    finalizing = driver.tick()
+    assert finalizing["phase"] == "Finalizing" and finalizing["finalizerJob"] == "batch-abc-finalizer"
+    assert finalizing["errors"][0]["code"] == "batch_runner_failed"
+    marker = store().read_json(f"{store().batch_dir('team', 'batch-abc')}/{BATCH_FINALIZE_MARKER}")
+    assert BatchFinalize.model_validate(marker).status == "failed"
+    assert marker["error"]["code"] == "batch_runner_failed"
+
+    driver.tick()
+    assert ("Job", "team", "batch-abc-finalizer") in api.objects
+    assert driver.status["phase"] == "Finalizing", "ended before the finalizer published anything"
+
+    _batch_progress("failed", output_file_id="file-out", error_file_id="file-err",
+                    errors=[marker["error"]], failed_at=datetime(2026, 1, 1, 1, tzinfo=timezone.utc))
+    driver.indexes["tf_jobs"][finalizer_key] = _job("batch-abc-finalizer", "Complete")
     failed = driver.tick()
-    assert failed["phase"] == "Failed" and failed["errors"][0]["code"] == "batch_runner_failed"
+    assert failed["phase"] == "Failed"
+    assert (failed["outputFile"], failed["errorFile"]) == ("file-out", "file-err")
+    assert driver.status["requestCounts"] == {"total": 3, "completed": 2, "failed": 1}
+    assert driver.status["errors"][0]["code"] == "batch_runner_failed" and driver.status["failedAt"]
+
+
+def test_the_finalizer_waits_until_no_runner_pod_can_write_the_journal(root, api) -> None:
+    driver = _batch(root)
+    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
+    driver.tick()
+    _batch_progress("in_progress")
+    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"), "Failed")}
+    driver.indexes["tf_pods"] = {runner_key: [_pod("Running")]}
+    assert driver.tick()["phase"] == "Finalizing"
+    driver.tick()
+    assert ("Job", "team", "batch-abc-finalizer") not in api.objects
+    driver.indexes["tf_pods"] = {runner_key: [_pod("Failed", exit_code=137)]}
+    driver.tick()
+    assert ("Job", "team", "batch-abc-finalizer") in api.objects
+
+
+def test_a_failed_finalizer_fails_the_batch_saying_why(root, api) -> None:
+    driver = _batch(root)
+    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
+    driver.tick()
+    _batch_progress("in_progress")
+    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"), "Failed")}
+    driver.tick()
+    driver.tick()
+    driver.indexes["tf_jobs"][(builders.FINALIZER_COMPONENT, "team", "batch-abc")] = _job(
+        "batch-abc-finalizer", "Failed", message="store unreachable")
+    failed = driver.tick()
+    assert failed["phase"] == "Failed"
+    assert [e["code"] for e in driver.status["errors"]] == ["batch_runner_failed", "batch_finalizer_failed"]
+    assert "outputFile" not in driver.status
+
+
+def test_a_runner_stuck_past_the_window_is_stopped_and_finalized_as_expired(root, api) -> None:
+    driver = _batch(root, completionWindow="1h")
+    driver.body["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
+    driver.tick()
+    _batch_progress("in_progress")
+    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"))}
+    finalizing = driver.tick()
+    assert finalizing["phase"] == "Finalizing" and api.deleted_jobs == [builders.runner_job_name("batch-abc")]
+    marker = store().read_json(f"{store().batch_dir('team', 'batch-abc')}/{BATCH_FINALIZE_MARKER}")
+    assert marker["status"] == "expired"
 
 
 def test_batch_job_with_an_invalid_input_and_one_cancelled(root, api) -> None:

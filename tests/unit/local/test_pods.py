@@ -42,7 +42,7 @@ def _runner_pod() -> dict:
                    store_root=SETTINGS.store_root, target_base_url="http://127.0.0.1:8000/v1",
                    api_key_env=builders.BATCH_KEY_ENV, expires_at="2030-01-01T00:00:00Z",
                    output_file_id="file-a", error_file_id="file-b")
-    return _pod(builders.runner_job(body, run, settings=SETTINGS)["spec"]["template"]["spec"])
+    return _pod(builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=10)["spec"]["template"]["spec"])
 
 
 def _plan(pod: dict, sources: PodSources, **kwargs):

@@ -99,11 +99,14 @@ class BatchJobStatus(ApiModel):
     error_file: str | None = None
     """File id of the failed requests, when any failed."""
     errors: list[BatchError] = Field(default_factory=list, max_length=100)
-    """Validation errors of the input file."""
+    """Validation errors of the input file, or why the batch failed."""
     input_file_uri: str | None = None
     """The input file resolved to a store URI."""
     runner_job: str | None = None
     """Name of the batch/v1 Job running the batch runner."""
+    finalizer_job: str | None = None
+    """Name of the Job publishing the results of a batch whose runner could not finish it
+    (out of retries, past its window or its cancel grace); set once that end is decided."""
     created_at: datetime | None = None
     in_progress_at: datetime | None = None
     expires_at: datetime | None = None

@@ -1,5 +1,5 @@
-"""What a BatchJob owns: its BatchRun, the runner Job, and the Secret that hands the
-runner its chat-scoped API key."""
+"""What a BatchJob owns: its BatchRun, the runner Job, the finalizer Job that ends a batch
+whose runner could not, and the Secret that hands the runner its chat-scoped API key."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tuneforge.contracts import RUN_FILE, BatchRun
 from tuneforge.controllers.builders.names import (
     batch_file_ids,
     batch_key_secret_name,
+    finalizer_job_name,
     runner_configmap_name,
     runner_job_name,
 )
@@ -32,8 +33,14 @@ from tuneforge.controllers.builders.pods import (
 )
 
 RUNNER_CONTAINER = "runner"
+RUNNER_COMPONENT = "batch-runner"
+FINALIZER_COMPONENT = "batch-finalizer"
 BATCH_KEY_ENV = "TUNEFORGE_BATCH_API_KEY"
-BATCH_BACKOFF_LIMIT = 3
+FINALIZER_BACKOFF_LIMIT = 6
+"""Retries of the finalizer, which sends nothing and only reads and writes the store: what
+fails it is a store outage, and six retries (Kubernetes waits 10 s doubling to 6 min
+between them) ride out about ten minutes of one."""
+FINALIZER_DEADLINE_SECONDS = 3600
 COMPLETION_WINDOWS = {"1h": 1, "3h": 3, "6h": 6, "12h": 12, "24h": 24}
 RUNNER_HARDWARE = Hardware(requests=ResourceList(cpu="100m", memory="512Mi"), limits=ResourceList(memory="2Gi"))
 """The runner only sends HTTP requests and appends results to its journal, whatever the
@@ -43,6 +50,17 @@ response bodies in flight at high concurrency."""
 
 def expires_at(created: datetime, completion_window: str) -> datetime:
     return created + timedelta(hours=COMPLETION_WINDOWS[completion_window])
+
+
+def runner_retry_budget(completion_window: str, retries_per_hour: int) -> int:
+    """The runner Job's backoffLimit: `retries_per_hour` crashes for each hour of the
+    completion window. Kubernetes waits 10 s, doubling up to 6 minutes, before each retry,
+    so at the default of 10 per hour a runner that keeps crashing is still retried (and
+    resumes from its journal) until its window closes: 1h gets 10 retries, 24h gets 240.
+    Disruptions (drain, eviction, preemption) do not count (the podFailurePolicy ignores
+    them), and a request that keeps killing the runner is failed by the runner itself."""
+    return retries_per_hour * COMPLETION_WINDOWS[completion_window]
+
 
 def batch_run(
     batch: BatchJobResource,
@@ -72,7 +90,11 @@ def batch_run(
 
 
 def runner_labels(batch: str) -> dict[str, str]:
-    return labels_for("batch-runner", Label.BATCH_JOB, batch)
+    return labels_for(RUNNER_COMPONENT, Label.BATCH_JOB, batch)
+
+
+def finalizer_labels(batch: str) -> dict[str, str]:
+    return labels_for(FINALIZER_COMPONENT, Label.BATCH_JOB, batch)
 
 
 def runner_configmap(body: Mapping[str, Any], run: BatchRun) -> dict[str, Any]:
@@ -89,18 +111,41 @@ def batch_key_secret(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     return owned_secret(batch_key_secret_name(name), body, runner_labels(name), {BATCH_KEY_ENV: key})
 
 
-def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) -> dict[str, Any]:
+def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings, retries_per_hour: int) -> dict[str, Any]:
     """The batch/v1 Job running `tuneforge-batch`. The runner checkpoints every finished
-    request, so a retried Pod continues where the last stopped; activeDeadlineSeconds
-    backs up the runner's own expiry handling with the completion window plus grace."""
+    request, so a retried Pod continues where the last stopped; its retry budget scales
+    with the completion window (`runner_retry_budget`), and activeDeadlineSeconds backs up
+    the runner's own expiry handling with the completion window plus grace."""
     name = body["metadata"]["name"]
-    labels = runner_labels(name)
+    window = body["spec"].get("completionWindow", "24h")
+    return _runner_pod_job(
+        body, run, settings=settings, name=runner_job_name(name), labels=runner_labels(name),
+        backoff_limit=runner_retry_budget(window, retries_per_hour),
+        deadline_seconds=COMPLETION_WINDOWS[window] * 3600 + int(run.cancel_grace_s) + 300,
+    )
+
+
+def finalizer_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) -> dict[str, Any]:
+    """The Job that ends a batch its runner could not finish: the runner's own Pod, which
+    finds the `finalize` marker (tuneforge.contracts.BatchFinalize) and only publishes what
+    the journal holds. Its own name and component label let the controller follow it
+    apart from the runner Job, which stays for `kubectl describe` to tell what happened."""
+    name = body["metadata"]["name"]
+    return _runner_pod_job(
+        body, run, settings=settings, name=finalizer_job_name(name), labels=finalizer_labels(name),
+        backoff_limit=FINALIZER_BACKOFF_LIMIT, deadline_seconds=FINALIZER_DEADLINE_SECONDS,
+    )
+
+
+def _runner_pod_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings, name: str,
+                    labels: dict[str, str], backoff_limit: int, deadline_seconds: int) -> dict[str, Any]:
+    batch = body["metadata"]["name"]
     access = store_access(settings, [run.input_uri, run.output_uri])
     env = [
         *access["env"],
         {
             "name": BATCH_KEY_ENV,
-            "valueFrom": {"secretKeyRef": {"name": batch_key_secret_name(name), "key": BATCH_KEY_ENV}},
+            "valueFrom": {"secretKeyRef": {"name": batch_key_secret_name(batch), "key": BATCH_KEY_ENV}},
         },
     ]
     container = {
@@ -110,27 +155,26 @@ def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) ->
         "args": ["--run", RUN_FILE],
         "env": env,
     }
-    window = COMPLETION_WINDOWS[body["spec"].get("completionWindow", "24h")] * 3600
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": runner_job_name(name),
+            "name": name,
             "namespace": body["metadata"]["namespace"],
             "labels": labels,
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
-            "backoffLimit": BATCH_BACKOFF_LIMIT,
+            "backoffLimit": backoff_limit,
             "completions": 1,
             "parallelism": 1,
-            "activeDeadlineSeconds": window + int(run.cancel_grace_s) + 300,
+            "activeDeadlineSeconds": deadline_seconds,
             "podFailurePolicy": pod_failure_policy(RUNNER_CONTAINER),
             "template": {
                 "metadata": {"labels": labels},
                 "spec": with_image_pull(pod_spec(
                     container=container,
-                    configmap=runner_configmap_name(name),
+                    configmap=runner_configmap_name(batch),
                     access=access,
                     place=placement(RUNNER_HARDWARE),
                     restart_policy="Never",

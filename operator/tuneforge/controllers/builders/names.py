@@ -61,6 +61,10 @@ def runner_job_name(batch: str) -> str:
     return child_name(batch, "runner")
 
 
+def finalizer_job_name(batch: str) -> str:
+    return child_name(batch, "finalizer")
+
+
 def runner_configmap_name(batch: str) -> str:
     return child_name(batch, "run")
 
