@@ -310,6 +310,10 @@ class ArtifactStore:
     def size(self, path: str) -> int:
         return int(self.retry.call(lambda: self.fs.size(path), f"size {path}"))
 
+    def modified(self, path: str) -> float:
+        """When the object at `path` was last written, in seconds since the epoch."""
+        return self.retry.call(lambda: self.fs.modified(path).timestamp(), f"modified {path}")
+
     def listdir(self, path: str) -> list[str]:
         """Names (not paths) directly under a directory; empty when it does not exist."""
         entries = self.retry.call(lambda: self._ls(path), f"list {path}")

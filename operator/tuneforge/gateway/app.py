@@ -8,6 +8,7 @@ run behind one Service.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import uuid
 from collections.abc import AsyncIterator
@@ -84,7 +85,11 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
             app.state.store = store or ArtifactStore()
             app.state.keys = KeyResolver(kube)
             app.state.router = Router(kube, http, config.route_cache_seconds)
-            yield
+            sweeper = asyncio.create_task(files.sweep_abandoned_uploads_forever(app.state.store))
+            try:
+                yield
+            finally:
+                sweeper.cancel()
 
     app = FastAPI(
         title="tuneforge gateway",

@@ -6,7 +6,10 @@ reads), and every request arriving meanwhile misses too and repeats them: under 
 chat traffic those requests were the gateway's p99. Here a value past its TTL but younger
 than twice the TTL is still served while a single background task reloads it; only an
 absent or older value is loaded in the request, and concurrent requests for one key share
-that load. So a value is never served more than two TTLs after it was read.
+that load. So a value is never served more than two TTLs after it was read, except
+while the API server cannot be asked at all: then the last value read is served for up to
+STALE_IF_UNAVAILABLE_SECONDS, so chat keeps flowing through a control-plane outage as the
+serving Pods keep running through it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tuneforge.gateway.kube import ApiServerUnavailable
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 log = logging.getLogger(__name__)
+
+STALE_IF_UNAVAILABLE_SECONDS = 300.0
+"""How long after it was read a value stands in for one the API server could not give. A
+key revoked right before an outage keeps working that long at most."""
 
 
 @dataclass
@@ -34,10 +43,14 @@ class RefreshingCache(Generic[K, V]):
     """Values fresh for `ttl` seconds and served stale (while being reloaded) for `ttl`
     more. A load that raises caches nothing: the callers waiting for it get the exception,
     and a failed background reload drops the stale value so that the next request loads
-    (and sees the error) itself. A `ttl` of 0 caches nothing but still shares loads."""
+    (and sees the error) itself. Unless the API server was unavailable: that says nothing
+    about the value, so it is kept and served instead for up to `stale_if_unavailable`
+    seconds after it was read. A `ttl` of 0 caches nothing but still shares loads."""
 
-    def __init__(self, ttl: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic,
+                 stale_if_unavailable: float = STALE_IF_UNAVAILABLE_SECONDS) -> None:
         self.ttl = ttl
+        self.stale_if_unavailable = stale_if_unavailable
         self._max_entries = max_entries
         self._clock = clock
         self._entries: dict[K, _Entry[V]] = {}
@@ -55,8 +68,13 @@ class RefreshingCache(Generic[K, V]):
                     self._start_load(key, load, background=True)
                 return entry.value
         pending = self._loading.get(key) or self._start_load(key, load)
-        # Shielded: a caller that goes away (client disconnect) leaves the load to the others.
-        return await asyncio.shield(pending)
+        try:
+            # Shielded: a caller that goes away (client disconnect) leaves the load to the others.
+            return await asyncio.shield(pending)
+        except ApiServerUnavailable:
+            if entry is None or self._clock() - entry.loaded_at >= self.stale_if_unavailable:
+                raise
+            return entry.value
 
     def forget(self, key: K) -> None:
         """Drops a value known to be wrong (say, a route to a Pod that refused connections)."""
@@ -73,8 +91,9 @@ class RefreshingCache(Generic[K, V]):
     async def _load_and_store(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         try:
             value = await load()
-        except BaseException:
-            self._entries.pop(key, None)
+        except BaseException as exc:
+            if not isinstance(exc, ApiServerUnavailable):  # which says nothing of the value: `get` falls back on it
+                self._entries.pop(key, None)
             raise
         finally:
             self._loading.pop(key, None)

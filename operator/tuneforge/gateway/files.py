@@ -4,6 +4,12 @@ A file is `<store>/<ns>/files/<id>/` holding `content`, `validation.json` (the d
 error with its code, param and line, when validation failed) and `meta.json` (the OpenAI
 File object), written in that order, so a file whose meta.json exists is complete.
 
+A gateway killed mid-upload (or mid-delete) leaves a directory without meta.json: never
+listed, but holding up to the whole upload. A retry under the same Idempotency-Key lands
+in that directory and starts by emptying it; a directory nobody retries is deleted by
+`sweep_abandoned_uploads` once nothing was written to it for ABANDONED_UPLOAD_SECONDS,
+far longer than copying and validating even the largest upload takes.
+
 The multipart body is parsed by Starlette, which spools file parts to a temporary file
 beyond 1 MB, so memory stays flat whatever the upload size; the Content-Length is checked
 against the limit before a byte is read, and the copy into the store enforces it again for
@@ -12,6 +18,8 @@ uploads without one.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -35,6 +43,9 @@ router = APIRouter(tags=["files"])
 UPLOAD_PURPOSES = ("fine-tune", "batch")
 FILE_ID = re.compile(r"^file-[a-z0-9]{8,64}$")
 _MULTIPART_OVERHEAD = 64 * 1024
+ABANDONED_UPLOAD_SECONDS = 3600.0
+
+log = logging.getLogger(__name__)
 
 _UPLOAD_SCHEMA = {
     "requestBody": {
@@ -80,6 +91,7 @@ def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: Up
     """Copies, validates and registers one upload (blocking; runs in the threadpool)."""
     directory = store.file_dir(namespace, file_id)
     content = f"{directory}/content"
+    store.delete(directory)  # empties what an earlier attempt under the same Idempotency-Key left
     try:
         size = store.copy_stream(upload.file, content, limit=gateway_settings().max_upload_bytes)
     except StoreError as exc:
@@ -127,6 +139,40 @@ async def upload_file(
         return await run_in_threadpool(_store_upload, store, principal.tenant, file_id, upload, purpose)
     finally:
         await form.close()
+
+
+def sweep_abandoned_uploads(store: ArtifactStore, idle_s: float = ABANDONED_UPLOAD_SECONDS) -> list[str]:
+    """Deletes the file directories of every namespace that no upload will publish: no
+    meta.json, and no object in them written for `idle_s`. Returns what it deleted."""
+    cutoff = time.time() - idle_s
+    swept = []
+    for namespace in store.listdir(store.root_path):
+        files = store.path(namespace, "files")
+        for name in store.listdir(files):
+            directory = f"{files}/{name}"
+            entries = store.listdir(directory)
+            if "meta.json" in entries:
+                continue
+            try:
+                written = max((store.modified(f"{directory}/{entry}") for entry in entries), default=0.0)
+            except FileNotFoundError:
+                continue  # an upload under way just renamed its temporary content
+            if written < cutoff:
+                store.delete(directory)
+                swept.append(directory)
+    return swept
+
+
+async def sweep_abandoned_uploads_forever(store: ArtifactStore, every_s: float = ABANDONED_UPLOAD_SECONDS) -> None:
+    """Sweeps at start (a restarted gateway cleans up after the one killed before it) and
+    then every `every_s`, so an abandoned upload is gone within twice ABANDONED_UPLOAD_SECONDS."""
+    while True:
+        try:
+            for directory in await run_in_threadpool(sweep_abandoned_uploads, store):
+                log.info("deleted the abandoned upload %s", directory)
+        except Exception:
+            log.exception("sweeping abandoned uploads failed; next sweep in %.0f s", every_s)
+        await asyncio.sleep(every_s)
 
 
 def _all_files(store: ArtifactStore, namespace: str) -> list[FileObject]:

@@ -3,7 +3,9 @@ threadpool so a slow API server never stalls the event loop.
 
 Objects come back as plain dicts (the custom resources are dicts anyway), and API server
 errors become OpenAIErrors: 404 stays 404, an object refused by the CRD schema is the
-caller's bad input (400), anything else is the platform's fault.
+caller's bad input (400), anything else is the platform's fault. An API server that
+cannot be reached or fails itself (5xx) is `ApiServerUnavailable`: it said nothing about
+the object asked for, so the caches keep serving what they read last (see `caching`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from starlette.concurrency import run_in_threadpool
+from urllib3.exceptions import HTTPError
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.gateway.errors import OpenAIError
@@ -33,6 +36,13 @@ def load_api_client() -> client.ApiClient:
 
 class AlreadyExists(Exception):
     """A create hit an existing name (an idempotent retry)."""
+
+
+class ApiServerUnavailable(OpenAIError):
+    """No answer from the API server: down, restarting, or failing (5xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message, code="upstream_error", type="server_error")
 
 
 def _json(response: Any) -> dict:
@@ -55,6 +65,8 @@ class Kube:
             response = await run_in_threadpool(func, *args, _preload_content=False, **kwargs)
         except ApiException as exc:
             raise _translate(exc) from exc
+        except HTTPError as exc:
+            raise _unreachable(exc) from exc
         return _json(response)
 
     # -- custom resources --------------------------------------------------------------
@@ -154,6 +166,8 @@ class Kube:
             if exc.status in (400, 404):
                 return None  # no such Pod, or its container has not started or was removed
             raise _translate(exc) from exc
+        except HTTPError as exc:
+            raise _unreachable(exc) from exc
         if response.status == 204:
             return None
         return response.data.decode("utf-8", errors="replace")
@@ -170,4 +184,10 @@ def _translate(exc: ApiException) -> OpenAIError:
         return OpenAIError(409, message, code="conflict")
     if exc.status in (400, 422):
         return OpenAIError(400, f"rejected by the API server: {message}", code="invalid_request")
+    if exc.status >= 500:
+        return ApiServerUnavailable(502, f"the Kubernetes API server failed: {message}")
     return OpenAIError(502, f"the Kubernetes API server failed: {message}", code="upstream_error", type="server_error")
+
+
+def _unreachable(exc: HTTPError) -> ApiServerUnavailable:
+    return ApiServerUnavailable(503, f"the Kubernetes API server is unreachable: {type(exc).__name__}")

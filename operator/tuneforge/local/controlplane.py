@@ -59,7 +59,9 @@ class ControlPlane:
     """etcd + kube-apiserver (+ kube-controller-manager) with state under `state_dir`.
 
     State survives a restart with the same directory: the admin token, the service
-    account key and etcd's data are reused, so `make dev` keeps its objects.
+    account key and etcd's data are reused, so `make dev` keeps its objects. `start`
+    picks fresh ports; `kill` and `resume` take components down and bring them back on
+    the ports they had, so every client's kubeconfig stays valid through the outage.
     """
 
     state_dir: Path
@@ -71,6 +73,9 @@ class ControlPlane:
     bin_dir: Path | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     api_port: int = 0
+    etcd_port: int = 0
+    etcd_peer_port: int = 0
+    controller_manager_port: int = 0
 
     @property
     def server(self) -> str:
@@ -95,9 +100,11 @@ class ControlPlane:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         self._ensure_credentials()
+        self.etcd_port, self.etcd_peer_port, self.api_port, self.controller_manager_port = (
+            free_port(), free_port(), free_port(), free_port())
         try:
-            etcd_url = self._start_etcd()
-            self._start_apiserver(etcd_url)
+            self._start_etcd()
+            self._start_apiserver()
             self._write_kubeconfig()
             if self.with_controller_manager:
                 self._start_controller_manager()
@@ -105,6 +112,25 @@ class ControlPlane:
             self.stop()
             raise
         return self
+
+    def kill(self, *names: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Takes components down with `sig` (SIGKILL: as a crashed machine would) and
+        waits until they are gone; `resume` brings them back."""
+        for name in names:
+            process = self.processes.pop(name)
+            process.send_signal(sig)
+            process.wait()
+
+    def resume(self) -> None:
+        """Starts every component that is down again, on its ports and with its data,
+        etcd first; returns once each is ready."""
+        starts = {"etcd": self._start_etcd, "kube-apiserver": self._start_apiserver}
+        if self.with_controller_manager:
+            starts["kube-controller-manager"] = self._start_controller_manager
+        for name, start in starts.items():
+            process = self.processes.get(name)
+            if process is None or process.poll() is not None:
+                start()
 
     def stop(self) -> None:
         """Stops every component, controller-manager first, etcd last."""
@@ -170,9 +196,12 @@ class ControlPlane:
             time.sleep(0.2)
         raise ControlPlaneError(f"{name} not ready after {timeout}s:\n{_tail(self.state_dir / 'logs' / f'{name}.log')}")
 
-    def _start_etcd(self) -> str:
-        client_port, peer_port = free_port(), free_port()
-        client_url = f"http://127.0.0.1:{client_port}"
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    def _start_etcd(self) -> None:
+        client_url, peer_url = self.etcd_url, f"http://127.0.0.1:{self.etcd_peer_port}"
         self._spawn(
             "etcd",
             [
@@ -180,24 +209,22 @@ class ControlPlane:
                 "--data-dir", str(self.state_dir / "etcd"),
                 "--listen-client-urls", client_url,
                 "--advertise-client-urls", client_url,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
+                "--listen-peer-urls", peer_url,
+                "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"default={peer_url}",
                 "--unsafe-no-fsync",
                 "--quota-backend-bytes", str(4 * 1024**3),
                 "--log-level", "warn",
             ],
         )
         self._wait("etcd", lambda: _http_ok(f"{client_url}/health"))
-        return client_url
 
-    def _start_apiserver(self, etcd_url: str) -> None:
-        self.api_port = free_port()
+    def _start_apiserver(self) -> None:
         self._spawn(
             "kube-apiserver",
             [
                 str(self.bin_dir / "kube-apiserver"),
-                "--etcd-servers", etcd_url,
+                "--etcd-servers", self.etcd_url,
                 "--cert-dir", str(self.state_dir / "pki"),
                 "--secure-port", str(self.api_port),
                 "--bind-address", "127.0.0.1",
@@ -248,7 +275,7 @@ class ControlPlane:
         os.replace(tmp, self.kubeconfig)
 
     def _start_controller_manager(self) -> None:
-        port = free_port()
+        port = self.controller_manager_port
         self._spawn(
             "kube-controller-manager",
             [

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from tuneforge.config import Settings
 from tuneforge.local.hosts import hosts_file, probe_own_names, write_in_place
@@ -226,7 +227,7 @@ class NodeAgent:
                 if since_report >= STATUS_REPORT_SECONDS:
                     self.api.report_node(self.capacity)
                     since_report = 0.0
-            except (ApiException, OSError) as exc:
+            except (ApiException, OSError, HTTPError) as exc:  # HTTPError: the API server is unreachable
                 log.warning("node heartbeat failed (will retry): %s", exc)
 
     def _watch(self) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from tuneforge.local import podstatus
 from tuneforge.local.hosts import HOSTS_FILE, OwnNames, needs_own_names, pod_hostname
@@ -471,6 +472,9 @@ class PodWorker:
                 self.gone = True
             else:
                 log.warning("status of %s not reported (will retry): %s", self.name, exc.reason)
+            return False
+        except HTTPError as exc:  # the API server is unreachable: the Pod runs on, as under a kubelet
+            log.warning("status of %s not reported (will retry): %s", self.name, exc)
             return False
         self._last_sent = status
         return True

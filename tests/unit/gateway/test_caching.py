@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from tuneforge.gateway.caching import RefreshingCache
+from tuneforge.gateway.caching import STALE_IF_UNAVAILABLE_SECONDS, RefreshingCache
+from tuneforge.gateway.kube import ApiServerUnavailable
 
 TTL = 10.0
 
@@ -122,6 +123,32 @@ async def test_a_failed_background_reload_drops_the_stale_value(cache, clock, ca
     assert "deployment deleted" in caplog.text
 
     with pytest.raises(LookupError):
+        await cache.get("k", source.load)
+
+
+async def test_the_last_value_stands_in_while_the_api_server_is_unavailable(cache, clock, caplog):
+    source = Source()
+    await cache.get("k", source.load)
+    source.error = ApiServerUnavailable(503, "the Kubernetes API server is unreachable")
+    clock.now += TTL + 1
+    assert await cache.get("k", source.load) == "v1"
+    await _settle()
+    assert "unreachable" in caplog.text
+    clock.now += TTL
+    assert await cache.get("k", source.load) == "v1"
+
+    clock.now += STALE_IF_UNAVAILABLE_SECONDS
+    with pytest.raises(ApiServerUnavailable):
+        await cache.get("k", source.load)
+    source.error = None
+    assert await cache.get("k", source.load) == "v1"
+    assert source.calls == 5
+
+
+async def test_an_unavailable_api_server_with_nothing_cached_is_an_error(cache):
+    source = Source()
+    source.error = ApiServerUnavailable(503, "the Kubernetes API server is unreachable")
+    with pytest.raises(ApiServerUnavailable):
         await cache.get("k", source.load)
 
 
