@@ -12,6 +12,8 @@ import json
 import random
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -75,18 +77,36 @@ def _runner_jobs(stack, batch_id: str, component: str) -> list[dict]:
     return kubectl_json(stack, "get", "jobs", "-n", stack.tenant, "-l", selector)["items"]
 
 
-def _start_batch(openai_client, n: int) -> tuple[object, list[dict]]:
+def _start_batch(openai_client, n: int) -> tuple[Any, list[dict]]:
     lines = batch_lines(TINY, n, max_tokens=16)
     batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
                                          endpoint="/v1/chat/completions", completion_window=WINDOW)
     return batch, lines
 
 
-def test_a_runner_killed_past_its_budget_fails_the_batch_with_every_finished_request(dev_stack, openai_client):
-    batch, lines = _start_batch(openai_client, 400)
-    at_kill = _kill_runner(dev_stack, batch.id, BUDGET + 1, lines_between=30)
+class KilledBatch(NamedTuple):
+    batch: Any
+    lines: list[dict]
+    at_kill: list[int]
 
-    batch = final_batch(openai_client, batch.id)
+
+@pytest.fixture(scope="module")
+def killed_batches(dev_stack, openai_client) -> dict[str, KilledBatch]:
+    """Two batches whose runners are SIGKILLed at once, one past its budget and one within
+    it: run side by side, the Job backoff waits of the two overlap."""
+    plans = {"past": (400, BUDGET + 1), "within": (200, BUDGET - 1)}
+    started = {name: _start_batch(openai_client, n) for name, (n, _) in plans.items()}
+    with ThreadPoolExecutor(len(plans)) as pool:
+        kills = {name: pool.submit(_kill_runner, dev_stack, started[name][0].id, times, 30)
+                 for name, (_, times) in plans.items()}
+        at_kill = {name: future.result() for name, future in kills.items()}
+    return {name: KilledBatch(final_batch(openai_client, batch.id), lines, at_kill[name])
+            for name, (batch, lines) in started.items()}
+
+
+def test_a_runner_killed_past_its_budget_fails_the_batch_with_every_finished_request(
+        dev_stack, openai_client, killed_batches):
+    batch, lines, at_kill = killed_batches["past"]
     output = _result_lines(openai_client, batch.output_file_id)
     errors = _result_lines(openai_client, batch.error_file_id)
     ids = Counter(row["custom_id"] for row in output + errors)
@@ -108,11 +128,9 @@ def test_a_runner_killed_past_its_budget_fails_the_batch_with_every_finished_req
     assert finalizer["status"].get("succeeded") == 1
 
 
-def test_a_runner_killed_within_its_budget_completes_the_batch_exactly_once(dev_stack, openai_client):
-    batch, lines = _start_batch(openai_client, 200)
-    at_kill = _kill_runner(dev_stack, batch.id, BUDGET - 1, lines_between=30)
-
-    batch = final_batch(openai_client, batch.id)
+def test_a_runner_killed_within_its_budget_completes_the_batch_exactly_once(
+        dev_stack, openai_client, killed_batches):
+    batch, lines, at_kill = killed_batches["within"]
     output = _result_lines(openai_client, batch.output_file_id)
     ids = Counter(row["custom_id"] for row in output)
     duplicates = sum(count - 1 for count in ids.values())
