@@ -160,3 +160,15 @@ def test_cli_exits_1_with_a_termination_message_when_it_cannot_run(batch, upstre
     message = json.loads((tmp_path / "termination-log").read_text())
     assert message["code"] == "runner_error" and "NO_SUCH_KEY_VAR" in message["message"]
     assert upstream.stats()["requests"] == 0
+
+
+def test_cli_exits_75_for_a_retry_when_the_store_fails_under_it(batch, upstream, tmp_path):
+    batch.write_input([request_line("r1")])
+    spec = batch.spec(upstream)
+    spec_path = batch.write_spec(spec.model_copy(update={"output_uri": f"file://{tmp_path}/not-a-dir/x"}))
+    (tmp_path / "not-a-dir").write_text("a file where the batch directory should be")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneforge_inference.batch", "--run", str(spec_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 75, proc.stderr
+    assert json.loads((tmp_path / "termination-log").read_text())["code"] == "runner_error"
