@@ -25,14 +25,11 @@ from tuneforge.local.node import LEASE_RENEW_SECONDS
 from tuneforge.local.podworker import pod_dir_name
 
 from tests.support.devstack import (
-    batch_lines,
     final_batch,
     final_job,
-    job_events,
-    json_training_rows,
     kubectl_json,
     pods_of,
-    upload_jsonl,
+    start_training_and_batch,
     wait_for,
 )
 
@@ -224,15 +221,7 @@ def jobs_of(stack: DevStack, selector: str) -> list[dict]:
 
 def test_training_and_a_batch_ride_out_an_api_server_and_etcd_outage(dev_stack, openai_client):
     started = time.monotonic()
-    training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(12), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
-                                                hyperparameters={"n_epochs": 8, "batch_size": 1})
-    lines = batch_lines(TINY, 60, max_tokens=24)
-    batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
-                                         endpoint="/v1/chat/completions", completion_window="24h")
-    wait_for("the trainer to report steps", lambda: any(
-        m.startswith("Step ") for m in job_events(openai_client, job.id)), every=0.5)
-    wait_for("the batch to run", lambda: openai_client.batches.retrieve(batch.id).status == "in_progress", every=0.5)
+    job, batch, lines = start_training_and_batch(openai_client, rows=12, epochs=8, requests=60)
     trainer_selector = f"tuneforge.io/fine-tuning-job={job.id}"
     (trainer_pod,) = pods_of(dev_stack, dev_stack.tenant, trainer_selector)
     plane, agent_threads = dev_stack.plane, list(dev_stack.agent.threads)

@@ -12,7 +12,6 @@ import pytest
 from tuneforge.local.devstack import TINY
 
 from tests.support.devstack import (
-    batch_lines,
     final_batch,
     final_job,
     job_events,
@@ -20,6 +19,7 @@ from tests.support.devstack import (
     kill_container_process,
     kubectl_json,
     pods_of,
+    start_training_and_batch,
     upload_jsonl,
     wait_for,
 )
@@ -28,15 +28,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_jobs_complete_when_the_operator_is_killed_mid_run(dev_stack, openai_client):
-    training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(16), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
-                                                hyperparameters={"n_epochs": 3, "batch_size": 1})
-    lines = batch_lines(TINY, 60, max_tokens=24)
-    batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
-                                         endpoint="/v1/chat/completions", completion_window="24h")
-    wait_for("the trainer to report steps", lambda: any(
-        m.startswith("Step ") for m in job_events(openai_client, job.id)))
-    wait_for("the batch to run", lambda: openai_client.batches.retrieve(batch.id).status == "in_progress")
+    job, batch, lines = start_training_and_batch(openai_client, rows=16, epochs=3, requests=60)
 
     dev_stack.operator.kill()
     assert not dev_stack.operator.alive

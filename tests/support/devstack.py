@@ -17,7 +17,7 @@ import httpx
 import openai
 from kubernetes import client
 
-from tuneforge.local.devstack import DevStack
+from tuneforge.local.devstack import TINY, DevStack
 from tuneforge.local.podworker import pod_dir_name
 
 T = TypeVar("T")
@@ -63,6 +63,23 @@ def batch_lines(model: str, n: int, max_tokens: int) -> list[dict]:
              "body": {"model": model, "max_tokens": max_tokens,
                       "messages": [{"role": "user", "content": f"Give item {i} as JSON."}]}}
             for i in range(n)]
+
+
+def start_training_and_batch(openai_client: openai.OpenAI, *, rows: int, epochs: int,
+                             requests: int) -> tuple[Any, Any, list[dict]]:
+    """A fine-tuning job on the tiny model (batch size 1: `rows` x `epochs` steps) and a
+    batch of `requests` against it, started together and both seen running: the moment the
+    resilience tests break something. Returns (job, batch, the batch's input lines)."""
+    training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(rows), "fine-tune")
+    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+                                                hyperparameters={"n_epochs": epochs, "batch_size": 1})
+    lines = batch_lines(TINY, requests, max_tokens=24)
+    batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
+                                         endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for("the trainer to report steps", lambda: any(
+        m.startswith("Step ") for m in job_events(openai_client, job.id)), every=0.5)
+    wait_for("the batch to run", lambda: openai_client.batches.retrieve(batch.id).status == "in_progress", every=0.5)
+    return job, batch, lines
 
 
 def final_job(openai_client: openai.OpenAI, job_id: str, timeout: float = 300.0):

@@ -386,15 +386,27 @@ def test_batch_job_from_validation_to_revoked_key(root, api) -> None:
     assert [c["type"] for c in driver.tick()["conditions"]][-1] == "KeyRevoked"
 
 
-def test_a_batch_whose_runner_runs_out_of_retries_is_finalized_with_what_it_finished(root, api) -> None:
-    driver = _batch(root)
-    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
-    finalizer_key = (builders.FINALIZER_COMPONENT, "team", "batch-abc")
+RUNNER_KEY = (builders.RUNNER_COMPONENT, "team", "batch-abc")
+
+
+def _running_batch(root: Path, runner_condition: str | None = None, created: str | None = None,
+                   **spec: Any) -> Driver:
+    """A batch (created at `created`, else now) whose runner started and reported
+    progress; its runner Job in `runner_condition` (None: still running)."""
+    driver = _batch(root, **spec)
+    if created:
+        driver.body["metadata"]["creationTimestamp"] = created
     driver.tick()
     _batch_progress("in_progress")
-    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"), "Failed",
+    driver.indexes["tf_jobs"] = {RUNNER_KEY: _job(builders.runner_job_name("batch-abc"), runner_condition,
                                                   message="Job has reached the specified backoff limit")}
-    driver.indexes["tf_pods"] = {runner_key: [_pod("Failed", exit_code=137)]}
+    return driver
+
+
+def test_a_batch_whose_runner_runs_out_of_retries_is_finalized_with_what_it_finished(root, api) -> None:
+    driver = _running_batch(root, "Failed")
+    finalizer_key = (builders.FINALIZER_COMPONENT, "team", "batch-abc")
+    driver.indexes["tf_pods"] = {RUNNER_KEY: [_pod("Failed", exit_code=137)]}
     finalizing = driver.tick()
     assert finalizing["phase"] == "Finalizing" and finalizing["finalizerJob"] == "batch-abc-finalizer"
     assert finalizing["errors"][0]["code"] == "batch_runner_failed"
@@ -417,26 +429,18 @@ def test_a_batch_whose_runner_runs_out_of_retries_is_finalized_with_what_it_fini
 
 
 def test_the_finalizer_waits_until_no_runner_pod_can_write_the_journal(root, api) -> None:
-    driver = _batch(root)
-    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
-    driver.tick()
-    _batch_progress("in_progress")
-    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"), "Failed")}
-    driver.indexes["tf_pods"] = {runner_key: [_pod("Running")]}
+    driver = _running_batch(root, "Failed")
+    driver.indexes["tf_pods"] = {RUNNER_KEY: [_pod("Running")]}
     assert driver.tick()["phase"] == "Finalizing"
     driver.tick()
     assert ("Job", "team", "batch-abc-finalizer") not in api.objects
-    driver.indexes["tf_pods"] = {runner_key: [_pod("Failed", exit_code=137)]}
+    driver.indexes["tf_pods"] = {RUNNER_KEY: [_pod("Failed", exit_code=137)]}
     driver.tick()
     assert ("Job", "team", "batch-abc-finalizer") in api.objects
 
 
 def test_a_failed_finalizer_fails_the_batch_saying_why(root, api) -> None:
-    driver = _batch(root)
-    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
-    driver.tick()
-    _batch_progress("in_progress")
-    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"), "Failed")}
+    driver = _running_batch(root, "Failed")
     driver.tick()
     driver.tick()
     driver.indexes["tf_jobs"][(builders.FINALIZER_COMPONENT, "team", "batch-abc")] = _job(
@@ -448,12 +452,7 @@ def test_a_failed_finalizer_fails_the_batch_saying_why(root, api) -> None:
 
 
 def test_a_runner_stuck_past_the_window_is_stopped_and_finalized_as_expired(root, api) -> None:
-    driver = _batch(root, completionWindow="1h")
-    driver.body["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
-    runner_key = (builders.RUNNER_COMPONENT, "team", "batch-abc")
-    driver.tick()
-    _batch_progress("in_progress")
-    driver.indexes["tf_jobs"] = {runner_key: _job(builders.runner_job_name("batch-abc"))}
+    driver = _running_batch(root, created="2026-01-01T00:00:00Z", completionWindow="1h")
     finalizing = driver.tick()
     assert finalizing["phase"] == "Finalizing" and api.deleted_jobs == [builders.runner_job_name("batch-abc")]
     marker = store().read_json(f"{store().batch_dir('team', 'batch-abc')}/{BATCH_FINALIZE_MARKER}")
