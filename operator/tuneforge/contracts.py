@@ -117,10 +117,11 @@ class DistributedSettings(Contract):
 
 
 class TrainerExit(int, Enum):
-    """Exit statuses of `tuneforge-train`, which the trainer Job's podFailurePolicy reads:
-    bad data or configuration fail the job at once; anything a new Pod may not meet again
-    (a preemption, a store outage outlasting the retries, an NCCL timeout, a CUDA error or
-    out-of-memory) is retried within the Job's backoffLimit, from the newest checkpoint."""
+    """Exit statuses of `tuneforge-train` and `tuneforge-batch`, which the Jobs'
+    podFailurePolicy reads: bad data or configuration fail the job at once; anything a new
+    Pod may not meet again (a preemption, a store outage outlasting the retries, an NCCL
+    timeout, a CUDA error or out-of-memory) is retried within the Job's backoffLimit, from
+    the newest checkpoint or the batch's journal."""
 
     succeeded = 0
     fatal = 1  # bad data, bad run spec, unsupported request: retrying cannot help

@@ -32,7 +32,6 @@ from pydantic import ValidationError
 from tuneforge.config import settings
 from tuneforge.contracts import RUN_FILE, BatchRun, ErrorInfo, TrainerExit
 
-from tuneforge_inference.batch.interrupt import EXIT_INTERRUPTED
 from tuneforge_inference.batch.runner import Interrupted, RunnerError, run_batch
 
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         status = asyncio.run(run_batch(spec))
     except Interrupted:
         print(f"batch {spec.batch_id}: interrupted; a new Pod resumes from the journal", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return int(TrainerExit.preempted)
     except RunnerError as exc:
         return _failed(exc, TrainerExit.fatal)
     except Exception as exc:  # noqa: BLE001 - any failure must reach the termination log

@@ -2,7 +2,8 @@
 
 That says nothing about the batch, so it must not end it: the runner stops dispatching,
 gives in-flight requests the cancel grace period, makes its journal durable and exits with
-EXIT_INTERRUPTED, and the Job's next Pod resumes from the journal. Only the user's cancel
+TrainerExit.preempted (143, the platform's one code for "stopped on request, resume
+me"), and the Job's next Pod resumes from the journal. Only the user's cancel
 marker (cancel.py) cancels a batch.
 """
 
@@ -12,8 +13,6 @@ import asyncio
 import signal
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# 128 + SIGTERM, what a shell reports for a process that SIGTERM ended.
-EXIT_INTERRUPTED = 128 + signal.SIGTERM
 
 
 class Interruption:
