@@ -231,7 +231,7 @@ def _follow_finalizer(state: _State, raw: dict, progress: BatchProgress | None, 
     if finalizer["complete"] and final in BATCH_TERMINAL:
         _copy_progress(state, progress)
         state.transition(final, final, f"batch {final.lower()} with the results its runner finished",
-                         warning=final == "Failed")
+                         warning=final in ("Failed", "Expired"))
         return
     if finalizer["failed"] or finalizer["complete"]:
         error = termination_error(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge import apikeys
-from tuneforge.contracts import BatchRun
+from tuneforge.contracts import BATCH_FINALIZE_MARKER, BatchFinalize, BatchRun
 from tuneforge.controllers import batch as batch_controller
 
 from tests.support.apiserver import Kube, wait_for
@@ -187,7 +187,8 @@ def test_stuck_runner_is_stopped_after_the_window_and_its_grace(kube: Kube, oper
                                                                 system_namespace: str) -> None:
     """The controller-side fallback: a runner that runs but never reports expiry is given
     its cancel grace plus RUNNER_EXIT_GRACE beyond `status.expiresAt`, then its Job is
-    deleted and the batch ends Expired with the counts it reported kept.
+    deleted and the finalizer Job, told `expired` by the finalize marker, publishes what the
+    runner finished; the batch ends Expired with its files and counts.
 
     The deadline enforced is the one published in status.expiresAt, so moving it into the
     past stands in for the hours a real window takes (the shortest window is 1h)."""
@@ -215,12 +216,23 @@ def test_stuck_runner_is_stopped_after_the_window_and_its_grace(kube: Kube, oper
     assert phase(kube, namespace, name) == "InProgress" and kube.job(namespace, f"{name}-runner") is not None
 
     expire(grace + timedelta(seconds=5))
-    wait_for(lambda: phase(kube, namespace, name) == "Expired", 30, "Expired", operator)
+    wait_for(lambda: phase(kube, namespace, name) == "Finalizing", 30, "Finalizing", operator)
     wait_for(lambda: kube.job(namespace, f"{name}-runner") is None, 30, "runner Job deleted", operator)
+    marker = BatchFinalize.model_validate_json((batch_dir / BATCH_FINALIZE_MARKER).read_text())
+    assert marker.status == "expired"
+    assert kube.status(namespace, PLURAL, name)["finalizerJob"] == f"{name}-finalizer"
+    finalizer = wait_for(lambda: kube.pods(namespace, f"tuneforge.io/batch-job={name},"
+                                                      "app.kubernetes.io/component=batch-finalizer"),
+                         30, "finalizer Pod", operator)[0]
+    write_json(batch_dir / "progress.json", {
+        "status": "expired", "request_counts": {"total": 4, "completed": 2, "failed": 2},
+        "output_file_id": "file-out", "error_file_id": "file-err", "expired_at": "2026-01-01T00:00:00Z"})
+    kube.set_pod(namespace, finalizer.metadata.name, "runner", phase="Succeeded", exit_code=0)
+    wait_for(lambda: phase(kube, namespace, name) == "Expired", 60, "Expired", operator)
     status = kube.status(namespace, PLURAL, name)
-    assert status["requestCounts"] == {"total": 4, "completed": 2, "failed": 1} and status["expiredAt"]
+    assert status["requestCounts"] == {"total": 4, "completed": 2, "failed": 2} and status["expiredAt"]
+    assert (status["outputFile"], status["errorFile"]) == ("file-out", "file-err")
     assert [c for c in status["conditions"] if c["type"] == "Complete"][0]["reason"] == "Expired"
-    assert (batch_dir / "progress.json").exists()  # the runner's partial results stay in the store
 
     def expired_warning() -> bool:
         events = kube.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
