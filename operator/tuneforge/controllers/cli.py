@@ -49,11 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a quota or a webhook) before the job fails with pod_creation_refused (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-retries-per-hour", type=int, default=ControllerSettings.batch_retries_per_hour,
+        "--batch-retries-per-hour", type=_at_least_one, default=ControllerSettings.batch_retries_per_hour,
         help="batch runner crashes retried per hour of the batch's completion window; the runner resumes "
         "from its journal each time, and a batch out of retries ends with what it finished (default: %(default)s)",
     )
     parser.add_argument("--workers", type=int, default=32, help="threads running reconciles")
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:

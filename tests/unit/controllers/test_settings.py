@@ -35,6 +35,15 @@ def test_the_command_line_builds_the_settings_with_their_defaults() -> None:
     assert run.controller_settings(parser.parse_args([])) == ControllerSettings()
     given = run.controller_settings(parser.parse_args(
         ["--poll-interval", "0.5", "--status-interval", "1", "--dependency-grace", "3",
-         "--pod-admission-timeout", "9"]))
+         "--pod-admission-timeout", "9", "--batch-retries-per-hour", "2"]))
     assert given == ControllerSettings(poll_interval=0.5, status_interval=1, dependency_grace=3,
-                                       pod_admission_timeout=9)
+                                       pod_admission_timeout=9, batch_retries_per_hour=2)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_retry_budget_below_one_is_refused_naming_the_option(value: str, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--batch-retries-per-hour", value])
+    assert "--batch-retries-per-hour" in capsys.readouterr().err
