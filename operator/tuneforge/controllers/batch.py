@@ -128,7 +128,7 @@ def _reconcile(
     progress_data = store().read_json(f"{directory}/progress.json")
     progress = BatchProgress.model_validate(progress_data) if progress_data is not None else None
     if "finalizerJob" in state.status:
-        _follow_finalizer(state, raw, progress, indexes, controller_settings.pod_admission_timeout)
+        _follow_finalizer(state, raw, job, progress, indexes, controller_settings.pod_admission_timeout)
         return state.status
     runner_phase = BATCH_PHASE_FROM_OPENAI.get(progress.status) if progress else None
     finished = job is not None and (job["complete"] or job["failed"])
@@ -207,14 +207,13 @@ def _finalize(state: _State, raw: dict, job: dict | None, ending: EndStatus, err
                      warning=ending == "failed")
 
 
-def _follow_finalizer(state: _State, raw: dict, progress: BatchProgress | None, indexes: dict[str, Any],
-                      admission_timeout: float) -> None:
+def _follow_finalizer(state: _State, raw: dict, runner: dict | None, progress: BatchProgress | None,
+                      indexes: dict[str, Any], admission_timeout: float) -> None:
     """Starts the finalizer once the runner's Pods are gone (two writers would break the
     journal's exactly-once) and ends the batch as its progress says once it succeeded. A
     finalizer that fails too ends the batch failed without files: the journal stays in the
     store, and the errors say why."""
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
-    runner = first(indexes["tf_jobs"].get((builders.RUNNER_COMPONENT, namespace, name)))
     runner_pods = indexes["tf_pods"].get((builders.RUNNER_COMPONENT, namespace, name)) or ()
     if (runner is not None and runner["deleting"]) or any(p["phase"] in ("Pending", "Running") for p in runner_pods):
         return
