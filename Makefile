@@ -28,9 +28,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed ## Create .venv with tuneforge and everything the tests need (cached by uv)
 
 .PHONY: provision
-provision: ## Build or reuse the pinned etcd / kube-apiserver / kube-controller-manager / kubectl and helm
+provision: ## Build or reuse the pinned control plane, helm, Kueue and Argo CD's health evaluation (test tooling)
 	@bash hack/provision-k8s.sh >/dev/null
 	@bash hack/provision-helm.sh >/dev/null
+	@bash hack/provision-kueue.sh >/dev/null
+	@bash hack/provision-argocd-health.sh >/dev/null
 
 .PHONY: test
 test: venv provision lint ## Lint, then run unit, integration and end-to-end tests (the CI command)

@@ -1,7 +1,8 @@
 """The Argo CD health checks, executed on Lua 5.1 (the dialect of Argo CD's gopher-lua)
-against sample objects in every phase of each kind. The scripts run are the ones users
-install: the values of the generated deploy/argocd/argocd-cm-health.yaml (common.lua and
-each kind's part of deploy/argocd/health, joined by `make crds`)."""
+against sample objects in every phase of each kind: the fast check, while
+tests/integration/argocd runs them through Argo CD's own evaluation. The scripts run are
+the ones users install: the values of the generated deploy/argocd/argocd-cm-health.yaml
+(common.lua and each kind's part of deploy/argocd/health, joined by `make crds`)."""
 
 from __future__ import annotations
 
@@ -11,33 +12,9 @@ import pytest
 import yaml
 from lupa.lua51 import LuaRuntime
 
-from tuneforge.api.v1alpha1.basemodel import BaseModelPhase
-from tuneforge.api.v1alpha1.batchjob import BatchJobPhase
-from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase
-from tuneforge.api.v1alpha1.modeldeployment import ModelDeploymentPhase
+from tests.support.argocd import ARGO_STATUSES, ARGOCD_CM, CASES, EXPECTED
 
-from tests.support.helm import REPO
-
-SCRIPTS = yaml.safe_load((REPO / "deploy" / "argocd" / "argocd-cm-health.yaml").read_text())["data"]
-ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
-
-EXPECTED = {
-    "BaseModel": (BaseModelPhase, {"Pending": "Progressing", "Ready": "Healthy", "Failed": "Degraded"}),
-    "FineTuningJob": (FineTuningJobPhase, {
-        "ValidatingFiles": "Progressing", "Queued": "Progressing", "Running": "Progressing",
-        "Paused": "Suspended", "Succeeded": "Healthy", "Failed": "Degraded", "Cancelled": "Suspended",
-    }),
-    "ModelDeployment": (ModelDeploymentPhase, {
-        "Pending": "Progressing", "Deploying": "Progressing", "Ready": "Healthy",
-        "Degraded": "Degraded", "Failed": "Degraded",
-    }),
-    "BatchJob": (BatchJobPhase, {
-        "Validating": "Progressing", "InProgress": "Progressing", "Finalizing": "Progressing",
-        "Completed": "Healthy", "Failed": "Degraded", "Expired": "Degraded",
-        "Cancelling": "Progressing", "Cancelled": "Suspended",
-    }),
-}
-CASES = [(kind, phase, status) for kind, (_, table) in EXPECTED.items() for phase, status in table.items()]
+SCRIPTS = yaml.safe_load(ARGOCD_CM.read_text())["data"]
 
 
 def health(kind: str, obj: dict[str, Any]) -> dict[str, str]:
