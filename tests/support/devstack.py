@@ -95,8 +95,8 @@ def final_batch(openai_client: openai.OpenAI, batch_id: str, timeout: float = 30
 
 
 def job_events(openai_client: openai.OpenAI, job_id: str) -> list[str]:
-    """The job's event messages, oldest first."""
-    return [event.message for event in reversed(openai_client.fine_tuning.jobs.list_events(job_id, limit=1000).data)]
+    """All the job's event messages, oldest first (the client follows the pages)."""
+    return [event.message for event in reversed(list(openai_client.fine_tuning.jobs.list_events(job_id, limit=1000)))]
 
 
 def step_events(openai_client: openai.OpenAI, job_id: str) -> list[int]:

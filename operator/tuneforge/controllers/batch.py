@@ -47,7 +47,7 @@ from tuneforge.contracts import (
     BatchRun,
     ErrorInfo,
 )
-from tuneforge.controllers import admission, builders, kube, metrics
+from tuneforge.controllers import admission, builders, kube, metrics, queueing
 from tuneforge.controllers.children import first, termination_error
 from tuneforge.controllers.handlers import reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
@@ -163,6 +163,8 @@ def _reconcile(
         return state.status
     if job is not None and _runner_refused(state, raw, job, progress, controller_settings.pod_admission_timeout):
         return state.status
+    if job is not None:
+        queueing.follow(state, job, first(indexes["tf_workloads"].get((namespace, job["name"]))), what="batch runner")
 
     deadline = now - timedelta(seconds=_cancel_grace()) - RUNNER_EXIT_GRACE
     if state.phase == "Cancelling":

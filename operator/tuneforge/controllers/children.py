@@ -148,6 +148,40 @@ def _replica_failure(condition: Mapping[str, Any] | None) -> str | None:
     return condition.get("message") or condition.get("reason") or "FailedCreate"
 
 
+def workload_key(namespace: str, body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, Job name) of the batch/v1 Job a Kueue Workload stands for."""
+    for owner in body["metadata"].get("ownerReferences") or ():
+        if owner.get("kind") == "Job" and owner.get("apiVersion") == "batch/v1":
+            return (namespace, owner["name"])
+    return None
+
+
+def workload_summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What Kueue says about a Job it queues: admitted or not, and why not in Kueue's own
+    words (quota it waits for, the workload that preempted it). Eviction outranks the
+    pending reason: a preempted Workload is also pending again, and being preempted is
+    what its owner needs to hear."""
+    status = body.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    admitted = (conditions.get("Admitted") or {}).get("status") == "True"
+    evicted = conditions.get("Evicted") if (conditions.get("Evicted") or {}).get("status") == "True" else None
+    pending = conditions.get("QuotaReserved") or {}
+    if evicted is not None:
+        reason, message = evicted.get("reason") or "Evicted", evicted.get("message") or "evicted by Kueue"
+    elif pending.get("status") == "False":
+        reason, message = pending.get("reason") or "Pending", pending.get("message") or "waiting for quota"
+    else:
+        reason, message = "Pending", "waiting for Kueue to consider the workload"
+    return {
+        "name": body["metadata"]["name"],
+        "queue": (body.get("spec") or {}).get("queueName", ""),
+        "cluster_queue": ((status.get("admission") or {}).get("clusterQueue") or ""),
+        "admitted": admitted,
+        "reason": "Admitted" if admitted else reason,
+        "message": "" if admitted else message,
+    }
+
+
 def first(values: Iterable[dict[str, Any]] | None) -> dict[str, Any] | None:
     """The one summary under a key (deterministic names: there is at most one child)."""
     for value in values or ():

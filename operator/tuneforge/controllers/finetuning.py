@@ -39,7 +39,7 @@ from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuning
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase, restart_pending
 from tuneforge.config import settings
-from tuneforge.controllers import admission, builders, kube, metrics, webhook
+from tuneforge.controllers import admission, builders, kube, metrics, queueing, webhook
 from tuneforge.controllers.children import failed_first, first, group_failure, termination_error
 from tuneforge.controllers.finetuning_validation import Invalid, Wait, validate
 from tuneforge.controllers.handlers import reconcile_on_timer
@@ -70,6 +70,7 @@ class _Tick:
     state: ReconcileState
     job: dict[str, Any] | None
     pods: Any
+    workload: dict[str, Any] | None
     basemodels: Any
     logger: Any
     controller_settings: ControllerSettings
@@ -126,6 +127,7 @@ def _reconcile(
     key = ("trainer", raw["metadata"]["namespace"], raw["metadata"]["name"])
     tick = _Tick(
         ft=ft, observed=status, state=state, job=first(kwargs["tf_jobs"].get(key)), pods=kwargs["tf_pods"].get(key),
+        workload=first(kwargs["tf_workloads"].get((key[1], builders.trainer_job_name(key[2])))),
         basemodels=kwargs["tf_basemodels"], logger=kwargs["logger"], controller_settings=controller_settings,
         throttle=throttle,
     )
@@ -212,6 +214,8 @@ def _training(tick: _Tick) -> dict[str, Any]:
         return tick.state.status
     if job["failed"]:
         return _trainer_failed(tick)
+    if queueing.follow(tick.state, job, tick.workload, what="trainer"):
+        return _held_by_queue(tick)
     refused = admission.follow(tick.state, tick.namespace, job, what="trainer",
                                timeout=tick.controller_settings.pod_admission_timeout)
     if refused is not None:
@@ -262,6 +266,19 @@ def _pause(tick: _Tick) -> dict[str, Any]:
     state.condition("Paused", True, "Suspended", "spec.suspend is true")
     state.condition("Running", False, "Paused", "paused; the trainer stopped after its last checkpoint")
     state.transition("Paused", "Paused", "trainer stopped; set spec.suspend=false to resume")
+    return state.status
+
+
+def _held_by_queue(tick: _Tick) -> dict[str, Any]:
+    """The trainer Job is suspended: Kueue has not admitted it yet, or took it back to
+    preempt it (the trainer checkpointed in its grace period and resumes from there once
+    admitted again). The job waits Queued, with Kueue's reason."""
+    state = tick.state
+    if state.phase == "Running":
+        admitted = find_condition(state.status.get("conditions"), queueing.ADMITTED) or {}
+        reason, message = admitted.get("reason", "Suspended"), admitted.get("message", "")
+        state.condition("Running", False, reason, message)
+        state.transition("Queued", reason, f"the trainer was stopped by its queue: {message}", warning=True)
     return state.status
 
 
@@ -409,7 +426,7 @@ def _start_trainer(ft: FineTuningJobResource, raw: dict, base_raw: dict, trainin
     if size.nodes > 1:
         kube.create(builders.trainer_service(raw))
     kube.create(
-        builders.trainer_job(raw, run, hardware=size.hardware, queue_name=ft.spec.queue_name, settings=config)
+        builders.trainer_job(raw, run, hardware=size.hardware, settings=config)
     )
 
 

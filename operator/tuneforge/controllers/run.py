@@ -46,6 +46,11 @@ def _deployment_index(namespace: str, labels: dict, body: kopf.Body, **_: Any) -
     return {key: children.deployment_summary(body)} if key else None
 
 
+def _workload_index(namespace: str, body: kopf.Body, **_: Any) -> dict | None:
+    key = children.workload_key(namespace, body)
+    return {key: children.workload_summary(body)} if key else None
+
+
 def build_registry(*, cluster_wide: bool, controller_settings: ControllerSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     login = connections.login_handler(connections.connection_limit(cluster_wide))
@@ -53,6 +58,9 @@ def build_registry(*, cluster_wide: bool, controller_settings: ControllerSetting
     kopf.index("batch", "v1", "jobs", labels=MANAGED, registry=registry, id="tf_jobs")(_job_index)
     kopf.index("v1", "pods", labels=MANAGED, registry=registry, id="tf_pods")(_pod_index)
     kopf.index("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="tf_deployments")(_deployment_index)
+    # Kueue's Workloads, where it installs them (v1beta2, Kueue 0.15 and later): why a queued
+    # trainer or batch runner is not running. kopf starts watching once the CRD appears.
+    kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", registry=registry, id="tf_workloads")(_workload_index)
     for module in (basemodel, finetuning, deployment, batch):
         module.register(registry, controller_settings)
     return registry

@@ -314,6 +314,7 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(op, "", "secrets", "get create patch delete"),
         _expand(op, "", "events", "create list"),
         _expand(op, "apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
+        _expand(op, "kueue.x-k8s.io", "workloads", "list watch"),
         _expand(op, "kopf.dev", "clusterkopfpeerings", "list watch create"),
         _expand(op, "kopf.dev", "clusterkopfpeerings", "get patch", "tuneforge"),
         _expand(op_ns, "", "secrets", "list"),

@@ -45,7 +45,7 @@ def render_trainer(settings: Settings = SETTINGS, base_spec: dict | None = None,
     run = builders.training_run(ft, bm, training_uri="pvc://store/root/team/files/file-1234abcd/content",
                                 validation_uri=None, store_root=settings.store_root,
                                 distributed=builders.resolve_distributed(ft, bm, size))
-    job = builders.trainer_job(body, run, hardware=size.hardware, queue_name=ft.spec.queue_name, settings=settings)
+    job = builders.trainer_job(body, run, hardware=size.hardware, settings=settings)
     return run, builders.trainer_configmap(body, run), job
 
 
@@ -95,10 +95,14 @@ def test_trainer_job() -> None:
 
 
 def test_trainer_job_for_kueue_is_suspended_and_labelled() -> None:
-    _, _, job = render_trainer(queueName="team-queue")
+    _, _, job = render_trainer(queueName="team-queue", workloadPriorityClass="urgent")
     assert job["spec"]["suspend"] is True
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
-    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"
+    assert not any(key.startswith("kueue.x-k8s.io/") for key in job["spec"]["template"]["metadata"]["labels"])
+    _, _, unqueued = render_trainer()
+    assert unqueued["spec"]["suspend"] is False
+    assert not any(key.startswith("kueue.x-k8s.io/") for key in unqueued["metadata"]["labels"])
 
 
 def test_s3_store_uses_optional_credentials_secret() -> None:
@@ -319,6 +323,24 @@ def test_batch_run_job_configmap_and_key_secret() -> None:
     secret = builders.batch_key_secret(body, "tf-key")
     assert secret["metadata"]["name"] == "batch-abc-api-key" and secret["data"] == {"TUNEFORGE_BATCH_API_KEY": base64.b64encode(b"tf-key").decode()}
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-b"
+
+
+def test_a_queued_batch_runner_waits_for_kueue_and_its_finalizer_never_does() -> None:
+    body, bj = batch(queueName="batches", workloadPriorityClass="background")
+    run = builders.batch_run(bj, input_uri="file:///in.jsonl", expires=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                             served=None, settings=SETTINGS)
+    runner = builders.runner_job(body, run, settings=SETTINGS, retries_per_hour=10)
+    assert runner["spec"]["suspend"] is True
+    assert {key: value for key, value in runner["metadata"]["labels"].items() if key.startswith("kueue.x-k8s.io/")} == {
+        "kueue.x-k8s.io/queue-name": "batches", "kueue.x-k8s.io/priority-class": "background"}
+    assert not any(key.startswith("kueue.x-k8s.io/") for key in runner["spec"]["template"]["metadata"]["labels"])
+    finalizer = builders.finalizer_job(body, run, settings=SETTINGS)
+    assert "suspend" not in finalizer["spec"]
+    assert not any(key.startswith("kueue.x-k8s.io/") for key in finalizer["metadata"]["labels"])
+    plain_body, plain = batch()
+    plain_run = builders.batch_run(plain, input_uri="file:///in.jsonl",
+                                   expires=datetime(2026, 1, 1, tzinfo=timezone.utc), served=None, settings=SETTINGS)
+    assert "suspend" not in builders.runner_job(plain_body, plain_run, settings=SETTINGS, retries_per_hour=10)["spec"]
 
 
 @pytest.mark.parametrize("window,retries", [("1h", 10), ("6h", 60), ("24h", 240)])

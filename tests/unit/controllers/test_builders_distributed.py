@@ -45,7 +45,7 @@ def render(parameter_count: int | None = None, **spec: object) -> tuple[dict, di
     size = size_training(ft.spec, base.spec, SETTINGS)
     run = builders.training_run(ft, base, training_uri="s3://t", validation_uri=None, store_root="s3://store",
                                 distributed=builders.resolve_distributed(ft, base, size))
-    return body, builders.trainer_job(body, run, hardware=size.hardware, queue_name=None, settings=SETTINGS)
+    return body, builders.trainer_job(body, run, hardware=size.hardware, settings=SETTINGS)
 
 
 # -- the strategy ------------------------------------------------------------------------

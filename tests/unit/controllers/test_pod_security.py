@@ -57,7 +57,7 @@ def trainer_pod(**spec: object) -> dict:
     size = size_training(ft.spec, base.spec, SETTINGS)
     run = builders.training_run(ft, base, training_uri="s3://bucket/tf/f", validation_uri=None,
                                 store_root=SETTINGS.store_root, distributed=builders.resolve_distributed(ft, base, size))
-    job = builders.trainer_job(body, run, hardware=size.hardware, queue_name=None, settings=SETTINGS)
+    job = builders.trainer_job(body, run, hardware=size.hardware, settings=SETTINGS)
     return job["spec"]["template"]["spec"]
 
 

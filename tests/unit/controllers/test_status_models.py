@@ -35,7 +35,7 @@ from tuneforge.contracts import (
     TrainingResult,
 )
 from tuneforge.controllers import basemodel, batch, builders, deployment, finetuning, kube, webhook
-from tuneforge.controllers.children import deployment_summary, job_summary, pod_summary
+from tuneforge.controllers.children import deployment_summary, job_summary, pod_summary, workload_summary
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import timestamp
 from tuneforge.controllers.store import store
@@ -141,7 +141,7 @@ class Driver:
         self.model = model
         self.body = body
         self.indexes: dict[str, dict] = {name: {} for name in (
-            "tf_jobs", "tf_pods", "tf_deployments", "tf_basemodels", "tf_modeldeployments", "tf_finetuned")}
+            "tf_jobs", "tf_pods", "tf_deployments", "tf_basemodels", "tf_modeldeployments", "tf_finetuned", "tf_workloads")}
 
     @property
     def status(self) -> dict[str, Any]:
@@ -257,6 +257,49 @@ def test_fine_tuning_group_restart(root, api) -> None:
     driver.indexes["tf_jobs"] = {key: _job(trainer, "Failed", indexed=True)}
     driver.indexes["tf_pods"] = {key: [_pod("Failed", exit_code=137)]}
     assert driver.tick()["groupRestarts"] == 1
+
+
+def _workload(*conditions: tuple[str, str, str, str]) -> list[dict[str, Any]]:
+    return [workload_summary({
+        "metadata": {"name": "job-ftjob-abc-trainer-1a2b3"},
+        "spec": {"queueName": "team-queue"},
+        "status": {"admission": {"clusterQueue": "gpus"},
+                   "conditions": [{"type": t, "status": v, "reason": r, "message": m} for t, v, r, m in conditions]}})]
+
+
+def _suspended(name: str) -> list[dict[str, Any]]:
+    return [job_summary({"metadata": {"name": name}, "spec": {"suspend": True}, "status": {}})]
+
+
+def test_fine_tuning_job_held_admitted_and_preempted_by_kueue(root, api) -> None:
+    driver = _fine_tuning(root, queueName="team-queue")
+    key, trainer = ("trainer", "team", "ftjob-abc"), builders.trainer_job_name("ftjob-abc")
+    driver.tick()
+    pending = "couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor default"
+    driver.indexes["tf_jobs"] = {key: _suspended(trainer)}
+    driver.indexes["tf_workloads"] = {("team", trainer): _workload(("QuotaReserved", "False", "Pending", pending))}
+    held = driver.tick()
+    admitted = {c["type"]: c for c in held["conditions"]}["Admitted"]
+    assert driver.status["phase"] == "Queued" and (admitted["status"], admitted["reason"], admitted["message"]) == (
+        "False", "Pending", pending)
+
+    driver.indexes["tf_jobs"] = {key: _job(trainer)}
+    driver.indexes["tf_pods"] = {key: [_pod("Running")]}
+    driver.indexes["tf_workloads"] = {("team", trainer): _workload(("QuotaReserved", "True", "QuotaReserved", ""),
+                                                                   ("Admitted", "True", "Admitted", ""))}
+    running = driver.tick()
+    admitted = {c["type"]: c for c in running["conditions"]}["Admitted"]
+    assert running["phase"] == "Running" and admitted["status"] == "True" and "gpus" in admitted["message"]
+
+    preempted = "Preempted to accommodate a workload (UID: u-2) due to prioritization in the ClusterQueue"
+    driver.indexes["tf_jobs"] = {key: _suspended(trainer)}
+    driver.indexes["tf_workloads"] = {("team", trainer): _workload(("QuotaReserved", "False", "Pending", pending),
+                                                                   ("Evicted", "True", "Preempted", preempted))}
+    requeued = driver.tick()
+    conditions = {c["type"]: c for c in requeued["conditions"]}
+    assert driver.status["phase"] == "Queued"
+    assert (conditions["Admitted"]["reason"], conditions["Admitted"]["message"]) == ("Preempted", preempted)
+    assert conditions["Running"]["status"] == "False" and conditions["Running"]["reason"] == "Preempted"
 
 
 def test_fine_tuning_pause_resume_and_cancel(root, api) -> None:

@@ -187,7 +187,7 @@ def test_trainer_pod_plan():
                       training_file="file:///data/t.jsonl", output_uri="file:///store/ns/fine-tuning/ftjob-1",
                       fine_tuned_model="ft:m:ns::ftjob-1")
     settings = Settings(store_root="file:///store")
-    job = builders.trainer_job(body, run, hardware=None, queue_name=None, settings=settings)
+    job = builders.trainer_job(body, run, hardware=None, settings=settings)
     pod = _pod(job["spec"]["template"]["spec"])
     plan = _plan(pod, PodSources(config_maps={"ftjob-1-run": {"run.json": b"{}"}}))
     assert plan.argv == [str(SCRIPTS / "tuneforge-train"), "--run", f"{PLACE.rootfs}/etc/tuneforge/run.json"]

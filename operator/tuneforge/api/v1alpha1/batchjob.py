@@ -9,6 +9,7 @@ from pydantic import Field
 
 from tuneforge.api.v1alpha1.common import (
     FILE_REF_PATTERN,
+    KUEUE_NAME_PATTERN,
     ApiModel,
     BatchError,
     Condition,
@@ -46,6 +47,12 @@ class BatchJobSpec(ApiModel):
     """Requests in flight at once."""
     cancel: bool = False
     """Cancel the batch; finished results are kept."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=KUEUE_NAME_PATTERN)
+    """Kueue LocalQueue to admit the batch runner through: its Job is created suspended and
+    Kueue starts it when the queue's ClusterQueue has quota; the completion window runs
+    meanwhile. Without it, a LocalQueue named `default` in the namespace still applies."""
+    workload_priority_class: str | None = Field(default=None, max_length=63, pattern=KUEUE_NAME_PATTERN)
+    """Kueue WorkloadPriorityClass of the batch runner."""
 
 
 class BatchJobPhase(str, Enum):

@@ -22,6 +22,10 @@ FILE_REF_PATTERN = r"^(file-[a-z0-9]{8,64}|(s3|pvc|file)://.+)$"
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+KUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""A Kueue LocalQueue or WorkloadPriorityClass name as a Job label value takes it (at most
+63 characters)."""
+
 MAX_NODES = 256
 """The most Pods one training group may span; trainer Job names leave room for the
 `-<index>` of the Pod hostnames of an Indexed Job that large."""

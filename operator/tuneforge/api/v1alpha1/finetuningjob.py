@@ -11,6 +11,7 @@ from pydantic import Field
 from tuneforge.api.v1alpha1.common import (
     DNS_LABEL_PATTERN,
     FILE_REF_PATTERN,
+    KUEUE_NAME_PATTERN,
     ApiError,
     ApiModel,
     Condition,
@@ -178,8 +179,14 @@ class FineTuningJobSpec(ApiModel):
     """Pause: stop the trainer after its last checkpoint; set back to false to resume."""
     cancel: bool = False
     """Cancel the job. Final: a cancelled job cannot be resumed."""
-    queue_name: str | None = Field(default=None, max_length=253)
-    """Kueue LocalQueue; the trainer Job is created suspended for Kueue to admit."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=KUEUE_NAME_PATTERN)
+    """Kueue LocalQueue to admit the trainer through: its Job is created suspended and Kueue
+    starts it when the queue's ClusterQueue has quota, and may stop it again to preempt it.
+    Without it, a LocalQueue named `default` in the namespace still applies (Kueue's
+    default queue). Read when the trainer Job is created."""
+    workload_priority_class: str | None = Field(default=None, max_length=63, pattern=KUEUE_NAME_PATTERN)
+    """Kueue WorkloadPriorityClass of the trainer: its rank in the queue and which running
+    jobs it may preempt."""
     notifications: Notifications | None = None
     """Webhook to call when the job ends."""
     merge_adapter: bool = False

@@ -38,6 +38,7 @@ class Label:
     """"true" on a FineTuningJob whose model was deleted through DELETE /v1/models/{id}:
     the job (its history) stays, the model is gone from listings and routing."""
     KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+    KUEUE_PRIORITY_CLASS: Final = "kueue.x-k8s.io/priority-class"
 
 
 class Annotation:

@@ -20,6 +20,7 @@ from tuneforge.controllers.builders.names import (
     runner_job_name,
 )
 from tuneforge.controllers.builders.pods import (
+    kueue_labels,
     labels_for,
     owned_secret,
     owner_reference,
@@ -115,14 +116,20 @@ def runner_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings, re
     """The batch/v1 Job running `tuneforge-batch`. The runner checkpoints every finished
     request, so a retried Pod continues where the last stopped; its retry budget scales
     with the completion window (`runner_retry_budget`), and activeDeadlineSeconds backs up
-    the runner's own expiry handling with the completion window plus grace."""
-    name = body["metadata"]["name"]
-    window = body["spec"].get("completionWindow", "24h")
-    return _runner_pod_job(
+    the runner's own expiry handling with the completion window plus grace. With a Kueue
+    queue the Job starts suspended and labelled, and Kueue unsuspends it on admission."""
+    name, spec = body["metadata"]["name"], body["spec"]
+    window = spec.get("completionWindow", "24h")
+    job = _runner_pod_job(
         body, run, settings=settings, name=runner_job_name(name), labels=runner_labels(name),
         backoff_limit=runner_retry_budget(window, retries_per_hour),
         deadline_seconds=COMPLETION_WINDOWS[window] * 3600 + int(run.cancel_grace_s) + 300,
     )
+    queue = kueue_labels(spec.get("queueName"), spec.get("workloadPriorityClass"))
+    if queue:
+        job["metadata"]["labels"] = {**job["metadata"]["labels"], **queue}
+        job["spec"]["suspend"] = True
+    return job
 
 
 def finalizer_job(body: Mapping[str, Any], run: BatchRun, *, settings: Settings) -> dict[str, Any]:

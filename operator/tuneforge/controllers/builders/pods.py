@@ -297,6 +297,12 @@ def with_shared_memory(pod: dict[str, Any], size: str | None) -> dict[str, Any]:
     }
 
 
+def kueue_labels(queue_name: str | None, priority_class: str | None) -> dict[str, str]:
+    """The labels that hand a Job to Kueue: its LocalQueue and WorkloadPriorityClass."""
+    labels = {Label.KUEUE_QUEUE: queue_name, Label.KUEUE_PRIORITY_CLASS: priority_class}
+    return {key: value for key, value in labels.items() if value}
+
+
 def pod_failure_policy(container: str) -> dict[str, Any]:
     return {
         "rules": [

@@ -31,6 +31,7 @@ from tuneforge.controllers.builders.names import (
 from tuneforge.controllers.builders.pods import (
     FATAL_EXIT_CODES,
     fail_on_exit_codes,
+    kueue_labels,
     labels_for,
     owner_reference,
     placement,
@@ -175,7 +176,6 @@ def trainer_job(
     run: TrainingRun,
     *,
     hardware: Hardware | None,
-    queue_name: str | None,
     settings: Settings,
 ) -> dict[str, Any]:
     """The batch/v1 Job that runs `tuneforge-train` on the run spec.
@@ -184,15 +184,16 @@ def trainer_job(
     One Pod: the Job retries a Pod lost to a disruption without counting it and fails at
     once on the trainer's own errors. A group of `run.distributed.nodes` Pods is an Indexed
     Job (see `_group`) that fails as a whole for the controller to replace. With a Kueue
-    queue the Job starts suspended and labelled, and Kueue unsuspends it on admission.
+    queue the Job starts suspended and labelled, and Kueue unsuspends it on admission
+    (one Workload for the whole group).
     Resuming after a pause is a new Job with the same name; the trainer continues from the
     newest checkpoint in its output dir.
     """
     name = body["metadata"]["name"]
     labels = trainer_labels(name)
-    job_labels = dict(labels)
-    if queue_name:
-        job_labels[Label.KUEUE_QUEUE] = queue_name
+    spec_fields = body.get("spec") or {}
+    queue_name = spec_fields.get("queueName")
+    job_labels = {**labels, **kueue_labels(queue_name, spec_fields.get("workloadPriorityClass"))}
     access = store_access(settings, [run.base_model_uri, run.training_file, run.validation_file, run.output_uri])
     profile = profile_of(hardware, settings)
     container = {
