@@ -173,8 +173,6 @@ def workload_summary(body: Mapping[str, Any]) -> dict[str, Any]:
     else:
         reason, message = "Pending", "waiting for Kueue to consider the workload"
     return {
-        "name": body["metadata"]["name"],
-        "queue": (body.get("spec") or {}).get("queueName", ""),
         "cluster_queue": ((status.get("admission") or {}).get("clusterQueue") or ""),
         "admitted": admitted,
         "reason": "Admitted" if admitted else reason,
