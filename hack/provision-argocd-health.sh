@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Provisions argocd-health (hack/argocd-health/main.go): Argo CD's own health evaluation
 # (its argocd-cm parsing, gopher-lua VM and gitops-engine health types) at a pinned Argo CD
-# version, which tests/integration/chart/test_argocd_health_engine.py runs the tuneforge
+# version, which tests/integration/argocd/test_argocd_health_engine.py runs the tuneforge
 # health checks through.
 #
 # Built once from the Go module proxy into $TUNEFORGE_CACHE/argocd/<version>/ (keyed by
