@@ -135,6 +135,10 @@ class Operator(Values):
     """Seconds a trainer or batch runner Job may fail to create its Pods before the job fails."""
     batch_retries_per_hour: int = Field(default=10, ge=1)
     """Batch runner crashes retried per hour of a batch's completion window."""
+    webhook_attempts: int = Field(default=8, ge=1)
+    """Deliveries of a FineTuningJob's webhook tried before it counts as failed."""
+    webhook_retry_delay: float = Field(default=10, ge=0)
+    """Seconds before a webhook's second delivery; later waits double, up to ten minutes."""
 
 
 class Service(Values):

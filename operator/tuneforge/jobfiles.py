@@ -8,6 +8,8 @@ layout, with the readers every component uses and the writer of its logs.
         events/<seq>.jsonl          fine_tuning.job.event objects, one per line; also
         events/<first>-<last>.jsonl   compacted objects covering a range of sequence numbers
         metrics/<seq>.jsonl         one record per optimizer step (compacted the same way)
+        platform-events/<id>.json   events the operator adds (webhook deliveries), an object
+                                    each: a second writer must not share the trainer's sequence
         events.jsonl, metrics.jsonl the same logs as single files, left by older trainers
         checkpoints/step-<n>/       a checkpoint; it counts only once its COMPLETE marker exists
         adapter/                    the published LoRA adapter, what serving engines load
@@ -56,6 +58,7 @@ PROGRESS = "progress.json"
 RESULT = "result.json"
 RESULTS_CSV = "results.csv"
 EVENTS = "events"
+PLATFORM_EVENTS = "platform-events"
 METRICS = "metrics"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
@@ -128,6 +131,22 @@ class JobFiles:
     def events(self) -> list[dict[str, Any]]:
         """Event records, oldest first."""
         return list(self._records(EVENTS))
+
+    def platform_events(self) -> list[dict[str, Any]]:
+        """The operator's event records, oldest first (their names sort by time)."""
+        records = []
+        for name in self._list(PLATFORM_EVENTS):
+            content = self._read_optional(self.path(PLATFORM_EVENTS, name))
+            if content is not None:
+                records.append(json.loads(content))
+        return records
+
+    def write_platform_event(self, record: dict[str, Any]) -> None:
+        """Adds one operator event; `record["id"]` names its object, so writing the same
+        event again (a retried reconcile) replaces it instead of repeating it. The name
+        starts with the time so a listing is in order."""
+        name = f"{int(record['created_at']):012d}-{record['id']}.json"
+        self.store.write_json(self.path(PLATFORM_EVENTS, name), record)
 
     def metrics(self) -> list[dict[str, Any]]:
         """Metric records in the order written."""

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "operator" / "tuneforge"
 SOURCE_ROOTS = (REPO / "operator", REPO / "trainer-image", REPO / "inference-image")
-GROUND_FLOOR = {"api", "config", "contracts", "storage", "datasets", "weights", "apikeys", "jobfiles", "serving_auth"}
+GROUND_FLOOR = {"api", "config", "contracts", "storage", "datasets", "weights", "apikeys", "jobfiles", "serving_auth", "webhook_signing"}
 UPPER_FLOORS = {"controllers", "gateway", "local", "tuneforge_trainer", "tuneforge_inference"}
 IMAGE_PACKAGES = {"tuneforge_trainer", "tuneforge_inference"}
 WIRING = "tuneforge.__main__"

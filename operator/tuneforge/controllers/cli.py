@@ -53,6 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="batch runner crashes retried per hour of the batch's completion window; the runner resumes "
         "from its journal each time, and a batch out of retries ends with what it finished (default: %(default)s)",
     )
+    parser.add_argument(
+        "--webhook-attempts", type=_at_least_one, default=ControllerSettings.webhook_attempts,
+        help="deliveries of a job's webhook tried before it counts as failed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--webhook-retry-delay", type=float, default=ControllerSettings.webhook_retry_delay,
+        help="seconds before a webhook's second delivery; each later wait doubles, up to ten minutes "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=32, help="threads running reconciles")
 
 

@@ -50,10 +50,14 @@ from tuneforge.controllers.status import (
     ReconcileState,
     Throttle,
     find_condition,
+    parse_timestamp,
     timestamp,
+    utcnow,
 )
 from tuneforge.controllers.store import store
 from tuneforge.jobfiles import JobFiles
+from tuneforge.storage import StoreError
+from tuneforge.webhook_signing import SIGNATURE_HEADER, job_signing_secret, sign
 
 KIND = "FineTuningJob"
 PLURAL = "finetuningjobs"
@@ -360,6 +364,7 @@ def _restart(tick: _Tick) -> None:
     state.status["groupRestarts"] = None  # a restarted job gets its group-restart budget back
     state.status["finishedAt"] = None
     state.status["conditions"] = [c for c in state.status.get("conditions") or [] if c.get("type") != "Notified"]
+    state.status["notification"] = None
     state.condition("Succeeded", "Unknown", "Restarted", f"restart {requested} requested")
     if not validated:
         state.condition("Validated", "Unknown", "Restarted", "validating again after a restart request")
@@ -491,31 +496,76 @@ def _finish(state: ReconcileState, phase: str, reason: str, message: str, *, ok:
 
 
 def _notify(tick: _Tick) -> None:
-    """Calls the job's webhook for its ending and records the outcome as the Notified
-    condition, which ends the notification whether or not it was delivered."""
+    """One delivery attempt of the job's webhook, when the last one's backoff has passed.
+    Its outcome is kept in status.notification until the Notified condition ends the
+    notification, delivered or not; each attempt is an Event and a job event."""
     ft, state = tick.ft, tick.state
+    progress = state.status.get("notification") or {}
+    next_at = parse_timestamp(progress.get("nextAttemptAt"))
+    if next_at is not None and utcnow() < next_at:
+        return
     notifications = ft.spec.notifications
-    body = json.dumps(webhook.payload(ft, state.status), sort_keys=True).encode()
+    event = webhook.payload(ft, state.status)
+    body = json.dumps(event, sort_keys=True).encode()
+    secret = _signing_secret(tick)
+    if secret is None:
+        return
     headers = {"Content-Type": "application/json"}
-    if notifications.signing_secret:
-        ref = notifications.signing_secret
-        secret = kube.read_secret(tick.namespace, ref.name)
-        value = (secret.data or {}).get(ref.key) if secret else None
-        if value is None:
-            state.condition("Notified", False, "SecretNotFound", f"signing secret {ref.name}/{ref.key} not found")
-            kopf.warn(state.raw, reason="NotificationFailed", message=f"signing secret {ref.name}/{ref.key} not found")
-            return
-        headers["X-Tuneforge-Signature"] = webhook.sign(base64.b64decode(value), body)
-    delivery = webhook.deliver(
-        notifications.webhook_url, body, headers, attempts=tick.controller_settings.webhook_attempts,
-        timeout=tick.controller_settings.webhook_timeout, logger=tick.logger,
-    )
-    if delivery.delivered:
-        state.condition("Notified", True, "Delivered", delivery.message)
-        kopf.info(state.raw, reason="Notified", message=delivery.message)
-    else:
-        state.condition("Notified", False, "DeliveryFailed", delivery.message)
-        kopf.warn(state.raw, reason="NotificationFailed", message=delivery.message)
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(secret, body)
+    attempts = int(progress.get("attempts") or 0) + 1
+    result = webhook.attempt(notifications.webhook_url, body, headers, timeout=tick.controller_settings.webhook_timeout)
+    delivery = f"{event['type']} delivery {attempts}: {result.message}"
+    if result.outcome is webhook.Outcome.delivered:
+        state.status["notification"] = None
+        state.condition("Notified", True, "Delivered", result.message)
+        _job_event(tick, "info", f"Webhook {delivery}", attempts)
+        kopf.info(state.raw, reason="Notified", message=delivery)
+        return
+    if result.outcome is webhook.Outcome.retry and attempts < tick.controller_settings.webhook_attempts:
+        delay = webhook.retry_delay(attempts, tick.controller_settings.webhook_retry_delay)
+        state.status["notification"] = {"attempts": attempts, "nextAttemptAt": timestamp(utcnow() + delay),
+                                        "lastError": result.message}
+        _job_event(tick, "warn", f"Webhook {delivery}; retrying in {delay.total_seconds():g}s", attempts)
+        kopf.warn(state.raw, reason="NotificationRetry", message=f"{delivery}; retrying in {delay.total_seconds():g}s")
+        return
+    state.status["notification"] = None
+    state.condition("Notified", False, "DeliveryFailed", f"{result.message} (after {attempts} attempts)")
+    _job_event(tick, "error", f"Webhook {delivery}; giving up", attempts)
+    kopf.warn(state.raw, reason="NotificationFailed", message=f"{delivery}; giving up")
+
+
+def _signing_secret(tick: _Tick) -> bytes | None:
+    """The key the webhook is signed with: b"" for an unsigned one, None (and the
+    notification ended as failed) when the Secret it names is missing."""
+    notifications, namespace = tick.ft.spec.notifications, tick.namespace
+    if notifications.sign_with_platform_key:
+        platform_key = kube.platform_serving_key(settings().system_namespace)
+        return job_signing_secret(platform_key, namespace, tick.ft.metadata["name"]).encode()
+    ref = notifications.signing_secret
+    if ref is None:
+        return b""
+    secret = kube.read_secret(namespace, ref.name)
+    value = (secret.data or {}).get(ref.key) if secret else None
+    if value is None:
+        message = f"signing secret {ref.name}/{ref.key} not found"
+        tick.state.condition("Notified", False, "SecretNotFound", message)
+        kopf.warn(tick.state.raw, reason="NotificationFailed", message=message)
+        return None
+    return base64.b64decode(value)
+
+
+def _job_event(tick: _Tick, level: str, message: str, attempt: int) -> None:
+    """Records a delivery among the job's events, where API users follow the job. A store
+    that fails here costs the record, never the delivery's bookkeeping."""
+    created = int(utcnow().timestamp())
+    record = {"id": f"ftevent-{tick.ft.metadata['uid']}-webhook-{attempt}", "object": "fine_tuning.job.event",
+              "created_at": created, "level": level, "message": message, "type": "message",
+              "data": {"webhook_attempt": attempt}}
+    try:
+        JobFiles.of(store(), tick.namespace, tick.ft.metadata["name"]).write_platform_event(record)
+    except StoreError as exc:
+        tick.logger.warning("could not record the webhook delivery as a job event: %s", exc)
 
 
 def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | None:

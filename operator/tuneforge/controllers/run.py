@@ -15,8 +15,10 @@ import logging
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from tuneforge.api.v1alpha1.labels import FINALIZER, OPERATOR_NAME, Label
+from tuneforge.config import settings
 from tuneforge.controllers import (
     basemodel,
     batch,
@@ -24,6 +26,7 @@ from tuneforge.controllers import (
     connections,
     deployment,
     finetuning,
+    kube,
     metrics,
 )
 from tuneforge.controllers.settings import ControllerSettings
@@ -51,10 +54,21 @@ def _workload_index(namespace: str, body: kopf.Body, **_: Any) -> dict | None:
     return {key: children.workload_summary(body)} if key else None
 
 
+def _ensure_platform_key(logger: logging.Logger, **_: Any) -> None:
+    """Creates the platform key at start, so the gateway can hand out webhook signing
+    secrets on a cluster with no deployment yet. Never blocks the start: every user of the
+    key creates it on demand as well."""
+    try:
+        kube.platform_serving_key(settings().system_namespace)
+    except ApiException as exc:
+        logger.warning("could not create the platform key at start (created on first use): %s", exc.reason)
+
+
 def build_registry(*, cluster_wide: bool, controller_settings: ControllerSettings) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     login = connections.login_handler(connections.connection_limit(cluster_wide))
     kopf.on.login(registry=registry, id="login")(login)
+    kopf.on.startup(registry=registry, id="platform-key")(_ensure_platform_key)
     kopf.index("batch", "v1", "jobs", labels=MANAGED, registry=registry, id="tf_jobs")(_job_index)
     kopf.index("v1", "pods", labels=MANAGED, registry=registry, id="tf_pods")(_pod_index)
     kopf.index("apps", "v1", "deployments", labels=MANAGED, registry=registry, id="tf_deployments")(_deployment_index)
@@ -73,6 +87,8 @@ def controller_settings(args: argparse.Namespace) -> ControllerSettings:
         dependency_grace=args.dependency_grace,
         pod_admission_timeout=args.pod_admission_timeout,
         batch_retries_per_hour=args.batch_retries_per_hour,
+        webhook_attempts=args.webhook_attempts,
+        webhook_retry_delay=args.webhook_retry_delay,
     )
 
 

@@ -28,5 +28,7 @@ class ControllerSettings:
     builders.runner_retry_budget): at 10, the retries span the whole window."""
     webhook_timeout: float = 10.0
     """Seconds one webhook delivery attempt may take."""
-    webhook_attempts: int = 4
+    webhook_attempts: int = 8
     """Deliveries tried before a webhook counts as failed."""
+    webhook_retry_delay: float = 10.0
+    """Seconds before the second attempt; each later wait doubles, up to ten minutes."""

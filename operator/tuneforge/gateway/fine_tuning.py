@@ -17,6 +17,7 @@ from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import bad_request
 from tuneforge.gateway.fine_tuning_objects import job_object, openai_status
 from tuneforge.gateway.openai_protocol import (
+    CreatedFineTuningJob,
     CursorPage,
     FineTuningJob,
     FineTuningJobCheckpoint,
@@ -57,21 +58,24 @@ def _draft(body: FineTuningJobCreate) -> service.JobDraft:
         },
         hardware=body.hardware.model_dump(exclude_none=True) if body.hardware else None,
         distributed=body.distributed.model_dump(exclude_none=True) if body.distributed else {},
+        webhook_url=body.webhook_url,
         params={**service.OPENAI_PARAMS, "suffix": "nickname"} if nickname else service.OPENAI_PARAMS,
     )
 
 
-@router.post("/fine_tuning/jobs", response_model=FineTuningJob, summary="Create a fine-tuning job")
+@router.post("/fine_tuning/jobs", response_model=CreatedFineTuningJob, summary="Create a fine-tuning job")
 async def create_job(
     body: FineTuningJobCreate,
     request: Request,
     principal: Principal = Depends(require("fine-tuning:write")),
     idempotency_key: str | None = Header(default=None),
-) -> FineTuningJob:
+) -> CreatedFineTuningJob:
     state = request.app.state
-    created = await service.create_job_once(state.kube, state.store, principal, _draft(body),
+    draft = _draft(body)
+    key = await service.signing_key(state.kube, draft)
+    created = await service.create_job_once(state.kube, state.store, principal, draft,
                                             idempotency_key=idempotency_key, request_body=body.model_dump())
-    return job_object(created)
+    return CreatedFineTuningJob(**job_object(created).model_dump(), webhook_secret=service.webhook_secret(key, created))
 
 
 def _metadata_filter(request: Request) -> dict[str, str]:

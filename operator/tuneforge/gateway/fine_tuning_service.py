@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -30,14 +31,17 @@ from tuneforge.gateway.fine_tuning_objects import checkpoint_model, checkpoint_o
 from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.kube import Kube
 from tuneforge.gateway.openai_protocol import FineTuningJobCheckpoint, FineTuningJobEvent
+from tuneforge.gateway.platform_key import platform_key
 from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
+from tuneforge.webhook_signing import job_signing_secret
 
 PLURAL = "finetuningjobs"
 SUFFIX = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 OPENAI_PARAMS: Mapping[str, str] = {
     "model": "model", "training_file": "training_file", "validation_file": "validation_file", "suffix": "suffix",
+    "webhook_url": "webhook_url",
 }
 """The OpenAI API's name of each field a create check can name; the sizing checks' params
 (hardware.nodes, distributed.processes_per_node, ...) are already spelt as there."""
@@ -63,6 +67,9 @@ class JobDraft:
     count and the nodes, never placement (node selectors, tolerations)."""
     distributed: Mapping[str, object] = field(default_factory=dict)
     """FineTuningJobSpec.distributed fields (Python names)."""
+    webhook_url: str | None = None
+    """Called when the job succeeds or fails, signed with a secret the platform derives
+    for the job (`webhook_secret` hands it to the caller)."""
     params: Mapping[str, str] = field(default_factory=lambda: OPENAI_PARAMS)
 
 
@@ -77,6 +84,28 @@ async def create_job_once(kube: Kube, store: ArtifactStore, principal: Principal
                              request_body=request_body, build=build)
 
 
+def is_webhook_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return len(url) <= 2048 and parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+async def signing_key(kube: Kube, draft: JobDraft) -> str | None:
+    """The platform key a job with a webhook needs, read before the job is created: a
+    missing key is a 503 with nothing created, not a job whose secret nobody got."""
+    wanted = draft.webhook_url is not None and is_webhook_url(draft.webhook_url)
+    return await platform_key(kube) if wanted else None
+
+
+def webhook_secret(key: str | None, resource: Mapping) -> str | None:
+    """The secret the job's webhook deliveries are signed with, when the platform signs
+    them (jobs created with a webhook through either API)."""
+    notifications = resource["spec"].get("notifications") or {}
+    if key is None or not notifications.get("signWithPlatformKey"):
+        return None
+    meta = resource["metadata"]
+    return job_signing_secret(key, meta["namespace"], meta["name"])
+
+
 async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, draft: JobDraft, name: str) -> dict:
     """The FineTuningJob resource for `draft`, after the checks the API server cannot do:
     the model is a fine-tunable catalog entry and the files are this tenant's valid
@@ -89,6 +118,9 @@ async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, dra
     if not base["spec"].get("fineTunable", True):
         raise bad_request(f"Model '{draft.model}' cannot be fine-tuned.", param=params["model"],
                           code="model_not_available")
+    if draft.webhook_url is not None and not is_webhook_url(draft.webhook_url):
+        raise bad_request("webhook URL must be an absolute http:// or https:// URL of at most 2048 characters.",
+                          param=params["webhook_url"], code="invalid_webhook_url")
     if draft.suffix is not None and not SUFFIX.match(draft.suffix):
         raise bad_request("suffix must be lowercase letters, digits and dashes, starting with a letter or digit.",
                           param=params["suffix"], code="invalid_suffix")
@@ -107,6 +139,8 @@ async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, dra
             hyperparameters=dict(draft.hyperparameters),
             hardware=dict(draft.hardware) if draft.hardware else None,
             distributed=dict(draft.distributed),
+            notifications={"webhook_url": draft.webhook_url, "sign_with_platform_key": True}
+            if draft.webhook_url else None,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -179,8 +213,11 @@ async def set_spec(kube: Kube, tenant: str, job_id: str, spec: Mapping[str, obje
 
 
 def read_events(store: ArtifactStore, namespace: str, job: str) -> list[FineTuningJobEvent]:
-    """The trainer's events, newest first."""
-    return event_objects(job, JobFiles.of(store, namespace, job).events())
+    """The trainer's events and the operator's (webhook deliveries), newest first; the
+    sort is stable, so events of one second keep the order they were written in."""
+    files = JobFiles.of(store, namespace, job)
+    events = event_objects(job, files.events()) + event_objects(job, files.platform_events())
+    return sorted(events, key=lambda event: event.created_at, reverse=True)
 
 
 def read_checkpoints(store: ArtifactStore, resource: Mapping) -> list[FineTuningJobCheckpoint]:

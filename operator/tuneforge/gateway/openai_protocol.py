@@ -85,6 +85,11 @@ class FineTuningJobCreate(RequestBody):
     """Not supported; only null or an empty list is accepted."""
     hardware: JobHardware | None = None
     distributed: JobDistributed | None = None
+    webhook_url: str | None = None
+    """tuneforge extension (the openai client sends it with `extra_body`): a URL POSTed a
+    signed `training.completed` / `training.failed` event when the job ends. An extension
+    field rather than `integrations`, whose entries OpenAI defines as typed third-party
+    integrations (wandb) with their own settings, which a webhook is not."""
 
 
 class BatchCreate(RequestBody):
@@ -178,6 +183,12 @@ class FineTuningJob(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     metadata: dict[str, str] | None
     user_provided_suffix: str | None
+
+
+class CreatedFineTuningJob(FineTuningJob):
+    webhook_secret: str | None = None
+    """tuneforge extension, in the create response only: the key of the HMAC-SHA256
+    signature (X-Tuneforge-Signature) of the job's webhook deliveries."""
 
 
 class FineTuningJobEvent(BaseModel):

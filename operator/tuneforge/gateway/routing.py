@@ -25,7 +25,6 @@ namespace; the engines and the sidecar refuse calls without it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -39,8 +38,9 @@ from tuneforge.gateway.caching import RefreshingCache
 from tuneforge.gateway.catalog import catalog_model, fine_tuned_job
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import Kube
+from tuneforge.gateway.platform_key import platform_key
 from tuneforge.jobfiles import adapter_source_uri
-from tuneforge.serving_auth import PLATFORM_KEY_FIELD, PLATFORM_KEY_SECRET, bearer, deployment_token
+from tuneforge.serving_auth import bearer, deployment_token
 from tuneforge.storage import StoreError, resolve_uri
 
 DEFAULT_MAX_ADAPTERS = 8
@@ -169,19 +169,9 @@ class Router:
         if not pods:
             raise OpenAIError(503, f"The deployment '{meta['name']}' has no ready replicas.", param="model",
                               code="model_not_ready", type="server_error")
-        token = deployment_token(await self._platform_key(), meta["namespace"], meta["name"], meta["uid"])
+        token = deployment_token(await platform_key(self.kube), meta["namespace"], meta["name"], meta["uid"])
         return Route(deployment=meta["name"], pods=pods, adapter=adapter,
                      max_adapters=spec.get("maxAdapters") or DEFAULT_MAX_ADAPTERS, token=token)
-
-    async def _platform_key(self) -> str:
-        """Read with each route resolution (routes are cached), so a replaced key is picked
-        up as quickly as a changed deployment."""
-        secret = await self.kube.get_secret(settings().system_namespace, PLATFORM_KEY_SECRET)
-        encoded = ((secret or {}).get("data") or {}).get(PLATFORM_KEY_FIELD)
-        if not encoded:
-            raise OpenAIError(503, "The platform's serving key does not exist yet; the operator creates it.",
-                              code="model_not_ready", type="server_error")
-        return base64.b64decode(encoded).decode()
 
     # -- pod choice and adapters -------------------------------------------------------
 

@@ -11,6 +11,7 @@ import json
 import threading
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -18,6 +19,10 @@ import pytest
 from kubernetes import client
 
 from tuneforge.contracts import TrainingRun
+from tuneforge.jobfiles import JobFiles
+from tuneforge.serving_auth import PLATFORM_KEY_FIELD, PLATFORM_KEY_SECRET
+from tuneforge.storage import ArtifactStore
+from tuneforge.webhook_signing import job_signing_secret
 
 from tests.support.apiserver import Kube, wait_for
 from tests.support.operator_process import DEPENDENCY_GRACE_SECONDS, Operator
@@ -210,43 +215,112 @@ def test_queue_name_creates_suspended_kueue_job(kube: Kube, operator: Operator, 
 
 
 class _Hook(BaseHTTPRequestHandler):
+    """A webhook receiver answering each delivery with the next of `answers` (the last
+    one from then on)."""
+
+    answers: list[int] = [204]
     received: list[tuple[dict, bytes]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Hook.received.append((dict(self.headers), body))
-        self.send_response(204)
+        self.send_response(_Hook.answers[min(len(_Hook.received), len(_Hook.answers)) - 1])
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_webhook_is_signed_and_sent_once(kube: Kube, operator: Operator, namespace: str, base_model: str,
-                                         store_root: Path) -> None:
+@pytest.fixture
+def hook() -> Iterator[str]:
+    """The receiver's URL; it answers 204 unless a test sets `_Hook.answers`."""
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Hook.received.clear()
+    _Hook.received, _Hook.answers = [], [204]
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def _fail_trainer(kube: Kube, namespace: str, name: str, operator: Operator) -> None:
+    pod = trainer_pod(kube, namespace, name, operator)
+    kube.set_pod(namespace, pod, "trainer", phase="Failed", exit_code=1, message="Traceback: boom")
+
+
+def _notified(kube: Kube, namespace: str, name: str, operator: Operator) -> dict:
+    return wait_for(lambda: next((c for c in kube.status(namespace, PLURAL, name).get("conditions", [])
+                                  if c["type"] == "Notified"), None), 60, "Notified", operator)
+
+
+def test_webhook_is_signed_and_sent_once(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                         store_root: Path, hook: str) -> None:
     kube.core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(name="hook"), data={"key": base64.b64encode(b"s3cret").decode()}))
-    try:
-        name = new_job(kube, store_root, namespace, base_model, notifications={
-            "webhookUrl": f"http://127.0.0.1:{server.server_port}/hook",
-            "signingSecret": {"name": "hook", "key": "key"}, "events": ["failed"]})
-        pod = trainer_pod(kube, namespace, name, operator)
-        kube.set_pod(namespace, pod, "trainer", phase="Failed", exit_code=1, message="Traceback: boom")
-        wait_for(lambda: _Hook.received, 60, "webhook call", operator)
-        headers, body = _Hook.received[0]
-        expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
-        assert headers["X-Tuneforge-Signature"] == expected
-        payload = json.loads(body)
-        assert payload["type"] == "fine_tuning.job.failed" and payload["data"]["id"] == name
-        assert payload["data"]["error"]["code"] == "training_failed"
-        wait_for(lambda: any(c["type"] == "Notified" and c["status"] == "True"
-                             for c in kube.status(namespace, PLURAL, name)["conditions"]), 30, "Notified", operator)
-        assert len(_Hook.received) == 1
-    finally:
-        server.shutdown()
+    name = new_job(kube, store_root, namespace, base_model, notifications={
+        "webhookUrl": hook, "signingSecret": {"name": "hook", "key": "key"}, "events": ["failed"]})
+    _fail_trainer(kube, namespace, name, operator)
+    assert _notified(kube, namespace, name, operator)["status"] == "True"
+    headers, body = _Hook.received[0]
+    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Tuneforge-Signature"] == expected
+    payload = json.loads(body)
+    assert payload["type"] == "training.failed" and payload["data"]["id"] == name
+    assert payload["data"]["status"] == "failed" and payload["data"]["error"]["code"] == "training_failed"
+    assert len(_Hook.received) == 1
+
+
+def test_webhook_is_retried_with_backoff_and_each_delivery_is_a_job_event(
+        kube: Kube, operator: Operator, namespace: str, base_model: str, store_root: Path, hook: str) -> None:
+    """The operator runs with 3 attempts, 1 s before the second and 2 s before the third."""
+    _Hook.answers = [503, 502, 204]
+    name = new_job(kube, store_root, namespace, base_model, notifications={"webhookUrl": hook})
+    _fail_trainer(kube, namespace, name, operator)
+    notified = _notified(kube, namespace, name, operator)
+    assert (notified["status"], notified["reason"]) == ("True", "Delivered")
+    assert len(_Hook.received) == 3 and len({body for _, body in _Hook.received}) == 1
+    assert kube.status(namespace, PLURAL, name).get("notification") is None
+    events = JobFiles.of(ArtifactStore(f"file://{store_root}"), namespace, name).platform_events()
+    assert [(e["level"], e["message"]) for e in events] == [
+        ("warn", "Webhook training.failed delivery 1: webhook answered 503; retrying in 1s"),
+        ("warn", "Webhook training.failed delivery 2: webhook answered 502; retrying in 2s"),
+        ("info", "Webhook training.failed delivery 3: webhook answered 204"),
+    ]
+    assert events[2]["created_at"] - events[0]["created_at"] >= 3
+
+
+def test_webhook_gives_up_after_its_attempts_or_at_once_when_refused(
+        kube: Kube, operator: Operator, namespace: str, base_model: str, store_root: Path, hook: str) -> None:
+    _Hook.answers = [503]
+    name = new_job(kube, store_root, namespace, base_model, notifications={"webhookUrl": hook})
+    _fail_trainer(kube, namespace, name, operator)
+    notified = _notified(kube, namespace, name, operator)
+    assert (notified["status"], notified["reason"]) == ("False", "DeliveryFailed")
+    assert notified["message"] == "webhook answered 503 (after 3 attempts)" and len(_Hook.received) == 3
+
+    _Hook.received, _Hook.answers = [], [410]
+    refused = new_job(kube, store_root, namespace, base_model, notifications={"webhookUrl": hook})
+    _fail_trainer(kube, namespace, refused, operator)
+    notified = _notified(kube, namespace, refused, operator)
+    assert notified["message"] == "webhook answered 410 (after 1 attempts)" and len(_Hook.received) == 1
+
+
+def test_webhook_signed_with_the_platform_key(kube: Kube, operator: Operator, namespace: str, base_model: str,
+                                              store_root: Path, system_namespace: str, hook: str) -> None:
+    """What the HTTP APIs create: no Secret in the namespace, a secret derived for the job."""
+    name = new_job(kube, store_root, namespace, base_model,
+                   notifications={"webhookUrl": hook, "signWithPlatformKey": True})
+    _fail_trainer(kube, namespace, name, operator)
+    assert _notified(kube, namespace, name, operator)["status"] == "True"
+    key = kube.core.read_namespaced_secret(PLATFORM_KEY_SECRET, system_namespace).data[PLATFORM_KEY_FIELD]
+    secret = job_signing_secret(base64.b64decode(key).decode(), namespace, name).encode()
+    headers, body = _Hook.received[0]
+    assert headers["X-Tuneforge-Signature"] == "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def test_a_webhook_names_one_signing_key(kube: Kube, namespace: str, base_model: str, store_root: Path) -> None:
+    with pytest.raises(client.ApiException, match="set signingSecret or signWithPlatformKey, not both"):
+        new_job(kube, store_root, namespace, base_model, notifications={
+            "webhookUrl": "https://hooks.example/ft", "signWithPlatformKey": True,
+            "signingSecret": {"name": "hook", "key": "key"}})
 
 
 def test_hardware_profile_places_the_trainer_and_an_unknown_one_fails(kube: Kube, operator: Operator, namespace: str,

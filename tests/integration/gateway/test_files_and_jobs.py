@@ -7,10 +7,12 @@ import json
 
 import openai
 import pytest
-from gateway_testkit import batch_lines, training_lines
+from gateway_testkit import batch_lines, platform_serving_key, training_lines
 from kubernetes import client
 
+from tuneforge.config import settings
 from tuneforge.jobfiles import EVENTS, METRICS, JobFiles
+from tuneforge.webhook_signing import job_signing_secret
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +201,25 @@ def test_unknown_ids_are_not_found(tenant) -> None:
     ):
         with pytest.raises(openai.NotFoundError):
             call()
+
+
+def test_webhook_url_extension(tenant, base_model, gateway) -> None:
+    """`extra_body={"webhook_url": ...}`: the job gets a platform-signed webhook, and the
+    create response (only) hands out the secret its deliveries are signed with."""
+    namespace, api = tenant
+    train = _upload(api, training_lines())
+    key = platform_serving_key(gateway.api_client, settings().system_namespace)
+    job = api.fine_tuning.jobs.create(model=base_model, training_file=train.id,
+                                      extra_body={"webhook_url": "https://hooks.example/ft?team=a"})
+    assert job.webhook_secret == job_signing_secret(key, namespace, job.id)
+    resource = client.CustomObjectsApi(gateway.api_client).get_namespaced_custom_object(
+        "tuneforge.io", "v1alpha1", namespace, "finetuningjobs", job.id)
+    assert resource["spec"]["notifications"] == {
+        "webhookUrl": "https://hooks.example/ft?team=a", "signWithPlatformKey": True,
+        "events": ["succeeded", "failed"]}
+    assert "webhook_secret" not in api.fine_tuning.jobs.retrieve(job.id).model_extra
+    assert api.fine_tuning.jobs.create(model=base_model, training_file=train.id).webhook_secret is None
+    for url in ("ftp://hooks.example/ft", "hooks.example/ft", "https://"):
+        with pytest.raises(openai.BadRequestError) as exc:
+            api.fine_tuning.jobs.create(model=base_model, training_file=train.id, extra_body={"webhook_url": url})
+        assert (exc.value.code, exc.value.param) == ("invalid_webhook_url", "webhook_url")

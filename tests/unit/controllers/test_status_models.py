@@ -208,7 +208,8 @@ def _trainer_reports(root: Path, step: int) -> JobFiles:
 
 
 def test_fine_tuning_job_from_validation_to_notification(root, api, monkeypatch) -> None:
-    driver = _fine_tuning(root, notifications={"webhookUrl": "https://hooks.example/ft"})
+    driver = _fine_tuning(root, ControllerSettings(status_interval=0, webhook_retry_delay=0),
+                          notifications={"webhookUrl": "https://hooks.example/ft"})
     key = ("trainer", "team", "ftjob-abc")
     assert driver.tick()["phase"] == "Queued"
 
@@ -229,9 +230,16 @@ def test_fine_tuning_job_from_validation_to_notification(root, api, monkeypatch)
     succeeded = driver.tick()
     assert succeeded["phase"] == "Succeeded" and succeeded["hyperparameters"]["nEpochs"] == 1
 
-    monkeypatch.setattr(webhook, "deliver", lambda *args, **kwargs: webhook.Delivery(True, "webhook answered 200"))
+    answers = iter([webhook.Attempt(webhook.Outcome.retry, "webhook answered 503"),
+                    webhook.Attempt(webhook.Outcome.delivered, "webhook answered 200")])
+    monkeypatch.setattr(webhook, "attempt", lambda *args, **kwargs: next(answers))
+    retrying = driver.tick()
+    assert retrying["notification"]["attempts"] == 1 and retrying["notification"]["lastError"] == "webhook answered 503"
     notified = driver.tick()
-    assert [c["type"] for c in notified["conditions"]][-1] == "Notified"
+    assert [c["type"] for c in notified["conditions"]][-1] == "Notified" and notified["notification"] is None
+    assert [e["message"] for e in files.platform_events()] == [
+        "Webhook training.completed delivery 1: webhook answered 503; retrying in 0s",
+        "Webhook training.completed delivery 2: webhook answered 200"]
 
 
 def test_fine_tuning_job_that_fails_and_is_restarted(root, api) -> None:

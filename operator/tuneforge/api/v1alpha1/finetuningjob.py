@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Literal, NamedTuple
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from tuneforge.api.v1alpha1.common import (
     DNS_LABEL_PATTERN,
@@ -138,10 +138,19 @@ class NotificationEvent(str, Enum):
 class Notifications(ApiModel):
     """A webhook called when the job ends."""
 
-    webhook_url: str = Field(pattern=r"^https?://.+")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!(has(self.signingSecret) && has(self.signWithPlatformKey) && self.signWithPlatformKey)",
+        "message": "set signingSecret or signWithPlatformKey, not both",
+    }]})
+
+    webhook_url: str = Field(pattern=r"^https?://.+", max_length=2048)
     """URL that receives a JSON POST."""
     signing_secret: SecretKeyRef | None = None
     """Secret key whose value signs the payload (X-Tuneforge-Signature: sha256=<HMAC>)."""
+    sign_with_platform_key: bool = False
+    """Sign with a secret the platform derives for this job from its platform key, so no
+    Secret has to exist in the namespace: what the HTTP APIs set, whose create call hands
+    the secret to the caller."""
     events: list[NotificationEvent] = Field(default_factory=lambda: [NotificationEvent.succeeded, NotificationEvent.failed])
     """Which endings to notify about."""
 
@@ -297,6 +306,18 @@ class ResolvedHyperparameters(ApiModel):
     learning_rate_multiplier: float | None = None
 
 
+class NotificationStatus(ApiModel):
+    """Where the webhook delivery stands: retried with backoff across reconciles (never
+    by sleeping inside one) until delivered, refused, or out of attempts."""
+
+    attempts: int = Field(default=0, ge=0)
+    """Deliveries tried."""
+    next_attempt_at: datetime | None = None
+    """Not before this time is the next one tried."""
+    last_error: str | None = None
+    """Why the last one failed."""
+
+
 class FineTuningJobStatus(ApiModel):
     """Observed state of a fine-tuning job."""
 
@@ -328,6 +349,8 @@ class FineTuningJobStatus(ApiModel):
     """Name of the batch/v1 Job running the trainer."""
     training_file_uri: str | None = None
     """The training file resolved to a store URI."""
+    notification: NotificationStatus | None = None
+    """Webhook deliveries tried so far, while they are being retried."""
     validation_file_uri: str | None = None
     restarts: int | None = None
     """The spec.restartCount the controller last acted on (restarts of a failed job)."""
