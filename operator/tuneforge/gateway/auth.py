@@ -1,7 +1,8 @@
 """Authentication and tenancy: an API key maps to one namespace and a set of scopes.
 
-The key arrives as `Authorization: Bearer <key>` (what the openai client sends) or
-`X-API-Key: <key>`. Its Secret is found by name (derived from the key's hash) in the
+The key arrives as `Authorization: Bearer <key>` (what the openai client sends),
+`Authorization: <key>` (the bare key of the reference documents' curl examples) or
+`X-API-Key: <key>` (the management API's documented header). Its Secret is found by name (derived from the key's hash) in the
 system namespace, with one GET; lookups are cached for a few seconds so the hot chat path
 does not hit the API server per request (a revoked key stops working within twice
 `key_cache_seconds`: see `caching`). Every handler receives a `Principal` and acts inside
@@ -58,15 +59,30 @@ class KeyResolver:
         return Principal(tenant=grant.tenant, scopes=grant.scopes, key_name=grant.name)
 
 
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request carries: X-API-Key, else `Authorization: Bearer <key>` or a bare
+    `Authorization: <key>`. Another scheme (`Basic ...`) carries no key of ours."""
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    parts = (authorization or "").split()
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2 and parts[0].lower() == "bearer":
+        return parts[1]
+    return None
+
+
 async def authenticate(
     request: Request,
     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer),
     header_key: str | None = Depends(_header),
 ) -> Principal:
-    key = header_key or (bearer.credentials if bearer else None)
+    """`bearer` and `header_key` document the schemes in the OpenAPI description; the key is
+    read from the raw headers, which also carry a bare key."""
+    key = presented_key(request.headers.get("authorization"), header_key)
     if not key:
-        raise OpenAIError(401, "You didn't provide an API key. Use 'Authorization: Bearer <key>' or 'X-API-Key'.",
-                          code="missing_api_key")
+        raise OpenAIError(401, "You didn't provide an API key. Use 'Authorization: Bearer <key>', "
+                          "'Authorization: <key>' or 'X-API-Key: <key>'.", code="missing_api_key")
     principal = await request.app.state.keys.resolve(key)
     if principal is None:
         raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")

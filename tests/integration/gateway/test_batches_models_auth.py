@@ -158,3 +158,19 @@ def test_missing_invalid_and_revoked_keys(gateway, namespace, raw) -> None:
     subprocess.run([sys.executable, "-m", "tuneforge", "keys", "revoke", "--key", key], check=True, capture_output=True)
     with pytest.raises(openai.AuthenticationError):
         gateway.client(key).models.list()
+
+
+def test_every_documented_way_of_sending_the_key(gateway, namespace, raw) -> None:
+    """Bearer (the openai client), a bare key (the reference curl examples) and X-API-Key
+    (the management API's document), on both APIs; another scheme is no key at all."""
+    key = gateway.key(namespace)
+    for headers in ({"Authorization": f"Bearer {key}"}, {"Authorization": key}, {"authorization": f"bearer {key}"},
+                    {"X-API-Key": key}):
+        assert raw.get("/v1/models", headers=headers).status_code == 200, headers
+        assert raw.get("/api/v1/fine-tuning/jobs", headers=headers).status_code == 200, headers
+    for headers, code in (({"Authorization": f"Basic {key}"}, "missing_api_key"),
+                          ({"Authorization": ""}, "missing_api_key"),
+                          ({"Authorization": "tf-not-a-real-key"}, "invalid_api_key"),
+                          ({"Authorization": f"Bearer {key} extra"}, "missing_api_key")):
+        response = raw.get("/v1/models", headers=headers)
+        assert (response.status_code, response.json()["error"]["code"]) == (401, code), headers

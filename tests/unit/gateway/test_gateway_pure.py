@@ -10,6 +10,7 @@ from tuneforge.api.v1alpha1.modeldeployment import Rollout
 from tuneforge.config import Settings
 from tuneforge.contracts import Engine, ServingSpec
 from tuneforge.controllers.builders import serving_deployment
+from tuneforge.gateway.auth import presented_key
 from tuneforge.gateway.batch_objects import batch_object
 from tuneforge.gateway.chat import upstream_error
 from tuneforge.gateway.errors import OpenAIError, _param
@@ -127,3 +128,13 @@ def test_batch_object_timestamps_are_integers() -> None:
     }).model_dump()
     assert batch["status"] == "cancelling" and batch["expires_at"] == 1893542400
     assert batch["errors"]["data"][0]["line"] == 3 and batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}
+
+
+@pytest.mark.parametrize(("authorization", "x_api_key", "key"), [
+    ("Bearer tf-1", None, "tf-1"), ("bearer tf-1", None, "tf-1"), ("tf-1", None, "tf-1"), ("  tf-1 ", None, "tf-1"),
+    (None, "tf-2", "tf-2"), ("Bearer tf-1", "tf-2", "tf-2"), ("Bearer tf-1", "  ", "tf-1"),
+    ("Basic dXNlcjpwYXNz", None, None), ("Bearer", None, "Bearer"), ("Bearer a b", None, None), ("", None, None),
+    (None, None, None),
+])
+def test_the_key_a_request_presents(authorization, x_api_key, key) -> None:
+    assert presented_key(authorization, x_api_key) == key
