@@ -177,7 +177,7 @@ class Gateway(Values):
     """Container port."""
     metrics_port: int = Field(default=9091, **PORT)
     """Port of the Prometheus /metrics endpoint."""
-    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_upload_bytes: int = Field(default=6 * 1024**3, ge=1)
     """Largest file accepted by POST /v1/files."""
     key_cache_seconds: float = Field(default=5, ge=0)
     """Seconds an API-key lookup is reused; up to twice this while it is reloaded in the background."""

@@ -96,7 +96,7 @@ def final_batch(openai_client: openai.OpenAI, batch_id: str, timeout: float = 30
 
 def job_events(openai_client: openai.OpenAI, job_id: str) -> list[str]:
     """All the job's event messages, oldest first (the client follows the pages)."""
-    return [event.message for event in reversed(list(openai_client.fine_tuning.jobs.list_events(job_id, limit=1000)))]
+    return [event.message for event in reversed(list(openai_client.fine_tuning.jobs.list_events(job_id, limit=100)))]
 
 
 def step_events(openai_client: openai.OpenAI, job_id: str) -> list[int]:

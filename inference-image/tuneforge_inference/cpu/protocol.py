@@ -1,7 +1,8 @@
 """Request bodies the CPU engine accepts, validated into OpenAI-style 400 errors.
 
 Ranges follow OpenAI's API reference (temperature 0..2, penalties -2..2, logit_bias
--100..100, top_logprobs 0..20). Unknown fields are ignored, as vLLM does, so clients that
+-100..100, top_logprobs 0..20, at most 4 stop sequences); null means the default for every
+parameter, as OpenAI documents them nullable. Unknown fields are ignored, as vLLM does, so clients that
 send newer OpenAI parameters still get an answer. `ignore_eos` and `min_tokens` are vLLM's
 extra sampling parameters, accepted so callers can ask for a fixed output length.
 """
@@ -13,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneforge_inference.cpu.errors import APIError, bad_request
+
+MAX_STOP_SEQUENCES = 4
 
 
 class Message(BaseModel):
@@ -61,12 +64,21 @@ class ChatCompletionRequest(BaseModel):
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """OpenAI documents most parameters as nullable, null meaning "the default", and
+        clients send explicit nulls (vLLM takes them the same way)."""
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
     @field_validator("stop")
     @classmethod
     def _stop_strings(cls, value: str | list[str] | None) -> list[str]:
         stops = [value] if isinstance(value, str) else list(value or [])
         if any(stop == "" for stop in stops):
             raise ValueError("stop sequences must not be empty")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
         return stops
 
     @field_validator("logit_bias")

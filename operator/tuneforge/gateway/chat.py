@@ -1,6 +1,7 @@
 """/v1/chat/completions: a proxy to the serving Pods of the model's deployment.
 
-The request body is forwarded byte for byte (no re-serialisation); a streamed response
+The request body is forwarded byte for byte (no re-serialisation), after the few checks
+the engines do not make as OpenAI does (`stop` holds at most 4 sequences); a streamed response
 is relayed chunk by chunk as the upstream produces it. Interactive clients and the batch
 runner (with its chat-scoped key) take this same path, so both get the same routing and
 adapter loading. Upstream failures come back as OpenAI errors: the upstream's own error
@@ -45,6 +46,8 @@ _BODY_SCHEMA = {
     }
 }
 _PASSTHROUGH_STATUS = (400, 404, 413, 422, 429, 503)
+MAX_STOP_SEQUENCES = 4
+"""OpenAI's limit, checked here because vLLM takes any number."""
 
 
 def _parse(raw: bytes) -> tuple[str, bool]:
@@ -62,12 +65,24 @@ def _parse(raw: bytes) -> tuple[str, bool]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array.", param="messages", code="invalid_value")
+    stop = body.get("stop")
+    if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+        raise bad_request(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, not {len(stop)}.", param="stop",
+                          code="invalid_value")
     return model, body.get("stream") is True
 
 
+UPSTREAM_CODES = {400: "invalid_request", 404: "model_not_found", 413: "request_too_large",
+                  422: "invalid_request", 429: "rate_limit_exceeded", 503: "engine_overloaded"}
+"""The code of an engine error that carries none of its own: vLLM (and the CPU engine,
+which mirrors it) put the HTTP status in `code` and an exception name (`BadRequestError`)
+in `type`, neither of which an OpenAI client expects."""
+
+
 def upstream_error(status: int, content: bytes) -> OpenAIError:
-    """An upstream error response as an OpenAI error: its own message, type, param and
-    code when it gave them; client errors keep their status, server failures become 502."""
+    """An engine's error response as an OpenAI error: its message and param, OpenAI's type
+    for the status (never the engine's exception name) and a string code, the engine's
+    own when it gave one. Client errors keep their status, server failures become 502."""
     try:
         body = json.loads(content)
     except ValueError:
@@ -75,16 +90,17 @@ def upstream_error(status: int, content: bytes) -> OpenAIError:
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         message = str(error.get("message") or "upstream error")
-        param, code, kind = error.get("param"), error.get("code"), error.get("type")
+        param, code = error.get("param"), error.get("code")
     else:
         detail = body.get("detail") if isinstance(body, dict) else None
         message = str(detail or content[:500].decode(errors="replace") or "upstream error")
-        param = code = kind = None
+        param = code = None
+    param = param if isinstance(param, str) else None
     if status in _PASSTHROUGH_STATUS:
-        return OpenAIError(status, message, param=param, code=code if isinstance(code, str) else None,
-                           type=kind if status < 500 and isinstance(kind, str) else None)
+        own = code if isinstance(code, str) and code else UPSTREAM_CODES[status]
+        return OpenAIError(status, message, param=param, code=own, type=None if status < 500 else "server_error")
     if 400 <= status < 500:
-        return OpenAIError(400, message, param=param, code=code if isinstance(code, str) else "upstream_rejected")
+        return OpenAIError(400, message, param=param, code=code if isinstance(code, str) and code else "upstream_rejected")
     return OpenAIError(502, f"The model server failed: {message}", code="upstream_error", type="server_error")
 
 

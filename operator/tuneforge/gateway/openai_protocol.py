@@ -20,7 +20,7 @@ MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 """OpenAI's metadata: up to 16 pairs, keys up to 64 and values up to 512 characters."""
 
-Limit = Annotated[int, Field(ge=1, le=10_000)]
+Limit = Annotated[int, Field(ge=1, le=100)]
 Number = int | float
 UnixTime = int
 """Seconds since the epoch: every OpenAI timestamp."""

@@ -14,8 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_GATEWAY_", extra="ignore")
 
-    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    """Largest file accepted by POST /v1/files; larger uploads get 413."""
+    max_upload_bytes: int = Field(default=6 * 1024**3, ge=1)
+    """Largest file accepted by POST /v1/files; larger uploads get 413. 6 GiB, the batch
+    input size the reference API allows: uploads stream to the store with flat memory, so
+    this bounds store use and upload time, not memory."""
     key_cache_seconds: float = Field(default=5.0, ge=0)
     """How long a key lookup is used as is; for as long again it is used while being
     reloaded, so a revoked key stops working within twice this time."""

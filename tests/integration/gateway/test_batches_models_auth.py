@@ -174,3 +174,19 @@ def test_every_documented_way_of_sending_the_key(gateway, namespace, raw) -> Non
                           ({"Authorization": f"Bearer {key} extra"}, "missing_api_key")):
         response = raw.get("/v1/models", headers=headers)
         assert (response.status_code, response.json()["error"]["code"]) == (401, code), headers
+
+
+def test_documented_limits(tenant, base_model) -> None:
+    """Lists take `limit` 1-100 and chat at most 4 stop sequences, as the reference says;
+    the stop check is the gateway's own, as vLLM takes any number."""
+    _, api = tenant
+    for listing in (api.fine_tuning.jobs.list, api.batches.list, api.files.list):
+        for limit in (0, 101):
+            with pytest.raises(openai.BadRequestError) as exc:
+                listing(limit=limit)
+            assert (exc.value.param, exc.value.type) == ("limit", "invalid_request_error")
+        assert listing(limit=100).object == "list"
+    with pytest.raises(openai.BadRequestError) as exc:
+        api.chat.completions.create(model=base_model, messages=[{"role": "user", "content": "hi"}],
+                                    stop=["a", "b", "c", "d", "e"])
+    assert (exc.value.param, exc.value.code) == ("stop", "invalid_value")

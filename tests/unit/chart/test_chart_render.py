@@ -193,7 +193,7 @@ def test_gateway_serves_where_batch_runners_look(renderings):
     container = _container(rendered, "Deployment", GATEWAY)
     assert _parse(container["args"]).command == "gateway"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["TUNEFORGE_GATEWAY_PORT"] == "8000" and env["TUNEFORGE_GATEWAY_MAX_UPLOAD_BYTES"] == "536870912"
+    assert env["TUNEFORGE_GATEWAY_PORT"] == "8000" and env["TUNEFORGE_GATEWAY_MAX_UPLOAD_BYTES"] == "6442450944"
     service = rendered.one("Service", GATEWAY)
     assert service["spec"]["ports"][0]["port"] == 8000
     assert _settings_env(rendered)["TUNEFORGE_GATEWAY_INTERNAL_URL"] == f"http://{GATEWAY}.{NAMESPACE}.svc:8000/v1"

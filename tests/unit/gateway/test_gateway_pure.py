@@ -38,19 +38,31 @@ def test_ids_are_time_ordered_and_idempotent_ids_deterministic() -> None:
     assert derived_id("batch", "ns", "k") == derived_id("batch", "ns", "k") != derived_id("batch", "other", "k")
 
 
+VLLM_400 = b'{"error": {"message": "bad n", "type": "BadRequestError", "param": "n", "code": 400}}'
+"""vLLM 0.33's ErrorResponse (the CPU engine answers the same shape)."""
+
+
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (400, b'{"error": {"message": "bad", "type": "BadRequestError", "param": "n", "code": "x"}}', (400, "x", "n")),
-        (404, b'{"detail": "no such model"}', (404, None, None)),
-        (429, b'{"error": {"message": "busy"}}', (429, None, None)),
-        (418, b"teapot", (400, "upstream_rejected", None)),
-        (500, b"boom", (502, "upstream_error", None)),
+        (400, VLLM_400, (400, "invalid_request_error", "invalid_request", "n")),
+        (400, b'{"error": {"message": "bad", "type": "BadRequestError", "param": "n", "code": "x"}}',
+         (400, "invalid_request_error", "x", "n")),
+        (404, b'{"error": {"message": "The model `m` does not exist.", "type": "NotFoundError", "param": "model", '
+              b'"code": 404}}', (404, "invalid_request_error", "model_not_found", "model")),
+        (404, b'{"detail": "no such model"}', (404, "invalid_request_error", "model_not_found", None)),
+        (429, b'{"error": {"message": "busy", "type": "RateLimitError", "code": 429}}',
+         (429, "rate_limit_error", "rate_limit_exceeded", None)),
+        (503, b'{"error": {"message": "queue full", "type": "ServiceUnavailableError", "code": 503}}',
+         (503, "server_error", "engine_overloaded", None)),
+        (418, b"teapot", (400, "invalid_request_error", "upstream_rejected", None)),
+        (500, b'{"error": {"message": "boom", "type": "InternalServerError", "code": 500}}',
+         (502, "server_error", "upstream_error", None)),
     ],
 )
-def test_upstream_errors_are_mapped(status: int, body: bytes, expected: tuple) -> None:
+def test_upstream_errors_are_mapped_to_openai_types_and_codes(status: int, body: bytes, expected: tuple) -> None:
     error = upstream_error(status, body)
-    assert (error.status, error.code, error.param) == expected
+    assert (error.status, error.type, error.code, error.param) == expected
     assert set(error.body()["error"]) == {"message", "type", "param", "code"}
 
 

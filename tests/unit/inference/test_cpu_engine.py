@@ -204,12 +204,24 @@ def test_unknown_model_is_not_found(cpu_server: RunningServer):
         ({"max_tokens": 10**7}, "max_tokens"),
         ({"logit_bias": {"999999999": 1}}, "logit_bias"),
         ({"presence_penalty": -5}, "presence_penalty"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ],
 )
 def test_invalid_parameters_are_bad_requests(cpu_server: RunningServer, kwargs, param):
     with pytest.raises(openai.BadRequestError) as raised:
         chat(cpu_server.client(), BASE_NAME, **kwargs)
     assert raised.value.body["param"] == param
+
+
+def test_null_parameters_mean_their_defaults(cpu_server: RunningServer):
+    """OpenAI documents these as nullable; the openai client omits None, so send JSON nulls."""
+    nulls = dict.fromkeys(("frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "stream", "n",
+                           "stream_options", "stop", "seed", "temperature", "top_p", "logit_bias", "max_tokens"))
+    token = {"Authorization": f"Bearer {cpu_server.token}"} if cpu_server.token else {}
+    answer = httpx.post(f"{cpu_server.base_url}/v1/chat/completions", headers=token,
+                        json={"model": BASE_NAME, "messages": MESSAGES, "max_completion_tokens": 2, **nulls})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["choices"]) == 1 and answer.json()["choices"][0]["logprobs"] is None
 
 
 def test_full_queue_answers_429_and_the_client_retries_through(cpu_server: RunningServer):
