@@ -33,7 +33,7 @@ from tuneforge import datasets
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
 from tuneforge.gateway.ids import derived_id, new_id
-from tuneforge.gateway.openai_protocol import CursorPage, DeletedFile, FileObject, Limit
+from tuneforge.gateway.openai_protocol import CursorPage, DeletedFile, FileLimit, FileObject
 from tuneforge.gateway.pagination import page
 from tuneforge.gateway.settings import gateway_settings
 from tuneforge.storage import ArtifactStore, StoreError
@@ -185,7 +185,7 @@ async def list_files(
     request: Request,
     principal: Principal = Depends(require("files:read")),
     purpose: str | None = None,
-    limit: Limit = 10_000,
+    limit: FileLimit = 10_000,
     order: str = Query(default="desc", pattern="^(asc|desc)$"),
     after: str | None = None,
 ) -> CursorPage:

@@ -21,6 +21,10 @@ Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
 """OpenAI's metadata: up to 16 pairs, keys up to 64 and values up to 512 characters."""
 
 Limit = Annotated[int, Field(ge=1, le=100)]
+"""`limit` of the batch, fine-tuning job, event and checkpoint lists: 1 to 100, as the
+reference documents them."""
+FileLimit = Annotated[int, Field(ge=1, le=10_000)]
+"""`limit` of the file list: 1 to 10,000 (default 10,000), as OpenAI documents it."""
 Number = int | float
 UnixTime = int
 """Seconds since the epoch: every OpenAI timestamp."""

@@ -177,15 +177,16 @@ def test_every_documented_way_of_sending_the_key(gateway, namespace, raw) -> Non
 
 
 def test_documented_limits(tenant, base_model) -> None:
-    """Lists take `limit` 1-100 and chat at most 4 stop sequences, as the reference says;
-    the stop check is the gateway's own, as vLLM takes any number."""
+    """Job and batch lists take `limit` 1-100 (the files list 1-10,000, as OpenAI's) and
+    chat at most 4 stop sequences, as the reference says; the stop check is the gateway's
+    own, as vLLM takes any number."""
     _, api = tenant
-    for listing in (api.fine_tuning.jobs.list, api.batches.list, api.files.list):
-        for limit in (0, 101):
+    for listing, most in ((api.fine_tuning.jobs.list, 100), (api.batches.list, 100), (api.files.list, 10_000)):
+        for limit in (0, most + 1):
             with pytest.raises(openai.BadRequestError) as exc:
                 listing(limit=limit)
             assert (exc.value.param, exc.value.type) == ("limit", "invalid_request_error")
-        assert listing(limit=100).object == "list"
+        assert listing(limit=most).object == "list"
     with pytest.raises(openai.BadRequestError) as exc:
         api.chat.completions.create(model=base_model, messages=[{"role": "user", "content": "hi"}],
                                     stop=["a", "b", "c", "d", "e"])
