@@ -27,6 +27,10 @@ from tuneforge.api.v1alpha1.basemodel import BaseModelSpec
 from tuneforge.api.v1alpha1.common import DNS_LABEL_PATTERN
 from tuneforge.config import HardwareProfile
 
+CPU_PROFILE = HardwareProfile(name="cpu", display_name="CPU only (no GPU)", gpu_count=0, cost_per_hour=0)
+"""What a default install offers, so GET /hardware and cost estimates work out of the box:
+Pods without GPUs, which is also what a job naming no profile got before profiles existed."""
+
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "tuneforge"
 VALUES_SCHEMA = CHART / "values.schema.json"
@@ -324,9 +328,9 @@ class ChartValues(Values):
     """The artifact store."""
     workload_cache_size: str = Field(default="100Gi", pattern=QUANTITY)
     """sizeLimit of the cache emptyDir of trainer, serving and batch runner Pods."""
-    hardware_profiles: list[HardwareProfile] = Field(default_factory=list)
+    hardware_profiles: list[HardwareProfile] = Field(default_factory=lambda: [CPU_PROFILE])
     """Hardware profiles on offer (TUNEFORGE_HARDWARE_PROFILES)."""
-    default_hardware_profile: str = ""
+    default_hardware_profile: str = "cpu"
     """Profile used when neither a job nor its base model names one."""
     base_models: list[CatalogEntry] = Field(default_factory=list)
     """BaseModel catalog entries."""

@@ -54,7 +54,8 @@ def _create_job(stack, training_file: str, *, epochs: int, checkpoint_every: int
 
 
 def _metrics_curve(api, job_id: str) -> dict[int, dict]:
-    return {point["step"]: point for point in api.get(f"/jobs/{job_id}/metrics").raise_for_status().json()["steps"]}
+    metrics = api.get(f"/jobs/{job_id}/metrics").raise_for_status().json()["metrics"]
+    return {point["step"]: point for point in metrics["steps"]}
 
 
 def test_a_job_failed_after_its_retries_keeps_its_newest_checkpoint_and_restarts_from_it(dev_stack, openai_client):

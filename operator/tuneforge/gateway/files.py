@@ -19,6 +19,7 @@ uploads without one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -98,7 +99,9 @@ def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: Up
         raise OpenAIError(413, f"The file exceeds the upload limit: {exc}", param="file", code="file_too_large") from exc
     status, details = "processed", None
     try:
-        datasets.validate_file(purpose, store.iter_lines(content))
+        summary = datasets.validate_file(purpose, store.iter_lines(content))
+        if isinstance(summary, datasets.FineTuneFileSummary):  # what cost estimates measure
+            store.write_json(f"{directory}/summary.json", dataclasses.asdict(summary))
     except datasets.DatasetError as exc:
         status, details = "error", exc.message
         store.write_json(f"{directory}/validation.json",
@@ -178,6 +181,28 @@ async def sweep_abandoned_uploads_forever(store: ArtifactStore, every_s: float =
 def _all_files(store: ArtifactStore, namespace: str) -> list[FileObject]:
     metas = (file_meta(store, namespace, name) for name in store.listdir(store.path(namespace, "files")))
     return [meta for meta in metas if meta is not None]
+
+
+def files_named(store: ArtifactStore, namespace: str, filename: str, purpose: str) -> list[FileObject]:
+    """The tenant's uploads of `purpose` called `filename`, oldest first: how the
+    management API lets a job name its dataset by the name it was uploaded under."""
+    named = [meta for meta in _all_files(store, namespace) if meta.filename == filename and meta.purpose == purpose]
+    return sorted(named, key=lambda meta: (meta.created_at, meta.id))
+
+
+def fine_tune_summary(store: ArtifactStore, namespace: str, file_id: str) -> datasets.FineTuneFileSummary | None:
+    """What validation counted in a processed fine-tuning upload (examples, characters):
+    recorded at upload, or counted again for files uploaded before it was recorded."""
+    directory = store.file_dir(namespace, file_id)
+    recorded = store.read_json(f"{directory}/summary.json")
+    if recorded is not None:
+        return datasets.FineTuneFileSummary(**recorded)
+    try:
+        summary = datasets.validate_fine_tune_file(store.iter_lines(f"{directory}/content"))
+    except (datasets.DatasetError, StoreError):
+        return None
+    store.write_json(f"{directory}/summary.json", dataclasses.asdict(summary))
+    return summary
 
 
 @router.get("/files", response_model=CursorPage[FileObject], summary="List files")

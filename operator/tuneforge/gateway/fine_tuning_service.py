@@ -26,7 +26,7 @@ from tuneforge.config import settings
 from tuneforge.gateway import catalog
 from tuneforge.gateway.auth import Principal
 from tuneforge.gateway.errors import bad_request, not_found
-from tuneforge.gateway.files import file_meta, validation_error
+from tuneforge.gateway.files import FILE_ID, file_meta, files_named, validation_error
 from tuneforge.gateway.fine_tuning_objects import checkpoint_model, checkpoint_object, event_objects
 from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.kube import Kube
@@ -150,6 +150,22 @@ async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, dra
     return FineTuningJobResource(
         metadata={"name": name, "namespace": principal.tenant, "annotations": annotations}, spec=spec
     ).to_wire()
+
+
+async def resolve_file_reference(store: ArtifactStore, namespace: str, reference: str, param: str) -> str:
+    """The file id a management API request means: the id itself, or the fine-tuning
+    upload of that file name. A name several uploads share is a 400 listing their ids; a
+    name no upload has is refused as an unknown file."""
+    if FILE_ID.match(reference):
+        return reference
+    named = await run_in_threadpool(files_named, store, namespace, reference, "fine-tune")
+    if len(named) > 1:
+        ids = ", ".join(meta.id for meta in named)
+        raise bad_request(f"{len(named)} fine-tuning files are named '{reference}' ({ids}); give the file id.",
+                          param=param, code="ambiguous_file_name")
+    if not named:
+        raise bad_request(f"No fine-tuning file has the id or name '{reference}'.", param=param, code="invalid_file")
+    return named[0].id
 
 
 def _check_file(store: ArtifactStore, namespace: str, file_id: str, param: str) -> None:

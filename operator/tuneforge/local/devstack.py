@@ -49,10 +49,12 @@ LOCAL_HARDWARE_PROFILES = [{
     "displayName": "This machine's CPUs",
     "gpuCount": 0,
     "maxNodes": 2,
+    "costPerHour": 0,
 }]
-"""The hardware the local platform offers: CPU Pods, up to two of them training as one
-group (the node agent gives them the names an Indexed Job's Pods have on a cluster). A
-TUNEFORGE_HARDWARE_PROFILES of the caller's own wins."""
+"""The hardware the local platform offers, at no cost: CPU Pods, up to two of them training
+as one group (the node agent gives them the names an Indexed Job's Pods have on a
+cluster). It is the default profile, so cost estimates work out of the box. A
+TUNEFORGE_HARDWARE_PROFILES (and TUNEFORGE_DEFAULT_HARDWARE_PROFILE) of the caller's own wins."""
 READY_TIMEOUT_SECONDS = 900.0
 RESTRICTED_NAMESPACE_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -256,6 +258,9 @@ class DevStack:
             "TUNEFORGE_CACHE_DIR": str(self.settings.cache_dir),
             "TUNEFORGE_HARDWARE_PROFILES": os.environ.get("TUNEFORGE_HARDWARE_PROFILES",
                                                           json.dumps(LOCAL_HARDWARE_PROFILES)),
+            **({} if "TUNEFORGE_HARDWARE_PROFILES" in os.environ else {
+                "TUNEFORGE_DEFAULT_HARDWARE_PROFILE": os.environ.get("TUNEFORGE_DEFAULT_HARDWARE_PROFILE",
+                                                                     LOCAL_CPU_PROFILE)}),
             "PYTHONUNBUFFERED": "1",
         }
 

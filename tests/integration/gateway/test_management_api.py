@@ -25,13 +25,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gateway_testkit import training_lines
+from gateway_testkit import platform_serving_key, training_lines
 from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.apikeys import secret_name
 from tuneforge.config import DEFAULT_POD_MEMORY, settings
 from tuneforge.gateway.times import unix
+from tuneforge.webhook_signing import job_signing_secret
 from tuneforge.weights import SMOLLM2_GGUF_URI
 
 pytestmark = pytest.mark.integration
@@ -300,6 +301,7 @@ def test_deploy_creates_a_dedicated_deployment_or_uses_the_shared_one(caller, na
                                                "finishedAt": "2030-01-01T00:00:00Z"})
     deployed = caller.ok("POST", path)
     assert (deployed["status"], deployed["resultModel"], deployed["loadedOnDemand"]) == ("deployed", model, False)
+    assert deployed["message"] == "Fine-tuned model deployed successfully"
     assert deployed["deployment"] == {"name": job_id, "namespace": namespace, "shared": False, "phase": "Pending"}
     mdep = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", job_id)
     assert mdep["spec"]["baseModel"] == catalog["sized"] and mdep["spec"]["replicas"] == 1
@@ -457,6 +459,8 @@ def test_metrics_from_the_store_and_status(caller, gateway, namespace, api_clien
     job_id = caller.create(catalog["sized"], caller.upload(), hyperparameters={"epochs": 2})["id"]
     path = f"{API}/jobs/{job_id}/metrics"
     empty = caller.ok("GET", path)
+    assert empty["jobId"] == job_id
+    empty = empty["metrics"]
     assert empty["steps"] == [] and empty["totalEpochs"] == 2 and empty["trainingLoss"] is None
     job_dir = gateway.store.fine_tuning_dir(namespace, job_id)
     for step in range(1, 5):
@@ -468,7 +472,7 @@ def test_metrics_from_the_store_and_status(caller, gateway, namespace, api_clien
     set_status(api_client, namespace, job_id, {"phase": "Running", "trainedTokens": 400,
                                                "progress": {"step": 4, "totalSteps": 4, "epoch": 2.0},
                                                "metrics": {"trainLoss": 0.5, "validLoss": 0.625}})
-    metrics = caller.ok("GET", path)
+    metrics = caller.ok("GET", path)["metrics"]
     assert (metrics["trainingLoss"], metrics["validationLoss"], metrics["currentEpoch"]) == (0.5, 0.625, 2.0)
     assert (metrics["totalEpochs"], metrics["trainedTokens"]) == (2, 400)
     assert metrics["steps"][1] == {"step": 2, "trainingLoss": 1.0, "validationLoss": 1.25, "learningRate": 2e-4}
@@ -495,18 +499,18 @@ def hardware_profiles(monkeypatch) -> Iterator[None]:
 
 
 def test_base_models_and_hardware(caller, catalog, hardware_profiles) -> None:
-    offered = {m["id"]: m for m in caller.ok("GET", f"{API}/base-models")["baseModels"]}
+    offered = {m["id"]: m for m in caller.ok("GET", f"{API}/base-models")["models"]}
     assert catalog["sized"] in offered and catalog["unsized"] in offered
     assert catalog["frozen"] not in offered and catalog["pending"] not in offered
     assert offered[catalog["sized"]] == {
         "id": catalog["sized"], "name": "Sized 135M", "provider": "HuggingFaceTB", "description": None,
-        "parameterCount": 135_000_000, "supportedTasks": ["chat", "completion"], "maxSequenceLength": 4096,
+        "parameterCount": "135M", "parameters": 135_000_000, "supportedTasks": ["chat", "completion"], "maxSequenceLength": 4096,
         "defaultHardware": None}
     hardware = caller.ok("GET", f"{API}/hardware")
     assert hardware["default"] == "a100" and hardware["count"] == 2
     by_id = {h["id"]: h for h in hardware["hardware"]}
     assert by_id["a100"] == {"id": "a100", "name": "1x A100 80GB", "gpuType": "NVIDIA-A100-SXM4-80GB", "gpuCount": 1,
-                             "gpuMemory": 80.0, "cpu": None, "memory": DEFAULT_POD_MEMORY, "costPerHour": 2.0,
+                             "gpuMemory": "80GB", "gpuMemoryGb": 80.0, "cpu": None, "memory": DEFAULT_POD_MEMORY, "costPerHour": 2.0,
                              "currency": "USD",
                              "default": True}
     assert by_id["cpu-small"]["gpuCount"] == 0 and by_id["cpu-small"]["default"] is False
@@ -514,13 +518,14 @@ def test_base_models_and_hardware(caller, catalog, hardware_profiles) -> None:
 
 def test_estimate_cost_nominal_then_calibrated(caller, namespace, api_client, catalog, hardware_profiles) -> None:
     path = f"{API}/estimate-cost"
-    nominal = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 1_000_000})
+    nominal = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetTokens": 1_000_000})
+    assert (nominal["datasetSize"], nominal["datasetTokens"], nominal["tokensBasis"]) == (None, 1_000_000, "given")
     assert (nominal["basis"], nominal["hardwareProfile"], nominal["epochs"], nominal["currency"]) == (
         "nominal", "a100", 3, "USD")
     expected_seconds = 3_000_000 / (1e14 / (6 * 135_000_000))
     assert nominal["estimatedTimeMinutes"] == pytest.approx(expected_seconds / 60, abs=0.1)
     assert nominal["estimatedCost"] == pytest.approx(expected_seconds / 3600 * 2.0, abs=0.01)
-    on_cpu = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 1_000_000,
+    on_cpu = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetTokens": 1_000_000,
                                            "hardwareProfile": "cpu-small", "epochs": 1})
     assert on_cpu["estimatedTimeMinutes"] > nominal["estimatedTimeMinutes"] and on_cpu["hardwareProfile"] == "cpu-small"
     error = caller.error("POST", path, 400, json={"baseModel": catalog["unsized"], "datasetSize": 1000})
@@ -531,7 +536,7 @@ def test_estimate_cost_nominal_then_calibrated(caller, namespace, api_client, ca
     set_status(api_client, namespace, job_id, {"phase": "Succeeded", "trainedTokens": 600_000,
                                                "startedAt": "2030-01-01T00:00:00Z",
                                                "finishedAt": "2030-01-01T00:10:00Z"})
-    calibrated = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 1_000_000})
+    calibrated = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetTokens": 1_000_000})
     assert calibrated["basis"] == "calibrated-same-model" and calibrated["calibrationJobs"] == 1
     assert calibrated["throughputTokensPerSecond"] == 1000.0
     assert (calibrated["estimatedTimeMinutes"], calibrated["estimatedCost"]) == (50.0, 1.67)
@@ -545,6 +550,8 @@ def test_estimate_cost_nominal_then_calibrated(caller, namespace, api_client, ca
     for body, param in [({"baseModel": catalog["sized"], "datasetSize": 0}, "datasetSize"),
                         ({"baseModel": catalog["sized"], "datasetSize": "1000"}, "datasetSize"),
                         ({"baseModel": catalog["sized"], "datasetSize": 1.5}, "datasetSize"),
+                        ({"baseModel": catalog["sized"], "datasetTokens": 0}, "datasetTokens"),
+                        ({"baseModel": catalog["sized"], "trainingFile": "nothing.jsonl"}, "trainingFile"),
                         ({"baseModel": catalog["sized"]}, "datasetSize"),
                         ({"baseModel": catalog["frozen"], "datasetSize": 10}, "baseModel"),
                         ({"baseModel": "nope", "datasetSize": 10}, "baseModel"),
@@ -629,3 +636,69 @@ def test_both_apis_tell_the_same_story(caller, namespace, api_client, catalog) -
         assert openai["hyperparameters"]["batch_size"] == mine["hyperparameters"]["batchSize"]
         assert (openai["error"] or {}).get("code") == (mine["error"] or {}).get("code")
     assert mine["resultModel"] == model and mine["hyperparameters"]["learningRate"] == 1e-4
+
+
+def test_estimate_counts_examples_as_the_document_defines_them(caller, catalog, hardware_profiles) -> None:
+    """The reference body `{"baseModel", "datasetSize": 50000}` means 50,000 examples: their
+    tokens come from the named training file when there is one, else the average example."""
+    path = f"{API}/estimate-cost"
+    documented = caller.ok("POST", path, json={"baseModel": catalog["sized"], "datasetSize": 50000})
+    assert set(documented) >= {"baseModel", "datasetSize", "estimatedCost", "estimatedTimeMinutes", "currency"}
+    assert (documented["datasetSize"], documented["tokensBasis"], documented["tokensPerExample"]) == (
+        50000, "average-example", 256)
+    assert documented["datasetTokens"] == 50000 * 256 and documented["totalTokens"] == 3 * 50000 * 256
+    rows = [{"messages": [{"role": "user", "content": "u" * 100}, {"role": "assistant", "content": "a" * 300}]}] * 12
+    file_id = caller.upload("\n".join(json.dumps(row) for row in rows).encode())
+    measured = caller.ok("POST", path, json={"baseModel": catalog["sized"], "trainingFile": "t.jsonl"})
+    # 400 characters / 4 + 2 messages x 4 template tokens = 108 tokens per example.
+    assert (measured["datasetSize"], measured["tokensPerExample"], measured["tokensBasis"]) == (
+        12, 108.0, "training-file")
+    by_id = caller.ok("POST", path, json={"baseModel": catalog["sized"], "trainingFile": file_id,
+                                          "datasetSize": 50000})
+    assert (by_id["datasetSize"], by_id["datasetTokens"]) == (50000, 50000 * 108)
+    error = caller.error("POST", path, 400, json={"baseModel": catalog["sized"]})
+    assert (error["param"], error["code"]) == ("datasetSize", "missing_required_parameter")
+
+
+def test_jobs_name_their_files_by_id_or_upload_name(caller, catalog) -> None:
+    training = caller.ok("POST", "/v1/files", files={"file": ("training_data.jsonl", training_lines())},
+                         data={"purpose": "fine-tune"})["id"]
+    validation = caller.ok("POST", "/v1/files", files={"file": ("validation_data.jsonl", training_lines())},
+                           data={"purpose": "fine-tune"})["id"]
+    job = caller.create(catalog["sized"], "training_data.jsonl", validationFile="validation_data.jsonl")
+    assert (job["trainingDataset"], job["trainingFile"]) == (training, "training_data.jsonl")
+    assert (job["validationDataset"], job["validationFile"]) == (validation, "validation_data.jsonl")
+    assert caller.ok("GET", f"{API}/jobs/{job['id']}")["trainingFile"] == "training_data.jsonl"
+    assert caller.create(catalog["sized"], training)["trainingFile"] == "training_data.jsonl"
+
+    again = caller.ok("POST", "/v1/files", files={"file": ("training_data.jsonl", training_lines())},
+                      data={"purpose": "fine-tune"})["id"]
+    body = {"name": "n", "baseModel": catalog["sized"], "trainingDataset": "training_data.jsonl"}
+    error = caller.error("POST", f"{API}/jobs", 400, json=body)
+    assert (error["param"], error["code"]) == ("trainingDataset", "ambiguous_file_name")
+    assert training in error["message"] and again in error["message"]
+    error = caller.error("POST", f"{API}/jobs", 400, json={**body, "trainingDataset": "missing.jsonl"})
+    assert (error["param"], error["code"]) == ("trainingDataset", "invalid_file")
+    error = caller.error("POST", f"{API}/jobs", 400, json={**body, "trainingDataset": training,
+                                                            "validationFile": "missing.jsonl"})
+    assert error["param"] == "validationFile"
+
+
+def test_stop_restart_and_deploy_answer_with_the_documented_messages(caller, catalog, namespace, api_client) -> None:
+    job_id = caller.create(catalog["sized"], caller.upload())["id"]
+    stopped = caller.ok("POST", f"{API}/jobs/{job_id}/stop")
+    assert (stopped["id"], stopped["status"], stopped["message"]) == (
+        job_id, "stopped", "Fine-tuning job stopped successfully")
+    restarted = caller.ok("POST", f"{API}/jobs/{job_id}/restart")
+    assert (restarted["id"], restarted["status"], restarted["message"]) == (
+        job_id, "queued", "Fine-tuning job restarted successfully")
+
+
+def test_webhook_url_registers_a_platform_signed_webhook(caller, catalog, gateway, namespace) -> None:
+    key = platform_serving_key(gateway.api_client, settings().system_namespace)
+    job = caller.create(catalog["sized"], caller.upload(), webhookUrl="https://hooks.example/tuneforge")
+    assert job["webhookSecret"] == job_signing_secret(key, namespace, job["id"])
+    assert "webhookSecret" not in caller.ok("GET", f"{API}/jobs/{job['id']}")
+    body = {"name": "n", "baseModel": catalog["sized"], "trainingDataset": caller.upload(), "webhookUrl": "nope"}
+    error = caller.error("POST", f"{API}/jobs", 400, json=body)
+    assert (error["param"], error["code"]) == ("webhookUrl", "invalid_webhook_url")

@@ -74,7 +74,10 @@ def test_hardware_profiles_reach_the_settings_the_code_reads(renderings, monkeyp
     assert h100.tolerations == [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}]
     assert h100.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert settings.default_hardware_profile == "a10g-1"
-    assert json.loads(_settings_env(renderings["defaults"])["TUNEFORGE_HARDWARE_PROFILES"]) == []
+    defaults = _settings_env(renderings["defaults"])
+    [cpu] = json.loads(defaults["TUNEFORGE_HARDWARE_PROFILES"])
+    assert (cpu["name"], cpu["gpuCount"], cpu["costPerHour"]) == ("cpu", 0, 0)
+    assert defaults["TUNEFORGE_DEFAULT_HARDWARE_PROFILE"] == "cpu"
 
 
 def test_catalog_entries_are_valid_basemodels(renderings):

@@ -101,7 +101,7 @@ def test_the_schema_rejects_wrong_values_with_a_readable_message(helm: Helm, val
         pytest.param(('hardwareProfiles=[{"name":"a100-1","gpuCount":1}]', 'defaultHardwareProfile="h100"'),
                      'defaultHardwareProfile "h100" is not one of hardwareProfiles (a100-1)', id="unknown-default-profile"),
         pytest.param(('baseModels=[{"name":"m","spec":{"source":{"uri":"s3://b/m"},"defaultHardware":"gpu"}}]',),
-                     'baseModels "m": spec.defaultHardware "gpu" is not one of hardwareProfiles (none defined)',
+                     'baseModels "m": spec.defaultHardware "gpu" is not one of hardwareProfiles (cpu)',
                      id="catalog-entry-unknown-profile"),
         pytest.param(('hardwareProfiles=[{"name":"a"},{"name":"a"}]',), 'hardwareProfiles: the name "a" is used twice',
                      id="duplicate-profile"),

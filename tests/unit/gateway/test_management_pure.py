@@ -10,6 +10,8 @@ import pytest
 from tuneforge.config import HardwareProfile
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.management import estimate as est
+from tuneforge.gateway.management.catalog_views import human_count
+from tuneforge.gateway.management.estimate import AVERAGE_TOKENS_PER_EXAMPLE, DatasetSize, dataset_size
 from tuneforge.gateway.management.job_queries import ListQuery, parse_sort, parse_statuses, select_jobs, stats
 from tuneforge.gateway.management.job_status import job_status
 from tuneforge.gateway.management.job_views import hyperparameters, job_detail, updated_at
@@ -60,13 +62,15 @@ def test_detail_converts_learning_rate_and_prefers_resolved_values() -> None:
         "hyperparameters": {"nEpochs": 3, "batchSize": 1, "learningRateMultiplier": 0.5}, "fineTunedModel": "ft:x",
         "trainedTokens": 900, "metrics": {"trainLoss": 0.5}, "progress": {"epoch": 3.0, "step": 30, "totalSteps": 30},
         "error": None})
-    detail = job_detail(done).model_dump()
+    detail = job_detail(done, {"file-abcdefgh": "support.jsonl"}).model_dump()
     assert detail["hyperparameters"]["learningRate"] == 1e-4 and detail["hyperparameters"]["batchSize"] == 1
     assert detail["hyperparameters"]["warmupRatio"] == 0.03
     assert (detail["resultModel"], detail["trainedTokens"], detail["status"]) == ("ft:x", 900, "completed")
     assert detail["metrics"] == {"trainingLoss": 0.5, "validationLoss": None, "epoch": 3.0}
     assert detail["name"] == "ftjob-a" and detail["owner"] == "tuneforge-apikey-abc"
-    assert job_detail(requested).name == "Support bot"
+    assert (detail["trainingDataset"], detail["trainingFile"]) == ("file-abcdefgh", "support.jsonl")
+    assert (detail["validationDataset"], detail["validationFile"]) == (None, None)
+    assert job_detail(requested, {}).name == "Support bot"
 
 
 def test_updated_at_is_the_newest_write() -> None:
@@ -132,10 +136,12 @@ def test_metrics_curve_reads_latest() -> None:
                {"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0}]
     view = metrics_view(job("ftjob-a", phase="Running", status={"trainedTokens": 40, "progress": {
         "step": 2, "epoch": 1.0, "totalSteps": 6}}), records).model_dump()
+    assert view["jobId"] == "ftjob-a"
+    view = view["metrics"]
     assert view["trainingLoss"] == 1.5 and view["validationLoss"] == 1.7 and view["currentEpoch"] == 1.0
     assert view["totalEpochs"] == 3 and view["trainedTokens"] == 40
     assert view["steps"][1] == {"step": 2, "trainingLoss": 1.5, "validationLoss": 1.7, "learningRate": 2e-4}
-    empty = metrics_view(job("ftjob-a", status={"metrics": {"trainLoss": 0.9}}), []).model_dump()
+    empty = metrics_view(job("ftjob-a", status={"metrics": {"trainLoss": 0.9}}), []).model_dump()["metrics"]
     assert empty["trainingLoss"] == 0.9 and empty["steps"] == [] and empty["totalEpochs"] is None
     assert total_epochs(job("a", spec={"hyperparameters": {"nEpochs": 4}})) == 4
 
@@ -213,3 +219,22 @@ def test_calibration_uses_succeeded_jobs_on_the_same_profile() -> None:
     assert samples == [est.Sample("tiny", 1000, 10.0, 100)]
     assert est.estimate_profile({"serving": {"hardware": {"profile": "x"}}}, "d") == "x"
     assert est.estimate_profile({}, "d") == "d"
+
+
+@pytest.mark.parametrize(("count", "human"), [
+    (134_515_008, "135M"), (1_711_376_384, "1.71B"), (8_000_000_000, "8B"), (70_553_706_496, "70.6B"),
+    (405_000_000_000, "405B"), (2_000_000_000_000, "2T"), (999, "999"), (None, None)])
+def test_parameter_counts_as_catalogs_write_them(count, human) -> None:
+    assert human_count(count) == human
+
+
+def test_dataset_tokens_from_the_caller_the_file_or_the_average() -> None:
+    assert dataset_size(examples=50_000, tokens=None) == DatasetSize(50_000, 50_000 * AVERAGE_TOKENS_PER_EXAMPLE,
+                                                                     AVERAGE_TOKENS_PER_EXAMPLE, "average-example")
+    assert dataset_size(examples=100, tokens=12_000) == DatasetSize(100, 12_000, 120.0, "given")
+    assert dataset_size(examples=None, tokens=12_000) == DatasetSize(None, 12_000, None, "given")
+    # 10 examples of 3 messages and 400 characters each: 100 text tokens + 12 template tokens.
+    measured = dataset_size(examples=None, tokens=None, file_examples=10, file_characters=4000, file_messages=30)
+    assert measured == DatasetSize(10, 1120, 112.0, "training-file")
+    scaled = dataset_size(examples=50_000, tokens=None, file_examples=10, file_characters=4000, file_messages=30)
+    assert (scaled.examples, scaled.tokens, scaled.basis) == (50_000, 5_600_000, "training-file")

@@ -110,3 +110,10 @@ class BaseModelResource(Resource):
     kind: str = "BaseModel"
     spec: BaseModelSpec
     status: BaseModelStatus | None = None
+
+
+def model_id_of(basemodel: dict) -> str:
+    """The id users call a catalog model by in every API: `spec.modelId` when set (for
+    example `HuggingFaceTB/SmolLM2-135M-Instruct`), else the resource name, which is what
+    entries made before model ids existed were called."""
+    return (basemodel.get("spec") or {}).get("modelId") or basemodel["metadata"]["name"]

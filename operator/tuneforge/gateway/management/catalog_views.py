@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tuneforge.api.v1alpha1.basemodel import model_id_of
 from tuneforge.config import HardwareProfile
 from tuneforge.gateway.management.protocol import BaseModelEntry, HardwareEntry
 
@@ -16,14 +17,32 @@ def is_offered_base_model(resource: Mapping[str, Any]) -> bool:
     return resource["spec"].get("fineTunable", True) and (resource.get("status") or {}).get("phase") == "Ready"
 
 
+def human_count(count: int | None) -> str | None:
+    """A parameter count as model catalogs write it: 8B, 1.7B, 135M, 70B (three
+    significant digits at most, trailing zeros dropped)."""
+    if count is None:
+        return None
+    for scale, unit in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if count >= scale:
+            return f"{float(f'{count / scale:.3g}'):g}{unit}"
+    return str(count)
+
+
+def gigabytes(value: float | None) -> str | None:
+    """GPU memory as catalogs write it: 80GB, 40GB, 24GB."""
+    return None if value is None else f"{value:g}GB"
+
+
 def base_model_entry(resource: Mapping[str, Any]) -> BaseModelEntry:
     spec = resource["spec"]
+    model_id = model_id_of(resource)
     return BaseModelEntry(
-        id=resource["metadata"]["name"],
-        name=spec.get("displayName") or resource["metadata"]["name"],
+        id=model_id,
+        name=spec.get("displayName") or model_id,
         provider=spec.get("provider"),
         description=spec.get("description"),
-        parameter_count=spec.get("parameterCount"),
+        parameter_count=human_count(spec.get("parameterCount")),
+        parameters=spec.get("parameterCount"),
         supported_tasks=spec.get("supportedTasks") or ["chat"],
         max_sequence_length=spec.get("maxContextLength", 2048),
         default_hardware=spec.get("defaultHardware"),
@@ -36,7 +55,8 @@ def hardware_entry(profile: HardwareProfile, default: str | None) -> HardwareEnt
         name=profile.display_name or profile.name,
         gpu_type=profile.gpu_type,
         gpu_count=profile.gpu_count,
-        gpu_memory=profile.gpu_memory_gb,
+        gpu_memory=gigabytes(profile.gpu_memory_gb),
+        gpu_memory_gb=profile.gpu_memory_gb,
         cpu=profile.cpu,
         memory=profile.memory,
         cost_per_hour=profile.cost_per_hour,

@@ -1,6 +1,6 @@
 """The cost and time estimate of a fine-tuning job, as a pure function (docs/management-api.md).
 
-    tokens     = datasetSize (tokens per epoch) x epochs
+    tokens     = dataset tokens (one epoch) x epochs
     seconds    = tokens / throughput
     cost       = seconds / 3600 x costPerHour of the hardware profile
 
@@ -16,6 +16,11 @@ Throughput (trained tokens per second) comes from the best evidence there is, in
    recomputation and adapter overhead eat most of that saving);
 3. nominal effective FLOP/s of the profile: 1e14 per GPU (a third of a current datacenter
    GPU's dense bf16 peak, a typical utilisation for LoRA) or 5e10 for a CPU-only profile.
+
+The dataset's tokens are what the caller says (datasetTokens), else its examples
+(datasetSize) times the tokens of an example: measured on the caller's file when one is
+named (CHARS_PER_TOKEN characters per token of message text, plus TEMPLATE_TOKENS_PER_MESSAGE
+for each message's chat-template markup), else AVERAGE_TOKENS_PER_EXAMPLE.
 
 Paths 2 and 3 need the base model's parameterCount; without it and without finished jobs
 of the same model there is nothing to estimate from, which is an error, not a guess.
@@ -42,6 +47,41 @@ a few dozen to a few thousand examples."""
 
 class EstimateError(ValueError):
     """Nothing to base an estimate on."""
+
+
+CHARS_PER_TOKEN = 4.0
+"""English text averages about four characters per token in current LLM tokenizers."""
+TEMPLATE_TOKENS_PER_MESSAGE = 4
+"""Role markers and separators a chat template adds around each message."""
+AVERAGE_TOKENS_PER_EXAMPLE = 256
+"""A short chat example (a system prompt, a question, an answer of a few sentences): the
+assumption when the caller names no file. Name the training file, or give datasetTokens,
+for an estimate of the real data."""
+
+
+@dataclass(frozen=True)
+class DatasetSize:
+    examples: int | None
+    tokens: int
+    """Tokens in one pass over the dataset."""
+    tokens_per_example: float | None
+    basis: str
+    """given, training-file or average-example."""
+
+
+def dataset_size(*, examples: int | None, tokens: int | None, file_examples: int | None = None,
+                 file_characters: int = 0, file_messages: int = 0) -> DatasetSize:
+    """The dataset's tokens from the best of: the caller's count, the named file's text,
+    the average example. The file's examples stand in for `examples` when it is omitted."""
+    if tokens is not None:
+        return DatasetSize(examples, tokens, tokens / examples if examples else None, "given")
+    if file_examples:
+        per_example = (file_characters / CHARS_PER_TOKEN + TEMPLATE_TOKENS_PER_MESSAGE * file_messages) / file_examples
+        count = examples or file_examples
+        return DatasetSize(count, math.ceil(count * per_example), round(per_example, 1), "training-file")
+    if examples is None:
+        raise EstimateError("The training file has no examples to measure.")
+    return DatasetSize(examples, examples * AVERAGE_TOKENS_PER_EXAMPLE, AVERAGE_TOKENS_PER_EXAMPLE, "average-example")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from tuneforge.api.v1alpha1.labels import Annotation
 from tuneforge.gateway.management.job_status import job_status
 from tuneforge.gateway.management.learning_rate import learning_rate
 from tuneforge.gateway.management.protocol import (
+    CreatedJob,
     DeployedJob,
     DeploymentRef,
     JobDetail,
@@ -20,6 +21,7 @@ from tuneforge.gateway.management.protocol import (
     JobProgress,
     JobSummary,
     RestartedJob,
+    StoppedJob,
 )
 
 
@@ -74,7 +76,8 @@ def job_summary(resource: Mapping[str, Any]) -> JobSummary:
     return JobSummary(**_summary_fields(resource))
 
 
-def _detail_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
+def _detail_fields(resource: Mapping[str, Any], file_names: Mapping[str, str]) -> dict[str, Any]:
+    """`file_names`: upload names by file id, for the job's training and validation files."""
     spec, status = resource["spec"], resource.get("status") or {}
     error = status.get("error")
     progress = status.get("progress") or {}
@@ -82,7 +85,9 @@ def _detail_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **_summary_fields(resource),
         "training_dataset": spec["trainingFile"],
-        "validation_file": spec.get("validationFile"),
+        "training_file": file_names.get(spec["trainingFile"]),
+        "validation_file": file_names.get(spec.get("validationFile") or "", spec.get("validationFile")),
+        "validation_dataset": spec.get("validationFile"),
         "suffix": spec.get("suffix"),
         "hyperparameters": hyperparameters(resource),
         "result_model": status.get("fineTunedModel"),
@@ -95,13 +100,22 @@ def _detail_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_detail(resource: Mapping[str, Any]) -> JobDetail:
+def job_detail(resource: Mapping[str, Any], file_names: Mapping[str, str]) -> JobDetail:
     """The full job: the summary plus what was asked for and what came out."""
-    return JobDetail(**_detail_fields(resource))
+    return JobDetail(**_detail_fields(resource, file_names))
 
 
-def restarted_job(resource: Mapping[str, Any], resume_from_step: int | None) -> RestartedJob:
-    return RestartedJob(**_detail_fields(resource), resume_from_step=resume_from_step)
+def created_job(resource: Mapping[str, Any], file_names: Mapping[str, str], webhook_secret: str | None) -> CreatedJob:
+    return CreatedJob(**_detail_fields(resource, file_names), webhook_secret=webhook_secret)
+
+
+def stopped_job(resource: Mapping[str, Any], file_names: Mapping[str, str]) -> StoppedJob:
+    return StoppedJob(**_detail_fields(resource, file_names), message="Fine-tuning job stopped successfully")
+
+
+def restarted_job(resource: Mapping[str, Any], file_names: Mapping[str, str], resume_from_step: int | None) -> RestartedJob:
+    return RestartedJob(**_detail_fields(resource, file_names), resume_from_step=resume_from_step,
+                        message="Fine-tuning job restarted successfully")
 
 
 def deployed_job(job_id: str, model: str, deployment: Mapping[str, Any], *, shared: bool) -> DeployedJob:
@@ -110,6 +124,7 @@ def deployed_job(job_id: str, model: str, deployment: Mapping[str, Any], *, shar
     return DeployedJob(
         id=job_id,
         result_model=model,
+        message="Fine-tuned model deployed successfully",
         loaded_on_demand=shared,
         deployment=DeploymentRef(
             name=deployment["metadata"]["name"],

@@ -20,6 +20,7 @@ from tuneforge.gateway import fine_tuning_service as service
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.catalog import is_live_model
 from tuneforge.gateway.errors import OpenAIError
+from tuneforge.gateway.files import file_meta
 from tuneforge.gateway.kube import AlreadyExists
 from tuneforge.gateway.management.job_queries import (
     DEFAULT_SORT,
@@ -30,9 +31,17 @@ from tuneforge.gateway.management.job_queries import (
     stats,
 )
 from tuneforge.gateway.management.job_status import job_status
-from tuneforge.gateway.management.job_views import deployed_job, job_detail, job_summary, restarted_job
+from tuneforge.gateway.management.job_views import (
+    created_job,
+    deployed_job,
+    job_detail,
+    job_summary,
+    restarted_job,
+    stopped_job,
+)
 from tuneforge.gateway.management.learning_rate import learning_rate_multiplier
 from tuneforge.gateway.management.protocol import (
+    CreatedJob,
     DeployedJob,
     DeployRequest,
     JobCreate,
@@ -41,6 +50,7 @@ from tuneforge.gateway.management.protocol import (
     JobList,
     JobStats,
     RestartedJob,
+    StoppedJob,
 )
 from tuneforge.jobfiles import JobFiles
 
@@ -48,7 +58,7 @@ router = APIRouter()
 
 MAX_LIMIT = 100
 PARAMS = {"model": "baseModel", "training_file": "trainingDataset", "validation_file": "validationFile",
-          "suffix": "suffix", "hardware.profile": "hardware.profile", "hardware.gpu_count": "hardware.gpuCount",
+          "suffix": "suffix", "webhook_url": "webhookUrl", "hardware.profile": "hardware.profile", "hardware.gpu_count": "hardware.gpuCount",
           "hardware.nodes": "hardware.nodes", "distributed.strategy": "distributed.strategy",
           "distributed.processes_per_node": "distributed.processesPerNode"}
 """The management API's name of each field a create check can name."""
@@ -58,7 +68,23 @@ def conflict(message: str, code: str = "invalid_job_state") -> OpenAIError:
     return OpenAIError(409, message, param="id", code=code)
 
 
-def _draft(body: JobCreate) -> service.JobDraft:
+async def _file_names(request: Request, principal: Principal, resource: dict) -> dict[str, str]:
+    """The upload names of the job's training and validation files, by id."""
+    spec, store = resource["spec"], request.app.state.store
+    names = {}
+    for file_id in filter(None, (spec["trainingFile"], spec.get("validationFile"))):
+        meta = await run_in_threadpool(file_meta, store, principal.tenant, file_id)
+        if meta is not None:
+            names[file_id] = meta.filename
+    return names
+
+
+async def _draft(request: Request, principal: Principal, body: JobCreate) -> service.JobDraft:
+    """The job the body asks for, with its files named by id or upload name resolved to ids."""
+    store = request.app.state.store
+    training = await service.resolve_file_reference(store, principal.tenant, body.training_dataset, "trainingDataset")
+    validation = None if body.validation_file is None else await service.resolve_file_reference(
+        store, principal.tenant, body.validation_file, "validationFile")
     hp = body.hyperparameters or JobHyperparameters()
     hyperparameters = {
         key: value for key, value in (
@@ -69,10 +95,11 @@ def _draft(body: JobCreate) -> service.JobDraft:
         ) if value is not None
     }
     return service.JobDraft(
-        model=body.base_model, training_file=body.training_dataset, validation_file=body.validation_file,
+        model=body.base_model, training_file=training, validation_file=validation,
         suffix=body.suffix, hyperparameters=hyperparameters, display_name=body.name, description=body.description,
         params=PARAMS, hardware=body.hardware.model_dump(exclude_none=True) if body.hardware else None,
-        distributed=body.distributed.model_dump(exclude_none=True) if body.distributed else {})
+        distributed=body.distributed.model_dump(exclude_none=True) if body.distributed else {},
+        webhook_url=body.webhook_url)
 
 
 async def _job(request: Request, principal: Principal, job_id: str) -> dict:
@@ -99,24 +126,27 @@ async def list_jobs(
     return JobList(count=count, limit=limit, offset=offset, jobs=[job_summary(r) for r in selected])
 
 
-@router.post("/jobs", status_code=201, response_model=JobDetail, summary="Create a fine-tuning job")
+@router.post("/jobs", status_code=201, response_model=CreatedJob, summary="Create a fine-tuning job")
 async def create_job(
     body: JobCreate,
     request: Request,
     principal: Principal = Depends(require("fine-tuning:write")),
     idempotency_key: str | None = Header(default=None),
-) -> JobDetail:
+) -> CreatedJob:
     state = request.app.state
-    created = await service.create_job_once(state.kube, state.store, principal, _draft(body),
+    draft = await _draft(request, principal, body)
+    key = await service.signing_key(state.kube, draft)
+    created = await service.create_job_once(state.kube, state.store, principal, draft,
                                             idempotency_key=idempotency_key,
                                             request_body=body.model_dump(by_alias=True))
-    return job_detail(created)
+    return created_job(created, await _file_names(request, principal, created), service.webhook_secret(key, created))
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="Get a fine-tuning job")
 async def get_job(job_id: str, request: Request,
                   principal: Principal = Depends(require("fine-tuning:read"))) -> JobDetail:
-    return job_detail(await _job(request, principal, job_id))
+    resource = await _job(request, principal, job_id)
+    return job_detail(resource, await _file_names(request, principal, resource))
 
 
 @router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
@@ -134,17 +164,17 @@ async def delete_job(job_id: str, request: Request,
     return Response(status_code=204)
 
 
-@router.post("/jobs/{job_id}/stop", response_model=JobDetail,
+@router.post("/jobs/{job_id}/stop", response_model=StoppedJob,
              summary="Stop a job after its last checkpoint (restart resumes it)")
 async def stop_job(job_id: str, request: Request,
-                   principal: Principal = Depends(require("fine-tuning:write"))) -> JobDetail:
+                   principal: Principal = Depends(require("fine-tuning:write"))) -> StoppedJob:
     resource = await _job(request, principal, job_id)
     status = job_status(resource)
-    if status == "stopped":
-        return job_detail(resource)
     if status in ("completed", "failed"):
         raise conflict(f"Job '{job_id}' is {status}; only queued or running jobs can be stopped.")
-    return job_detail(await service.set_spec(request.app.state.kube, principal.tenant, job_id, {"suspend": True}))
+    if status != "stopped":
+        resource = await service.set_spec(request.app.state.kube, principal.tenant, job_id, {"suspend": True})
+    return stopped_job(resource, await _file_names(request, principal, resource))
 
 
 @router.post("/jobs/{job_id}/restart", response_model=RestartedJob,
@@ -167,7 +197,7 @@ async def restart_job(job_id: str, request: Request,
     patched = await request.app.state.kube.patch(service.PLURAL, principal.tenant, job_id, patch)
     store = request.app.state.store
     steps = await run_in_threadpool(JobFiles.of(store, principal.tenant, job_id).complete_checkpoints)
-    return restarted_job(patched, steps[-1] if steps else None)
+    return restarted_job(patched, await _file_names(request, principal, patched), steps[-1] if steps else None)
 
 
 @router.post("/jobs/{job_id}/deploy", response_model=DeployedJob, summary="Serve a completed job's fine-tuned model")

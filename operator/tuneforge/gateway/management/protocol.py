@@ -63,14 +63,19 @@ class JobDistributed(CamelBody):
 class JobCreate(CamelBody):
     name: str = Field(min_length=1, max_length=200)
     base_model: str = Field(min_length=1, max_length=253)
-    training_dataset: str = Field(min_length=1, max_length=100)
-    """A file id (purpose fine-tune) uploaded with POST /v1/files."""
+    training_dataset: str = Field(min_length=1, max_length=255)
+    """A file id (purpose fine-tune) uploaded with POST /v1/files, or the file name it was
+    uploaded under."""
     description: str | None = Field(default=None, max_length=2000)
-    validation_file: str | None = Field(default=None, max_length=100)
+    validation_file: str | None = Field(default=None, max_length=255)
+    """A file id or file name, as trainingDataset."""
     hyperparameters: JobHyperparameters | None = None
     suffix: str | None = Field(default=None, max_length=40)
     hardware: JobHardware | None = None
     distributed: JobDistributed | None = None
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    """Called with a signed training.completed / training.failed event when the job ends
+    (docs/api.md, Webhooks); the create response carries the signing secret."""
 
 
 class DeployRequest(CamelBody):
@@ -82,8 +87,14 @@ class DeployRequest(CamelBody):
 
 class EstimateRequest(CamelBody):
     base_model: str = Field(min_length=1, max_length=253)
-    dataset_size: Annotated[int, Field(strict=True, ge=1, le=10**13)]
-    """Training tokens in one pass over the dataset (not bytes, not examples)."""
+    dataset_size: Annotated[int | None, Field(strict=True, ge=1, le=10**10)] = None
+    """Training examples (lines of the JSONL file). Their tokens are estimated from
+    trainingFile when given, else from an average example (docs/management-api.md)."""
+    dataset_tokens: Annotated[int | None, Field(strict=True, ge=1, le=10**13)] = None
+    """Training tokens in one pass over the dataset, when known: used as given."""
+    training_file: str | None = Field(default=None, min_length=1, max_length=255)
+    """A fine-tuning upload (id or file name) whose examples are measured; its example
+    count is the dataset size when datasetSize is omitted."""
     epochs: int = Field(default=DEFAULT_EPOCHS, ge=1, le=50)
     hardware_profile: str | None = Field(default=None, max_length=63)
     """A profile from GET /hardware; defaults to the base model's, else the platform's default."""
@@ -146,7 +157,13 @@ class JobProgress(CamelResponse):
 
 class JobDetail(JobSummary):
     training_dataset: str
+    """The training file's id."""
+    training_file: str | None
+    """The name the training file was uploaded under."""
     validation_file: str | None
+    """The name the validation file was uploaded under."""
+    validation_dataset: str | None
+    """The validation file's id."""
     suffix: str | None
     hyperparameters: JobHyperparametersView
     result_model: str | None
@@ -157,8 +174,19 @@ class JobDetail(JobSummary):
     estimated_finish: str | None
 
 
+class CreatedJob(JobDetail):
+    webhook_secret: str | None = None
+    """Only in the create response of a job with a webhookUrl: the key of its deliveries'
+    HMAC-SHA256 signature (X-Tuneforge-Signature)."""
+
+
+class StoppedJob(JobDetail):
+    message: str
+
+
 class RestartedJob(JobDetail):
     resume_from_step: int | None
+    message: str
     """The step of the latest complete checkpoint training resumes from; null starts over."""
 
 
@@ -190,6 +218,7 @@ class DeployedJob(CamelResponse):
     id: str
     result_model: str
     status: Literal["deployed"] = "deployed"
+    message: str
     loaded_on_demand: bool
     """True on a shared deployment, which loads the adapter with the first request."""
     deployment: DeploymentRef
@@ -215,8 +244,7 @@ class MetricsPoint(CamelResponse):
     learning_rate: Number | None
 
 
-class JobMetrics(CamelResponse):
-    job_id: str
+class JobMetricsValues(CamelResponse):
     training_loss: Number | None
     validation_loss: Number | None
     current_epoch: Number | None
@@ -225,12 +253,20 @@ class JobMetrics(CamelResponse):
     steps: list[MetricsPoint]
 
 
+class JobMetrics(CamelResponse):
+    job_id: str
+    metrics: JobMetricsValues
+
+
 class BaseModelEntry(CamelResponse):
     id: str
     name: str
     provider: str | None
     description: str | None
-    parameter_count: int | None
+    parameter_count: str | None
+    """Human size as the catalog shows it: "135M", "8B"."""
+    parameters: int | None
+    """The exact parameter count."""
     supported_tasks: list[str]
     max_sequence_length: int | None
     default_hardware: str | None
@@ -238,7 +274,7 @@ class BaseModelEntry(CamelResponse):
 
 class BaseModelList(CamelResponse):
     count: int
-    base_models: list[BaseModelEntry]
+    models: list[BaseModelEntry]
 
 
 class HardwareEntry(CamelResponse):
@@ -246,7 +282,9 @@ class HardwareEntry(CamelResponse):
     name: str
     gpu_type: str | None
     gpu_count: int
-    gpu_memory: float | None
+    gpu_memory: str | None
+    """Memory per GPU as the catalog shows it: "80GB"."""
+    gpu_memory_gb: float | None
     cpu: str | None
     memory: str | None
     cost_per_hour: float | None
@@ -266,7 +304,14 @@ class CostEstimate(CamelResponse):
     estimated_time_minutes: float
     currency: str
     base_model: str
-    dataset_size: int
+    dataset_size: int | None
+    """Examples; null when the request gave only datasetTokens."""
+    dataset_tokens: int
+    """Tokens in one pass over the dataset."""
+    tokens_per_example: float | None
+    tokens_basis: Literal["given", "training-file", "average-example"]
+    """Where datasetTokens came from: the request, the named file's characters, or the
+    documented average example."""
     epochs: int
     total_tokens: int
     hardware_profile: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tuneforge.gateway.management.protocol import JobMetrics, MetricsPoint
+from tuneforge.gateway.management.protocol import JobMetrics, JobMetricsValues, MetricsPoint
 
 
 def total_epochs(resource: Mapping[str, Any]) -> int | None:
@@ -41,8 +41,7 @@ def metrics_view(resource: Mapping[str, Any], records: Sequence[Mapping[str, Any
     progress = status.get("progress") or {}
     latest = records[-1] if records else {}
     validation = [value for r in records if (value := _validation_loss(r)) is not None]
-    return JobMetrics(
-        job_id=resource["metadata"]["name"],
+    return JobMetrics(job_id=resource["metadata"]["name"], metrics=JobMetricsValues(
         training_loss=latest.get("train_loss", summary.get("trainLoss")),
         validation_loss=validation[-1] if validation else summary.get("validLoss"),
         current_epoch=latest.get("epoch", progress.get("epoch")),
@@ -54,4 +53,4 @@ def metrics_view(resource: Mapping[str, Any], records: Sequence[Mapping[str, Any
                          learning_rate=r.get("learning_rate"))
             for r in records
         ],
-    )
+    ))
