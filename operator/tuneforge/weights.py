@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
+import math
 import os
 import posixpath
 import re
@@ -228,6 +230,17 @@ def _dequantize_gguf(uri: str, gguf: Path, out: Path) -> None:
         raise ModelSourceError(f"model source {uri}: transformers cannot load {gguf.name}: {exc}") from exc
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def parameter_count(directory: Path) -> int:
+    """Parameters of a safetensors model directory, read from the files' headers (an
+    8-byte little-endian length, then JSON with each tensor's shape): no tensor is loaded."""
+    total = 0
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+    return total
 
 
 def build_tiny_model(dest: Path, *, seed: int = 0) -> Path:

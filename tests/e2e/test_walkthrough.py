@@ -1,4 +1,4 @@
-"""The seeds' walkthrough on the local platform, through the official `openai` client:
+"""The reference documents' walkthrough on the local platform, through the official `openai` client:
 upload a dataset, fine-tune, chat with the fine-tuned model in the shared deployment,
 run a batch against it, download the results; `kubectl` tells the same story."""
 

@@ -56,6 +56,11 @@ def test_tiny_model_loads_with_smollm2_tokenizer_and_chat_template(tiny_model_di
     assert torch.isfinite(logits).all()
 
 
+def test_parameter_count_reads_the_safetensors_headers(tiny_model_dir: Path):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert weights.parameter_count(tiny_model_dir) == sum(p.numel() for p in model.parameters()) == 3_219_776
+
+
 def test_tiny_model_is_deterministic_per_seed_and_idempotent(tiny_model_dir: Path, tmp_path: Path):
     reference = load_file(tiny_model_dir / "model.safetensors")
     same = load_file(build_tiny_model(tmp_path / "same", seed=0) / "model.safetensors")

@@ -11,7 +11,7 @@ checkpoints) from the artifact store through `tuneforge.jobfiles`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -30,7 +30,7 @@ from tuneforge.gateway.files import FILE_ID, file_meta, files_named, validation_
 from tuneforge.gateway.fine_tuning_objects import checkpoint_model, checkpoint_object, event_objects
 from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.kube import Kube
-from tuneforge.gateway.openai_protocol import FineTuningJobCheckpoint, FineTuningJobEvent
+from tuneforge.gateway.openai_protocol import FileObject, FineTuningJobCheckpoint, FineTuningJobEvent
 from tuneforge.gateway.platform_key import platform_key
 from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import ArtifactStore
@@ -124,9 +124,11 @@ async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, dra
     if draft.suffix is not None and not SUFFIX.match(draft.suffix):
         raise bad_request("suffix must be lowercase letters, digits and dashes, starting with a letter or digit.",
                           param=params["suffix"], code="invalid_suffix")
-    await run_in_threadpool(_check_file, store, principal.tenant, draft.training_file, params["training_file"])
+    await run_in_threadpool(check_fine_tune_file, store, principal.tenant, draft.training_file,
+                            params["training_file"])
     if draft.validation_file:
-        await run_in_threadpool(_check_file, store, principal.tenant, draft.validation_file, params["validation_file"])
+        await run_in_threadpool(check_fine_tune_file, store, principal.tenant, draft.validation_file,
+                                params["validation_file"])
     try:
         spec = FineTuningJobSpec(
             base_model=draft.model,
@@ -152,23 +154,32 @@ async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, dra
     ).to_wire()
 
 
-async def resolve_file_reference(store: ArtifactStore, namespace: str, reference: str, param: str) -> str:
-    """The file id a management API request means: the id itself, or the fine-tuning
-    upload of that file name. A name several uploads share is a 400 listing their ids; a
-    name no upload has is refused as an unknown file."""
-    if FILE_ID.match(reference):
-        return reference
-    named = await run_in_threadpool(files_named, store, namespace, reference, "fine-tune")
+def named_file_id(reference: str, named: Sequence[FileObject], param: str) -> str:
+    """Which of the fine-tuning uploads called `reference` a request means: the only one,
+    or the only one that passed validation (a file re-uploaded under its name after a
+    failed validation replaces it). Otherwise the name is a 400: ambiguous, listing the ids,
+    or unknown, as an unknown file id is."""
+    candidates = named if len(named) < 2 else [meta for meta in named if meta.status == "processed"]
+    if len(candidates) == 1:
+        return candidates[0].id
     if len(named) > 1:
         ids = ", ".join(meta.id for meta in named)
         raise bad_request(f"{len(named)} fine-tuning files are named '{reference}' ({ids}); give the file id.",
                           param=param, code="ambiguous_file_name")
-    if not named:
-        raise bad_request(f"No fine-tuning file has the id or name '{reference}'.", param=param, code="invalid_file")
-    return named[0].id
+    raise bad_request(f"File '{reference}' does not exist: no fine-tuning upload has this id or file name.",
+                      param=param, code="invalid_file")
 
 
-def _check_file(store: ArtifactStore, namespace: str, file_id: str, param: str) -> None:
+async def resolve_file_reference(store: ArtifactStore, namespace: str, reference: str, param: str) -> str:
+    """The file id a management API request means: the id itself, or the fine-tuning
+    upload of that file name (named_file_id)."""
+    if FILE_ID.match(reference):
+        return reference
+    return named_file_id(reference, await run_in_threadpool(files_named, store, namespace, reference, "fine-tune"),
+                         param)
+
+
+def check_fine_tune_file(store: ArtifactStore, namespace: str, file_id: str, param: str) -> None:
     """A training or validation file must be an upload of this tenant, purpose fine-tune,
     that passed validation; URIs are refused here (they would let a tenant point a job at
     any path the trainer can read)."""

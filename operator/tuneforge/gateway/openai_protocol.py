@@ -82,7 +82,7 @@ class FineTuningJobCreate(RequestBody):
     method: Method | None = None
     suffix: str | None = Field(default=None, max_length=40)
     nickname: str | None = Field(default=None, max_length=40)
-    """Accepted as the suffix (the seeds' name for it)."""
+    """Accepted as the suffix (the name the reference documents use for it)."""
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     metadata: Metadata | None = None
     integrations: list[dict[str, Any]] | None = Field(default=None, max_length=0)

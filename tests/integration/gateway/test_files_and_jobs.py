@@ -89,7 +89,7 @@ def test_fine_tuning_walkthrough(tenant, base_model, gateway, api_client) -> Non
     assert resource["spec"]["hyperparameters"]["learningRateMultiplier"] == 0.5
     assert resource["spec"]["suffix"] == "support-bot" and resource["spec"]["trainingFile"] == train.id
 
-    # nickname is the seeds' word for suffix; the top-level hyperparameters still work.
+    # nickname is the reference documents' word for suffix; the top-level hyperparameters still work.
     other = api.fine_tuning.jobs.create(model=base_model, training_file=train.id,
                                         hyperparameters={"n_epochs": 1}, extra_body={"nickname": "nick"})
     third = api.fine_tuning.jobs.create(model=base_model, training_file=train.id, metadata={"team": "other"})

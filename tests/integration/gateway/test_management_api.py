@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from gateway_testkit import platform_serving_key, training_lines
+from gateway_testkit import batch_lines, platform_serving_key, training_lines
 from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
@@ -658,6 +658,12 @@ def test_estimate_counts_examples_as_the_document_defines_them(caller, catalog, 
     assert (by_id["datasetSize"], by_id["datasetTokens"]) == (50000, 50000 * 108)
     error = caller.error("POST", path, 400, json={"baseModel": catalog["sized"]})
     assert (error["param"], error["code"]) == ("datasetSize", "missing_required_parameter")
+    batch_file = caller.ok("POST", "/v1/files", files={"file": ("b.jsonl", batch_lines())},
+                           data={"purpose": "batch"})["id"]
+    for reference, code in [("file-doesnotexist00", "invalid_file"), ("b.jsonl", "invalid_file"),
+                            (batch_file, "invalid_file_purpose")]:
+        error = caller.error("POST", path, 400, json={"baseModel": catalog["sized"], "trainingFile": reference})
+        assert (error["param"], error["code"]) == ("trainingFile", code), reference
 
 
 def test_jobs_name_their_files_by_id_or_upload_name(caller, catalog) -> None:
@@ -684,14 +690,133 @@ def test_jobs_name_their_files_by_id_or_upload_name(caller, catalog) -> None:
     assert error["param"] == "validationFile"
 
 
-def test_stop_restart_and_deploy_answer_with_the_documented_messages(caller, catalog, namespace, api_client) -> None:
-    job_id = caller.create(catalog["sized"], caller.upload())["id"]
+# -- the reference document's shapes ----------------------------------------------------------
+
+DOCUMENTED_JOB = {
+    "id": "ftjob_abc123", "name": "Customer Support Classifier", "baseModel": "llama-3.1-8b", "status": "running",
+    "description": "Fine-tuned on 10k support tickets for intent classification", "owner": "user_456",
+    "organizationId": "org_xyz", "trainingDataset": "ds_train_001", "trainingFile": "training_data.jsonl",
+    "validationFile": "validation_data.jsonl",
+    "hyperparameters": {"epochs": 3, "learningRate": 0.0002, "batchSize": 8, "warmupSteps": 100},
+    "resultModel": None, "trainedTokens": 1250000, "error": None,
+    "metrics": {"trainingLoss": 0.342, "validationLoss": 0.389, "epoch": 2},
+    "startedAt": "2025-02-01T10:00:00Z", "finishedAt": None, "createdAt": "2025-02-01T09:55:00Z",
+    "updatedAt": "2025-02-01T12:30:00Z"}
+DOCUMENTED_SUMMARY = {key: DOCUMENTED_JOB[key] for key in (
+    "id", "name", "baseModel", "status", "description", "owner", "organizationId", "trainedTokens", "startedAt",
+    "finishedAt", "createdAt", "updatedAt")}
+DOCUMENTED = {
+    "list": {"count": 15, "limit": 20, "offset": 0, "jobs": [DOCUMENTED_SUMMARY]},
+    "created": {"id": "ftjob_abc123", "name": "Customer Support Classifier", "baseModel": "llama-3.1-8b",
+                "status": "queued", "createdAt": "2025-02-01T09:55:00Z"},
+    "stopped": {"id": "ftjob_abc123", "status": "stopped", "message": "Fine-tuning job stopped successfully"},
+    "restarted": {"id": "ftjob_abc123", "status": "queued", "message": "Fine-tuning job restarted successfully"},
+    "deployed": {"id": "ftjob_abc123", "resultModel": "llama-3.1-8b-support-v1", "status": "deployed",
+                 "message": "Fine-tuned model deployed successfully"},
+    "logs": {"jobId": "ftjob_abc123", "logs": [
+        {"timestamp": "2025-02-01T10:00:05Z", "level": "info", "message": "Training started with 3 epochs"}]},
+    "metrics": {"jobId": "ftjob_abc123", "metrics": {
+        "trainingLoss": 0.342, "validationLoss": 0.389, "currentEpoch": 2, "totalEpochs": 3, "trainedTokens": 1250000,
+        "steps": [{"step": 100, "trainingLoss": 0.85, "validationLoss": 0.91, "learningRate": 0.0002}]}},
+    "stats": {"total": 15, "running": 2, "completed": 8, "failed": 3, "queued": 2},
+    "base-models": {"models": [{"id": "llama-3.1-8b", "name": "LLaMA 3.1 8B", "provider": "meta",
+                                "parameterCount": "8B", "supportedTasks": ["text-generation", "classification"],
+                                "maxSequenceLength": 8192}]},
+    "hardware": {"hardware": [{"id": "gpu-a100-40gb", "name": "NVIDIA A100 40GB", "gpuMemory": "40GB", "gpuCount": 1,
+                               "costPerHour": 3.50}]},
+    "estimate": {"baseModel": "llama-3.1-8b", "datasetSize": 50000, "estimatedCost": 42.50,
+                 "estimatedTimeMinutes": 180, "currency": "USD"},
+}
+"""The platform REST API reference's example answers, verbatim: every name they show must be
+in tuneforge's answer, at the same place, with a value of the same JSON type (null there
+stands for a value the example has not got yet)."""
+
+
+def assert_shape(actual: object, documented: object, where: str = "$") -> None:
+    if documented is None:
+        return
+    if isinstance(documented, dict):
+        assert isinstance(actual, dict), (where, actual)
+        assert not set(documented) - set(actual), (where, sorted(set(documented) - set(actual)))
+        for key, value in documented.items():
+            assert_shape(actual[key], value, f"{where}.{key}")
+    elif isinstance(documented, list):
+        assert isinstance(actual, list) and actual, (where, actual)
+        for item in actual:
+            assert_shape(item, documented[0], f"{where}[]")
+    elif isinstance(documented, str):
+        assert isinstance(actual, str), (where, actual)
+    else:
+        assert isinstance(actual, int | float) and not isinstance(actual, bool), (where, actual)
+
+
+def test_every_endpoint_answers_in_the_documented_shape(caller, gateway, namespace, api_client, catalog,
+                                                       hardware_profiles) -> None:
+    """Each endpoint of the reference, called with its documented request body (ids and the
+    model changed), answers the documented status code and shape, and the documented
+    values where they are fixed (statuses, messages)."""
+    training = caller.ok("POST", "/v1/files", files={"file": ("training_data.jsonl", training_lines())},
+                         data={"purpose": "fine-tune"})["id"]
+    caller.ok("POST", "/v1/files", files={"file": ("validation_data.jsonl", training_lines())},
+              data={"purpose": "fine-tune"})
+    created = caller.ok("POST", f"{API}/jobs", 201, json={
+        "name": "Customer Support Classifier", "baseModel": catalog["sized"], "trainingDataset": training,
+        "description": "Fine-tuned on 10k support tickets for intent classification",
+        "validationFile": "validation_data.jsonl",
+        "hyperparameters": {"epochs": 3, "learningRate": 0.0002, "batchSize": 8, "warmupSteps": 100},
+        "suffix": "support-v1"})
+    assert_shape(created, DOCUMENTED["created"])
+    job_id = created["id"]
+    assert (created["status"], created["baseModel"]) == ("queued", catalog["sized"])
+
+    job_dir = gateway.store.fine_tuning_dir(namespace, job_id)
+    for step in (100, 200):
+        gateway.store.append_line(f"{job_dir}/metrics.jsonl", json.dumps({
+            "step": step, "train_loss": 0.85, "valid_loss": 0.91, "learning_rate": 0.0002, "epoch": step / 100}))
+    gateway.store.append_line(f"{job_dir}/events.jsonl", json.dumps({
+        "object": "fine_tuning.job.event", "id": "ftevent-0", "created_at": 1893456000, "level": "info",
+        "message": "Training started with 3 epochs", "type": "message", "data": {}}))
+    set_status(api_client, namespace, job_id, {
+        "phase": "Running", "startedAt": "2030-01-01T00:00:00Z", "trainedTokens": 1250000,
+        "progress": {"step": 200, "totalSteps": 300, "epoch": 2.0}, "metrics": {"trainLoss": 0.342, "validLoss": 0.389}})
+    job = caller.ok("GET", f"{API}/jobs/{job_id}")
+    assert_shape(job, DOCUMENTED_JOB)
+    assert (job["trainingDataset"], job["trainingFile"], job["validationFile"]) == (
+        training, "training_data.jsonl", "validation_data.jsonl")
+    assert job["hyperparameters"] == {"epochs": 3, "learningRate": 0.0002, "batchSize": 8, "warmupSteps": 100,
+                                      "warmupRatio": None}
+    listed = caller.ok("GET", f"{API}/jobs", params={"status": "running", "baseModel": catalog["sized"],
+                                                     "limit": 20, "offset": 0, "sort": "createdAt:desc"})
+    assert_shape(listed, DOCUMENTED["list"])
+    assert [j["id"] for j in listed["jobs"]] == [job_id] and (listed["count"], listed["limit"]) == (1, 20)
+    assert_shape(caller.ok("GET", f"{API}/jobs/{job_id}/logs", params={"lines": 100}), DOCUMENTED["logs"])
+    assert_shape(caller.ok("GET", f"{API}/jobs/{job_id}/metrics"), DOCUMENTED["metrics"])
+    assert_shape(caller.ok("GET", f"{API}/stats"), DOCUMENTED["stats"])
+    # Null where the catalog entry or profile does not say: this module's unsized model has no
+    # parameterCount or provider, a CPU profile no GPU memory.
+    models = caller.ok("GET", f"{API}/base-models")
+    assert_shape({**models, "models": [m for m in models["models"] if m["id"] == catalog["sized"]]},
+                 DOCUMENTED["base-models"])
+    hardware = caller.ok("GET", f"{API}/hardware")
+    assert_shape({**hardware, "hardware": [h for h in hardware["hardware"] if h["gpuCount"]]}, DOCUMENTED["hardware"])
+    estimate = caller.ok("POST", f"{API}/estimate-cost", json={"baseModel": catalog["sized"], "datasetSize": 50000})
+    assert_shape(estimate, DOCUMENTED["estimate"])
+
     stopped = caller.ok("POST", f"{API}/jobs/{job_id}/stop")
-    assert (stopped["id"], stopped["status"], stopped["message"]) == (
-        job_id, "stopped", "Fine-tuning job stopped successfully")
+    assert_shape(stopped, DOCUMENTED["stopped"])
+    assert {k: stopped[k] for k in DOCUMENTED["stopped"]} == {**DOCUMENTED["stopped"], "id": job_id}
+    set_status(api_client, namespace, job_id, {"phase": "Paused"})
     restarted = caller.ok("POST", f"{API}/jobs/{job_id}/restart")
-    assert (restarted["id"], restarted["status"], restarted["message"]) == (
-        job_id, "queued", "Fine-tuning job restarted successfully")
+    assert {k: restarted[k] for k in DOCUMENTED["restarted"]} == {**DOCUMENTED["restarted"], "id": job_id}
+    model = f"ft:{catalog['sized']}:{namespace}:support-v1:{job_id}"
+    set_status(api_client, namespace, job_id, {"phase": "Succeeded", "fineTunedModel": model,
+                                               "finishedAt": "2030-01-01T01:00:00Z"})
+    deployed = caller.ok("POST", f"{API}/jobs/{job_id}/deploy")
+    assert {k: deployed[k] for k in DOCUMENTED["deployed"]} == {**DOCUMENTED["deployed"], "id": job_id,
+                                                                "resultModel": model}
+    deleted = caller.request("DELETE", f"{API}/jobs/{job_id}")
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    caller.error("GET", f"{API}/jobs/{job_id}", 404)
 
 
 def test_webhook_url_registers_a_platform_signed_webhook(caller, catalog, gateway, namespace) -> None:

@@ -9,15 +9,29 @@ import pytest
 
 from tuneforge.config import HardwareProfile
 from tuneforge.gateway.errors import OpenAIError
+from tuneforge.gateway.fine_tuning_service import named_file_id
 from tuneforge.gateway.management import estimate as est
-from tuneforge.gateway.management.catalog_views import human_count
+from tuneforge.gateway.management.catalog_views import (
+    base_model_entry,
+    gigabytes,
+    hardware_entry,
+    human_count,
+)
 from tuneforge.gateway.management.estimate import AVERAGE_TOKENS_PER_EXAMPLE, DatasetSize, dataset_size
 from tuneforge.gateway.management.job_queries import ListQuery, parse_sort, parse_statuses, select_jobs, stats
 from tuneforge.gateway.management.job_status import job_status
-from tuneforge.gateway.management.job_views import hyperparameters, job_detail, updated_at
+from tuneforge.gateway.management.job_views import (
+    deployed_job,
+    hyperparameters,
+    job_detail,
+    restarted_job,
+    stopped_job,
+    updated_at,
+)
 from tuneforge.gateway.management.learning_rate import learning_rate_multiplier
 from tuneforge.gateway.management.log_entries import event_log_entries, newest_pod, pod_log_entries
 from tuneforge.gateway.management.training_metrics import metrics_view, total_epochs
+from tuneforge.gateway.openai_protocol import FileObject
 from tuneforge.gateway.times import parse_time
 
 
@@ -223,9 +237,69 @@ def test_calibration_uses_succeeded_jobs_on_the_same_profile() -> None:
 
 @pytest.mark.parametrize(("count", "human"), [
     (134_515_008, "135M"), (1_711_376_384, "1.71B"), (8_000_000_000, "8B"), (70_553_706_496, "70.6B"),
-    (405_000_000_000, "405B"), (2_000_000_000_000, "2T"), (999, "999"), (None, None)])
+    (405_000_000_000, "405B"), (2_000_000_000_000, "2T"), (999, "999"), (None, None),
+    (999_999_999, "1B"), (999_500, "1M"), (1_500, "1.5K")])
 def test_parameter_counts_as_catalogs_write_them(count, human) -> None:
     assert human_count(count) == human
+
+
+def test_base_model_entries_as_the_catalog_shows_them() -> None:
+    smollm = {"metadata": {"name": "smollm2-135m"}, "spec": {
+        "modelId": "HuggingFaceTB/SmolLM2-135M-Instruct", "parameterCount": 134_515_008, "maxContextLength": 8192}}
+    entry = base_model_entry(smollm).model_dump()
+    assert (entry["id"], entry["name"], entry["provider"]) == ("HuggingFaceTB/SmolLM2-135M-Instruct",) * 2 + (
+        "HuggingFaceTB",)
+    assert (entry["parameterCount"], entry["parameters"], entry["maxSequenceLength"]) == ("135M", 134_515_008, 8192)
+    named = {"metadata": {"name": "tiny"}, "spec": {"provider": "acme", "displayName": "Tiny"}}
+    entry = base_model_entry(named).model_dump()
+    assert (entry["id"], entry["name"], entry["provider"], entry["parameterCount"]) == ("tiny", "Tiny", "acme", None)
+    assert base_model_entry({"metadata": {"name": "tiny"}, "spec": {}}).provider is None
+
+
+def test_hardware_entries_write_gpu_memory_as_catalogs_do() -> None:
+    a100 = HardwareProfile(name="gpu-a100-40gb", display_name="NVIDIA A100 40GB", gpu_count=1, gpu_memory_gb=40,
+                           cost_per_hour=3.5)
+    entry = hardware_entry(a100, "gpu-a100-40gb").model_dump()
+    assert (entry["gpuMemory"], entry["gpuMemoryGb"], entry["gpuCount"], entry["costPerHour"]) == ("40GB", 40, 1, 3.5)
+    assert entry["default"] is True and (gigabytes(23.5), gigabytes(None)) == ("23.5GB", None)
+    cpu = hardware_entry(HardwareProfile(name="cpu", gpu_count=0, cost_per_hour=0), "gpu-a100-40gb").model_dump()
+    assert (cpu["name"], cpu["gpuMemory"], cpu["costPerHour"], cpu["default"]) == ("cpu", None, 0, False)
+
+
+def _upload(file_id: str, created_at: int, status: str = "processed") -> FileObject:
+    return FileObject(id=file_id, bytes=10, created_at=created_at, filename="train.jsonl", purpose="fine-tune",
+                      status=status)
+
+
+def test_a_file_name_means_its_only_upload_or_its_only_valid_one() -> None:
+    first, second = _upload("file-aaaaaaaa", 1), _upload("file-bbbbbbbb", 2)
+    assert named_file_id("train.jsonl", [first], "trainingDataset") == "file-aaaaaaaa"
+    assert named_file_id("train.jsonl", [_upload("file-aaaaaaaa", 1, "error")], "trainingDataset") == "file-aaaaaaaa"
+    assert named_file_id("train.jsonl", [_upload("file-aaaaaaaa", 1, "error"), second], "x") == "file-bbbbbbbb"
+    with pytest.raises(OpenAIError) as ambiguous:
+        named_file_id("train.jsonl", [first, second], "validationFile")
+    assert (ambiguous.value.status, ambiguous.value.param, ambiguous.value.code) == (
+        400, "validationFile", "ambiguous_file_name")
+    assert "file-aaaaaaaa, file-bbbbbbbb" in ambiguous.value.message
+    with pytest.raises(OpenAIError) as unknown:
+        named_file_id("train.jsonl", [], "trainingDataset")
+    assert (unknown.value.status, unknown.value.param, unknown.value.code) == (400, "trainingDataset", "invalid_file")
+
+
+def test_stop_restart_and_deploy_answers_carry_the_documented_fields() -> None:
+    running = job("ftjob-a", phase="Running", spec={"suspend": True})
+    stopped = stopped_job(running, {}).model_dump()
+    assert (stopped["id"], stopped["status"], stopped["message"]) == (
+        "ftjob-a", "stopped", "Fine-tuning job stopped successfully")
+    restarted = restarted_job(job("ftjob-a", phase="Paused"), {}, 40).model_dump()
+    assert (restarted["status"], restarted["message"], restarted["resumeFromStep"]) == (
+        "queued", "Fine-tuning job restarted successfully", 40)
+    deployment = {"metadata": {"name": "shared", "namespace": "tuneforge-system"}, "status": {"phase": "Ready"}}
+    deployed = deployed_job("ftjob-a", "ft:tiny:team:s:ftjob-a", deployment, shared=True).model_dump()
+    assert {k: deployed[k] for k in ("id", "resultModel", "status", "message")} == {
+        "id": "ftjob-a", "resultModel": "ft:tiny:team:s:ftjob-a", "status": "deployed",
+        "message": "Fine-tuned model deployed successfully"}
+    assert deployed["loadedOnDemand"] is True and deployed["deployment"]["phase"] == "Ready"
 
 
 def test_dataset_tokens_from_the_caller_the_file_or_the_average() -> None:

@@ -19,12 +19,14 @@ def is_offered_base_model(resource: Mapping[str, Any]) -> bool:
 
 def human_count(count: int | None) -> str | None:
     """A parameter count as model catalogs write it: 8B, 1.7B, 135M, 70B (three
-    significant digits at most, trailing zeros dropped)."""
+    significant digits at most, trailing zeros dropped). The unit is picked after rounding,
+    so 999,999,999 is 1B rather than 1000M."""
     if count is None:
         return None
     for scale, unit in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if count >= scale:
-            return f"{float(f'{count / scale:.3g}'):g}{unit}"
+        rounded = float(f"{count / scale:.3g}")
+        if rounded >= 1:
+            return f"{rounded:g}{unit}"
     return str(count)
 
 
@@ -33,13 +35,20 @@ def gigabytes(value: float | None) -> str | None:
     return None if value is None else f"{value:g}GB"
 
 
+def provider_of(spec: Mapping[str, Any], model_id: str) -> str | None:
+    """spec.provider, else the organisation a Hugging Face style id names
+    (`HuggingFaceTB/SmolLM2-135M-Instruct` is HuggingFaceTB's); null when neither says."""
+    organisation, slash, _ = model_id.partition("/")
+    return spec.get("provider") or (organisation if slash else None)
+
+
 def base_model_entry(resource: Mapping[str, Any]) -> BaseModelEntry:
     spec = resource["spec"]
     model_id = model_id_of(resource)
     return BaseModelEntry(
         id=model_id,
         name=spec.get("displayName") or model_id,
-        provider=spec.get("provider"),
+        provider=provider_of(spec, model_id),
         description=spec.get("description"),
         parameter_count=human_count(spec.get("parameterCount")),
         parameters=spec.get("parameterCount"),

@@ -51,6 +51,7 @@ async def _dataset_size(request: Request, principal: Principal, body: EstimateRe
     if body.training_file is not None and body.dataset_tokens is None:
         store = request.app.state.store
         file_id = await service.resolve_file_reference(store, principal.tenant, body.training_file, "trainingFile")
+        await run_in_threadpool(service.check_fine_tune_file, store, principal.tenant, file_id, "trainingFile")
         summary = await run_in_threadpool(fine_tune_summary, store, principal.tenant, file_id)
         if summary is None:
             raise bad_request(f"File '{body.training_file}' is not a valid fine-tuning file.", param="trainingFile",
