@@ -137,6 +137,9 @@ def test_quota_holds_jobs_queued_with_kueues_reason_and_starts_them_in_order(dev
         admitted = _admitted(dev_stack, second.id)
         assert admitted["status"] == "True" and CLUSTER_QUEUE in admitted["message"]
         assert _event_reasons(dev_stack, second.id).count("KueueAdmitted") == 1
+        kueue_events = [m for m in job_events(openai_client, second.id) if m.startswith("Kueue: ")]
+        assert kueue_events[0].startswith("Kueue: Pending: ") and "insufficient unused quota" in kueue_events[0]
+        assert kueue_events[-1].startswith("Kueue: Admitted: ")
     finally:
         dev_stack.plane.kubectl("delete", "localqueue", "default", "-n", dev_stack.tenant, "--ignore-not-found")
 

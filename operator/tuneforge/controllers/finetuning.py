@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -218,7 +219,7 @@ def _training(tick: _Tick) -> dict[str, Any]:
         return tick.state.status
     if job["failed"]:
         return _trainer_failed(tick)
-    if queueing.follow(tick.state, job, tick.workload, what="trainer"):
+    if queueing.follow(tick.state, job, tick.workload, what="trainer", on_change=partial(_queue_event, tick)):
         return _held_by_queue(tick)
     refused = admission.follow(tick.state, tick.namespace, job, what="trainer",
                                timeout=tick.controller_settings.pod_admission_timeout)
@@ -519,19 +520,20 @@ def _notify(tick: _Tick) -> None:
     if result.outcome is webhook.Outcome.delivered:
         state.status["notification"] = None
         state.condition("Notified", True, "Delivered", result.message)
-        _job_event(tick, "info", f"Webhook {delivery}", attempts)
+        _job_event(tick, "info", f"Webhook {delivery}", f"webhook-{attempts}", {"webhook_attempt": attempts})
         kopf.info(state.raw, reason="Notified", message=delivery)
         return
     if result.outcome is webhook.Outcome.retry and attempts < tick.controller_settings.webhook_attempts:
         delay = webhook.retry_delay(attempts, tick.controller_settings.webhook_retry_delay)
         state.status["notification"] = {"attempts": attempts, "nextAttemptAt": timestamp(utcnow() + delay),
                                         "lastError": result.message}
-        _job_event(tick, "warn", f"Webhook {delivery}; retrying in {delay.total_seconds():g}s", attempts)
+        _job_event(tick, "warn", f"Webhook {delivery}; retrying in {delay.total_seconds():g}s", f"webhook-{attempts}",
+                   {"webhook_attempt": attempts})
         kopf.warn(state.raw, reason="NotificationRetry", message=f"{delivery}; retrying in {delay.total_seconds():g}s")
         return
     state.status["notification"] = None
     state.condition("Notified", False, "DeliveryFailed", f"{result.message} (after {attempts} attempts)")
-    _job_event(tick, "error", f"Webhook {delivery}; giving up", attempts)
+    _job_event(tick, "error", f"Webhook {delivery}; giving up", f"webhook-{attempts}", {"webhook_attempt": attempts})
     kopf.warn(state.raw, reason="NotificationFailed", message=f"{delivery}; giving up")
 
 
@@ -555,17 +557,23 @@ def _signing_secret(tick: _Tick) -> bytes | None:
     return base64.b64decode(value)
 
 
-def _job_event(tick: _Tick, level: str, message: str, attempt: int) -> None:
-    """Records a delivery among the job's events, where API users follow the job. A store
-    that fails here costs the record, never the delivery's bookkeeping."""
-    created = int(utcnow().timestamp())
-    record = {"id": f"ftevent-{tick.ft.metadata['uid']}-webhook-{attempt}", "object": "fine_tuning.job.event",
-              "created_at": created, "level": level, "message": message, "type": "message",
-              "data": {"webhook_attempt": attempt}}
+def _job_event(tick: _Tick, level: str, message: str, key: str, data: dict[str, Any]) -> None:
+    """Records what the operator did or saw among the job's events, where API users follow
+    the job; `key` makes the event's id, so a reconcile repeated after a failed status
+    write records it once. A store that fails here costs the record, never the bookkeeping."""
+    record = {"id": f"ftevent-{tick.ft.metadata['uid']}-{key}", "object": "fine_tuning.job.event",
+              "created_at": int(utcnow().timestamp()), "level": level, "message": message, "type": "message",
+              "data": data}
     try:
         JobFiles.of(store(), tick.namespace, tick.ft.metadata["name"]).write_platform_event(record)
     except StoreError as exc:
-        tick.logger.warning("could not record the webhook delivery as a job event: %s", exc)
+        tick.logger.warning("could not record a job event (%s): %s", message, exc)
+
+
+def _queue_event(tick: _Tick, reason: str, message: str, warning: bool) -> None:
+    """Kueue's verdict changed: the job's event list says so, as its Events do."""
+    _job_event(tick, "warn" if warning else "info", f"Kueue: {reason}: {message}",
+               f"kueue-{time.time_ns()}-{reason.lower()}", {"kueue_reason": reason})
 
 
 def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | None:

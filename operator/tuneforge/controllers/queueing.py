@@ -4,12 +4,13 @@ A trainer or batch-runner Job handed to Kueue (its queue-name label, or a namesp
 default LocalQueue) stays suspended until Kueue admits it, and Kueue suspends it again to
 preempt it. Kueue explains itself on the Job's Workload (tuneforge.controllers.children
 .workload_summary); the owner gets that explanation as its Admitted condition and as an
-Event each time it changes, so `kubectl describe` and Argo CD show why a job waits.
+Event each time it changes, so `kubectl describe` and Argo CD show why a job waits, and a
+FineTuningJob as a job event, so the OpenAI API's event list shows it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -25,9 +26,11 @@ _QUIET_REASONS = {ADMITTED, "Pending", "QuotaReserved"}
 means Kueue took the Job away and is posted as a Warning."""
 
 
-def follow(state: ReconcileState, job: Mapping[str, Any], workload: Mapping[str, Any] | None, *, what: str) -> bool:
-    """Records Kueue's verdict on `job` in the Admitted condition (with an Event when it
-    changes); True while the Job is held suspended. Jobs Kueue never saw get no condition."""
+def follow(state: ReconcileState, job: Mapping[str, Any], workload: Mapping[str, Any] | None, *, what: str,
+           on_change: Callable[[str, str, bool], None] | None = None) -> bool:
+    """Records Kueue's verdict on `job` in the Admitted condition (with an Event, and a call
+    of `on_change(reason, message, warning)`, when it changes); True while the Job is held
+    suspended. Jobs Kueue never saw get no condition."""
     held = bool(job["suspended"])
     if workload is None and not held:
         return False
@@ -40,7 +43,9 @@ def follow(state: ReconcileState, job: Mapping[str, Any], workload: Mapping[str,
         reason, message = _SUSPENDED_UNEXPLAINED, f"the {what} Job is suspended, waiting for its queue to admit it"
     previous = find_condition(state.status.get("conditions"), ADMITTED) or {}
     if (previous.get("reason"), previous.get("message")) != (reason, message):
-        post = kopf.info if reason in _QUIET_REASONS or reason == _SUSPENDED_UNEXPLAINED else kopf.warn
-        post(state.raw, reason=f"Kueue{reason}", message=message)
+        quiet = reason in _QUIET_REASONS or reason == _SUSPENDED_UNEXPLAINED
+        (kopf.info if quiet else kopf.warn)(state.raw, reason=f"Kueue{reason}", message=message)
+        if on_change is not None:
+            on_change(reason, message, not quiet)
     state.condition(ADMITTED, not held, reason, message)
     return held

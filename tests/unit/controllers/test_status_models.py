@@ -308,6 +308,10 @@ def test_fine_tuning_job_held_admitted_and_preempted_by_kueue(root, api) -> None
     assert driver.status["phase"] == "Queued"
     assert (conditions["Admitted"]["reason"], conditions["Admitted"]["message"]) == ("Preempted", preempted)
     assert conditions["Running"]["status"] == "False" and conditions["Running"]["reason"] == "Preempted"
+    # Each verdict is also a job event, where OpenAI API users follow the job.
+    events = [(e["level"], e["message"]) for e in JobFiles.of(store(), "team", "ftjob-abc").platform_events()]
+    assert events == [("info", f"Kueue: Pending: {pending}"), ("info", f"Kueue: Admitted: {admitted['message']}"),
+                      ("warn", f"Kueue: Preempted: {preempted}")]
 
 
 def test_fine_tuning_pause_resume_and_cancel(root, api) -> None:
