@@ -37,10 +37,9 @@ def _gateway(args: argparse.Namespace) -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     from tuneforge.gateway import keys
-    from tuneforge.gateway.kube import load_api_client
 
-    return keys.main(load_api_client(), args.action, namespace=args.namespace, scopes=args.scopes,
-                     description=args.description, key=args.key)
+    return keys.main(args.action, namespace=args.namespace, scopes=args.scopes, description=args.description,
+                     key=args.key, create_namespace=args.create_namespace)
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -77,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--scopes", default="*", help="comma-separated scopes, e.g. files:*,fine-tuning:read,chat")
     keys.add_argument("--description", default="", help="what the key is for")
     keys.add_argument("--key", help="the key, or its Secret name (revoke)")
+    keys.add_argument("--create-namespace", action="store_true",
+                      help="create the tenant namespace if it does not exist, enforcing Pod Security "
+                           '"restricted" (create)')
     keys.set_defaults(func=_keys)
     from tuneforge.controllers.cli import add_arguments
 

@@ -14,7 +14,10 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from kubernetes import client
 
+from tuneforge.api.v1alpha1 import GROUP, VERSION
+from tuneforge.api.v1alpha1.basemodel import model_id_of
 from tuneforge.local.devstack import TINY, DevStack, free_gateway_port
 
 from tests.support.devstack import BATCH_RETRIES_PER_HOUR
@@ -33,3 +36,11 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
 @pytest.fixture(scope="session")
 def openai_client(dev_stack: DevStack) -> openai.OpenAI:
     return openai.OpenAI(base_url=dev_stack.base_url, api_key=dev_stack.api_key, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def model_id(dev_stack: DevStack) -> str:
+    """The id users call the tiny model by in every API (its BaseModel's model id)."""
+    basemodel = client.CustomObjectsApi(dev_stack.api_client).get_cluster_custom_object(
+        GROUP, VERSION, "basemodels", TINY)
+    return model_id_of(basemodel)

@@ -1,7 +1,8 @@
 """The node agent on Pods no controller of tuneforge makes: what it cannot run is reported
 clearly and never stalls it; what it runs reports exit codes and termination messages
-as a kubelet would; deleting a Pod stops its process. The tenant namespace enforces Pod
-Security "restricted", so these Pods carry the security contexts the operator's carry."""
+as a kubelet would, and its output through `kubectl logs`; deleting a Pod stops its
+process. The tenant namespace enforces Pod Security "restricted", so these Pods carry the
+security contexts the operator's carry."""
 
 from __future__ import annotations
 
@@ -84,6 +85,10 @@ def test_missing_config_waits_then_the_termination_message_is_reported(dev_stack
         (_get(dev_stack, namespace, name).get("status") or {}).get("containerStatuses") or [{}])[0]
         .get("state", {}).get("waiting"))
     assert waiting["reason"] == "CreateContainerConfigError" and name in waiting["message"]
+    not_started = dev_stack.plane.kubectl("logs", "-n", namespace, name, check=False)
+    assert not_started.returncode != 0
+    assert (f'container "trainer" in pod "{name}" is waiting to start: CreateContainerConfigError'
+            in not_started.stderr)
 
     core(dev_stack).create_namespaced_config_map(namespace, {"metadata": {"name": name},
                                                              "data": {"run.json": '{"job_id": 1}'}})
@@ -92,6 +97,10 @@ def test_missing_config_waits_then_the_termination_message_is_reported(dev_stack
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 1 and terminated["reason"] == "Error"
     assert json.loads(terminated["message"])["code"] == "invalid_run_spec"
+    # The trainer's stderr, through the API server and the agent's kubelet endpoint.
+    logged = dev_stack.plane.kubectl("logs", "-n", namespace, name).stdout
+    assert logged.splitlines()[-1] == terminated["message"]
+    assert dev_stack.plane.kubectl("logs", "-n", namespace, name, "--tail=1").stdout == terminated["message"] + "\n"
     assert pod["status"]["podIP"].startswith("127.0.")
     core(dev_stack).delete_namespaced_pod(name, namespace)
     wait_for("the Pod to be gone", lambda: name not in {

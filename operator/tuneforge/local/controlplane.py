@@ -23,10 +23,17 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tuneforge.local.pki import CertificateAuthority, KeyPair
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PROVISION_SCRIPT = REPO_ROOT / "hack" / "provision-k8s.sh"
 CRD_DIR = REPO_ROOT / "crds"
 SERVICE_CIDR = "10.96.0.0/16"
+KUBELET_ADDRESS_TYPES = "InternalIP,Hostname"
+"""Which Node address the API server dials a kubelet at. Its default puts `Hostname` first,
+and the machine's hostname may resolve to an address the node agent does not listen on
+(127.0.1.1, a LAN address); the agent reports 127.0.0.1 as its InternalIP, as kind's
+nodes report theirs, and its serving certificate names both."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -92,6 +99,22 @@ class ControlPlane:
     @property
     def token(self) -> str:
         return (self.state_dir / "admin-token").read_text().strip()
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def cluster_ca(self) -> CertificateAuthority:
+        """The CA the API server and the kubelets trust each other through: it signs the
+        API server's kubelet client certificate and the node agent's serving certificate."""
+        return CertificateAuthority.ensure(self.pki_dir, "tuneforge-local-ca")
+
+    @property
+    def kubelet_client(self) -> KeyPair:
+        """The certificate the API server presents to kubelets (kubeadm's
+        apiserver-kubelet-client)."""
+        return KeyPair(self.pki_dir / "apiserver-kubelet-client.crt", self.pki_dir / "apiserver-kubelet-client.key")
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -174,6 +197,8 @@ class ControlPlane:
                     serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
                 )
             )
+        # Issued afresh at every start, so it always belongs to the CA on disk.
+        self.cluster_ca.issue(self.kubelet_client, "kube-apiserver-kubelet-client", usage="client")
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.state_dir / "logs" / f"{name}.log", "ab")
@@ -225,7 +250,7 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 "--etcd-servers", self.etcd_url,
-                "--cert-dir", str(self.state_dir / "pki"),
+                "--cert-dir", str(self.pki_dir),
                 "--secure-port", str(self.api_port),
                 "--bind-address", "127.0.0.1",
                 "--advertise-address", "127.0.0.1",
@@ -234,6 +259,10 @@ class ControlPlane:
                 "--service-account-key-file", str(self.state_dir / "sa.pub"),
                 "--service-account-signing-key-file", str(self.state_dir / "sa.key"),
                 "--token-auth-file", str(self.state_dir / "tokens.csv"),
+                "--kubelet-certificate-authority", str(self.cluster_ca.cert_file),
+                "--kubelet-client-certificate", str(self.kubelet_client.cert_file),
+                "--kubelet-client-key", str(self.kubelet_client.key_file),
+                "--kubelet-preferred-address-types", KUBELET_ADDRESS_TYPES,
                 "--authorization-mode", "RBAC",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
@@ -261,7 +290,7 @@ class ControlPlane:
                 "--audit-log-format", "json", "--audit-log-mode", "blocking"]
 
     def _write_kubeconfig(self) -> None:
-        ca = self.state_dir / "pki" / "apiserver.crt"
+        ca = self.pki_dir / "apiserver.crt"
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -287,7 +316,7 @@ class ControlPlane:
                 "--secure-port", str(port),
                 "--bind-address", "127.0.0.1",
                 "--service-account-private-key-file", str(self.state_dir / "sa.key"),
-                "--root-ca-file", str(self.state_dir / "pki" / "apiserver.crt"),
+                "--root-ca-file", str(self.pki_dir / "apiserver.crt"),
                 "--service-cluster-ip-range", SERVICE_CIDR,
                 "--controllers", "*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach",
                 "--concurrent-job-syncs", "20",

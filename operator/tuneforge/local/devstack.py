@@ -32,11 +32,11 @@ from kubernetes.client.rest import ApiException
 
 from tuneforge import apikeys
 from tuneforge.api.v1alpha1 import GROUP, VERSION
-from tuneforge.api.v1alpha1.labels import Label
+from tuneforge.api.v1alpha1.labels import RESTRICTED_NAMESPACE_LABELS, Label
 from tuneforge.config import Settings
 from tuneforge.local.controlplane import ControlPlane, free_port
 from tuneforge.local.node import NodeAgent
-from tuneforge.weights import SMOLLM2_GGUF_URI, build_tiny_model
+from tuneforge.weights import SMOLLM2_GGUF_URI, build_tiny_model, parameter_count
 
 log = logging.getLogger("tuneforge.local.dev")
 
@@ -56,13 +56,16 @@ as one group (the node agent gives them the names an Indexed Job's Pods have on 
 cluster). It is the default profile, so cost estimates work out of the box. A
 TUNEFORGE_HARDWARE_PROFILES (and TUNEFORGE_DEFAULT_HARDWARE_PROFILE) of the caller's own wins."""
 READY_TIMEOUT_SECONDS = 900.0
-RESTRICTED_NAMESPACE_LABELS = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
-"""Pod Security admission's labels for the "restricted" profile, which the system and tenant
-namespaces enforce: every Pod the operator creates must be admitted under it, as in a
-cluster that requires it, and one that is not shows as the resource's PodsAdmitted condition."""
+
+
+def hardware_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The hardware settings the local operator and gateway get on top of `environ`: none
+    when the caller configures profiles of their own, else LOCAL_HARDWARE_PROFILES with
+    local-cpu as the default (unless the caller names another)."""
+    if "TUNEFORGE_HARDWARE_PROFILES" in environ:
+        return {}
+    return {"TUNEFORGE_HARDWARE_PROFILES": json.dumps(LOCAL_HARDWARE_PROFILES),
+            "TUNEFORGE_DEFAULT_HARDWARE_PROFILE": environ.get("TUNEFORGE_DEFAULT_HARDWARE_PROFILE", LOCAL_CPU_PROFILE)}
 
 
 class DevStackError(RuntimeError):
@@ -100,7 +103,7 @@ def catalog(settings: Settings, models: tuple[str, ...]) -> list[dict]:
         directory = build_tiny_model(tiny_model_dir(settings))
         entries.append(base_model(TINY, f"file://{directory}", "Tiny SmolLM2 (random weights)",
                                   "SmolLM2's tokenizer and architecture at a few MB: for tests and demos "
-                                  "of the plumbing, not for answers.", None))
+                                  "of the plumbing, not for answers.", parameter_count(directory)))
     return entries
 
 
@@ -208,7 +211,8 @@ class DevStack:
             self.gateway = Component("gateway", [
                 *tuneforge, "gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port),
             ], {**env, "TUNEFORGE_GATEWAY_METRICS_PORT": "0"}, self.state_dir / "logs" / "gateway.log").start()
-            self.agent = NodeAgent(self.api_client, state_dir=self.state_dir / "node", settings=self.settings).start()
+            self.agent = NodeAgent(self.api_client, state_dir=self.state_dir / "node", settings=self.settings,
+                                   cluster_ca=self.plane.cluster_ca).start()
             self._ensure_catalog()
             self.api_key = self._ensure_api_key()
             if wait_ready:
@@ -256,11 +260,7 @@ class DevStack:
             "TUNEFORGE_SYSTEM_NAMESPACE": self.settings.system_namespace,
             "TUNEFORGE_GATEWAY_INTERNAL_URL": self.base_url,
             "TUNEFORGE_CACHE_DIR": str(self.settings.cache_dir),
-            "TUNEFORGE_HARDWARE_PROFILES": os.environ.get("TUNEFORGE_HARDWARE_PROFILES",
-                                                          json.dumps(LOCAL_HARDWARE_PROFILES)),
-            **({} if "TUNEFORGE_HARDWARE_PROFILES" in os.environ else {
-                "TUNEFORGE_DEFAULT_HARDWARE_PROFILE": os.environ.get("TUNEFORGE_DEFAULT_HARDWARE_PROFILE",
-                                                                     LOCAL_CPU_PROFILE)}),
+            **hardware_env(os.environ),
             "PYTHONUNBUFFERED": "1",
         }
 

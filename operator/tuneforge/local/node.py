@@ -34,15 +34,20 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from tuneforge.config import Settings
+from tuneforge.local.containerlogs import LogUnavailable, run_log, select_run
 from tuneforge.local.hosts import hosts_file, probe_own_names, write_in_place
-from tuneforge.local.nodeapi import NodeApi
+from tuneforge.local.kubelet import ContainerLog, KubeletServer, kubelet_app
+from tuneforge.local.nodeapi import NodeApi, node_addresses
+from tuneforge.local.pki import CertificateAuthority, KeyPair, KubeletTls
 from tuneforge.local.pods import Image, ImageCatalog
-from tuneforge.local.podworker import NodeContext, PodWorker
+from tuneforge.local.podworker import NodeContext, PodWorker, pod_dir_name
 from tuneforge.local.scheduling import unschedulable_reason, wants_scheduling
 
 log = logging.getLogger("tuneforge.local.node")
 
 NODE_NAME = "tuneforge-local"
+HOST_IP = "127.0.0.1"
+"""The node's address: its kubelet endpoint listens there, and its Pods report it as hostIP."""
 NODE_LABEL = "tuneforge.io/local-node"
 POD_SUBNETS = range(1, 255)
 """Each node agent on a machine claims one 127.0.<n>.0/24 for its Pods, so two local
@@ -155,11 +160,16 @@ def claim_subnet(lock_dir: Path, remembered: Path) -> tuple[ipaddress.IPv4Networ
 
 
 class NodeAgent:
+    """The node. With `cluster_ca` (the CA the API server trusts kubelets through) it also
+    serves the kubelet endpoint, with a serving certificate that CA issues it at start,
+    so `kubectl logs` reaches its Pods; without, the API server has nowhere to proxy to."""
+
     def __init__(self, api_client: client.ApiClient, *, state_dir: Path, settings: Settings,
                  node_name: str = NODE_NAME, scripts_dir: Path | None = None,
-                 shutdown_grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+                 shutdown_grace: float = SHUTDOWN_GRACE_SECONDS,
+                 cluster_ca: CertificateAuthority | None = None) -> None:
         scripts = scripts_dir or Path(sys.executable).parent
-        self.api = NodeApi(api_client, node_name)
+        self.api = NodeApi(api_client, node_name, HOST_IP)
         self.api_client = api_client
         self.node_name = node_name
         self.labels = node_labels(node_name)
@@ -168,7 +178,10 @@ class NodeAgent:
             api=self.api, catalog=image_catalog(settings, scripts),
             base_env=image_environment(settings, scripts, os.environ), capacity=self.capacity,
             pods_dir=state_dir / "pods", claims_dir=state_dir / "claims", own_names=probe_own_names(),
+            host_ip=HOST_IP,
         )
+        self.cluster_ca = cluster_ca
+        self.kubelet: KubeletServer | None = None
         self.shutdown_grace = shutdown_grace
         self.workers: dict[str, PodWorker] = {}
         self.state_dir = state_dir
@@ -188,7 +201,9 @@ class NodeAgent:
         self.context.pods_dir.mkdir(parents=True, exist_ok=True)
         subnet, self._subnet_lock = claim_subnet(self.subnet_lock_dir, self.state_dir / "pod-subnet")
         self.ips = PodIps(subnet)
-        self.api.register_node(self.labels, self.capacity)
+        if self.cluster_ca is not None:
+            self.kubelet = KubeletServer(kubelet_app(self), self._kubelet_tls(self.cluster_ca), HOST_IP).start()
+        self.api.register_node(self.labels, self.capacity, self.kubelet_port)
         self.api.renew_lease()
         for target, name in ((self._heartbeat, "node-heartbeat"), (self._watch, "node-pod-watch")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -206,6 +221,9 @@ class NodeAgent:
             worker.shut_down(self.shutdown_grace)
         for worker in workers:
             worker.join(self.shutdown_grace + 15)
+        if self.kubelet is not None:
+            self.kubelet.stop()
+            self.kubelet = None
         if self._subnet_lock is not None:
             self._subnet_lock.close()
             self._subnet_lock = None
@@ -216,6 +234,38 @@ class NodeAgent:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    @property
+    def kubelet_port(self) -> int:
+        """The port the Node advertises for its kubelet endpoint; 0 when it serves none."""
+        return self.kubelet.port if self.kubelet is not None else 0
+
+    def _kubelet_tls(self, ca: CertificateAuthority) -> KubeletTls:
+        """A serving certificate for this node's addresses, issued at each start as a
+        kubelet's rotates, with the subject a kubelet's serving certificate has."""
+        addresses = node_addresses(HOST_IP)
+        directory = self.state_dir / "pki"
+        serving = ca.issue(
+            KeyPair(directory / "kubelet.crt", directory / "kubelet.key"), f"system:node:{self.node_name}",
+            usage="server", organizations=("system:nodes",),
+            dns_names=tuple(a["address"] for a in addresses if a["type"] == "Hostname"),
+            ip_addresses=tuple(a["address"] for a in addresses if a["type"] == "InternalIP"),
+        )
+        return KubeletTls(serving=serving, client_ca_file=ca.cert_file)
+
+    def container_log(self, namespace: str, pod: str, container: str, previous: bool) -> ContainerLog:
+        """The kubelet endpoint's view of a container log (called from its threads): the
+        Pod as the API server has it, which must be bound to this node; the run its status
+        names; and, while that run's process lives, a way to follow it."""
+        body = self.api.read_pod(namespace, pod)
+        if body is None or (body.get("spec") or {}).get("nodeName") != self.node_name:
+            raise LogUnavailable(404, f'pod "{pod}" does not exist')
+        run = select_run(body, container, previous)
+        with self.lock:
+            worker = self.workers.get(body["metadata"]["uid"])
+        process = worker.process_of(container, run) if worker is not None else None
+        return ContainerLog(path=run_log(self.context.pods_dir / pod_dir_name(body), container, run),
+                            running=lambda: process is not None and process.returncode is None)
+
     # -- threads -----------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -225,7 +275,7 @@ class NodeAgent:
                 self.api.renew_lease()
                 since_report += LEASE_RENEW_SECONDS
                 if since_report >= STATUS_REPORT_SECONDS:
-                    self.api.report_node(self.capacity)
+                    self.api.report_node(self.capacity, self.kubelet_port)
                     since_report = 0.0
             except (ApiException, OSError, HTTPError) as exc:  # HTTPError: the API server is unreachable
                 log.warning("node heartbeat failed (will retry): %s", exc)

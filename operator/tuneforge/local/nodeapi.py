@@ -67,6 +67,13 @@ def referenced_names(pod: Mapping[str, Any]) -> tuple[set[str], set[str], set[st
     return maps - {""}, secrets - {""}, claims
 
 
+def node_addresses(host_ip: str) -> list[dict[str, str]]:
+    """The Node's addresses: the API server dials the kubelet at the InternalIP (see
+    controlplane.KUBELET_ADDRESS_TYPES), and the serving certificate names them all."""
+    return [{"type": "InternalIP", "address": host_ip},
+            {"type": "Hostname", "address": platform.node() or "localhost"}]
+
+
 def wants_token(pod: Mapping[str, Any]) -> int | None:
     """The expiry a projected service-account token asks for, or None when none is mounted."""
     for volume in (pod.get("spec") or {}).get("volumes") or []:
@@ -77,16 +84,17 @@ def wants_token(pod: Mapping[str, Any]) -> int | None:
 
 
 class NodeApi:
-    def __init__(self, api_client: client.ApiClient, node_name: str) -> None:
+    def __init__(self, api_client: client.ApiClient, node_name: str, host_ip: str) -> None:
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.node_name = node_name
+        self.host_ip = host_ip
         self.reporting_since: str | None = None
         """When this agent first reported the node Ready: its conditions' transition time."""
 
     # -- node --------------------------------------------------------------------------
 
-    def register_node(self, labels: Mapping[str, str], capacity: Mapping[str, str]) -> None:
+    def register_node(self, labels: Mapping[str, str], capacity: Mapping[str, str], kubelet_port: int) -> None:
         body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "labels": dict(labels)}}
         try:
             self.core.create_node(body, _preload_content=False)
@@ -95,10 +103,11 @@ class NodeApi:
                 raise
             self.core.patch_node(self.node_name, {"metadata": {"labels": dict(labels)}, "spec": {"unschedulable": None}},
                                  _preload_content=False)
-        self.report_node(capacity)
+        self.report_node(capacity, kubelet_port)
 
-    def report_node(self, capacity: Mapping[str, str]) -> None:
-        """Node status with a Ready condition: what marks a node usable for everyone reading it."""
+    def report_node(self, capacity: Mapping[str, str], kubelet_port: int) -> None:
+        """Node status with a Ready condition, what marks a node usable for everyone reading
+        it, and where its kubelet endpoint listens (0: nowhere)."""
         at = timestamp(datetime.now(timezone.utc))
         since = self.reporting_since = self.reporting_since or at
         conditions = [
@@ -117,8 +126,8 @@ class NodeApi:
             "capacity": dict(capacity),
             "allocatable": dict(capacity),
             "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                          {"type": "Hostname", "address": platform.node() or "localhost"}],
+            "addresses": node_addresses(self.host_ip),
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
             "nodeInfo": {
                 "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": platform.release(),
                 "osImage": platform.platform(), "containerRuntimeVersion": "tuneforge-local://processes",
@@ -144,6 +153,9 @@ class NodeApi:
             self.coordination.create_namespaced_lease(LEASE_NAMESPACE, body, _preload_content=False)
 
     # -- pods --------------------------------------------------------------------------
+
+    def read_pod(self, namespace: str, name: str) -> dict | None:
+        return self._read(self.core.read_namespaced_pod, name, namespace)
 
     def list_pods(self) -> tuple[list[dict], str]:
         listing = _json(self.core.list_pod_for_all_namespaces(_preload_content=False))

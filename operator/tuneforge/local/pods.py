@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.local.containerlogs import current_log
 from tuneforge.local.hosts import pod_hostname
 
 BIND_HOST_ENV = "TUNEFORGE_BIND_HOST"
@@ -132,6 +133,7 @@ class ProcessPlan:
     env: dict[str, str]
     workdir: Path
     log: Path
+    """`<container>.log`, the link to the newest run's log (`tuneforge.local.containerlogs`)."""
     termination_log: Path
     termination_message_policy: str
     files: list[LocalFile]
@@ -422,7 +424,7 @@ def plan_container(
         argv=argv,
         env=env,
         workdir=_workdir(container.get("workingDir"), mount_paths, place),
-        log=place.root / f"{name}.log",
+        log=current_log(place.root, name),
         termination_log=termination_log,
         termination_message_policy=container.get("terminationMessagePolicy", "File"),
         files=files,

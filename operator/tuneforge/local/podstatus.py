@@ -78,10 +78,15 @@ class ContainerRecord:
     """The startup probe passed (or there is none) since the last start."""
     ready: bool = False
 
+    def next_run(self) -> int:
+        """The number of the container's next run: its restart count once it has started
+        (each start after a terminated run is a restart)."""
+        return self.restart_count + (self.terminated is not None)
+
     def start(self, at: datetime) -> None:
+        self.restart_count = self.next_run()
         if self.terminated is not None:
             self.last_terminated = self.terminated
-            self.restart_count += 1
         self.terminated = None
         self.waiting_reason, self.waiting_message = None, ""
         self.running_since = at

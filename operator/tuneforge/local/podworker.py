@@ -26,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from tuneforge.local import podstatus
+from tuneforge.local.containerlogs import open_run_log
 from tuneforge.local.hosts import HOSTS_FILE, OwnNames, needs_own_names, pod_hostname
 from tuneforge.local.nodeapi import NodeApi
 from tuneforge.local.pods import (
@@ -99,6 +100,8 @@ class Running:
     process: subprocess.Popen
     plan: ProcessPlan
     started: float
+    run: int
+    """Which run of the container this is (0, then its restart count): its log is that run's."""
     probes: dict[str, ProbeState] = field(default_factory=dict)
 
 
@@ -149,6 +152,12 @@ class PodWorker:
     def update(self, pod: dict | None) -> None:
         """The watch saw a new version of the Pod (None: it is gone)."""
         self.updates.put(pod)
+
+    def process_of(self, container: str, run: int) -> subprocess.Popen | None:
+        """The process of that run of the container while the worker holds it as running
+        (read from other threads: the kubelet endpoint follows its log until it exits)."""
+        running = self.running.get(container)
+        return running.process if running is not None and running.run == run else None
 
     def shut_down(self, grace: float) -> None:
         """The node stops: terminate within `grace` seconds and report as after a node shutdown."""
@@ -296,7 +305,8 @@ class PodWorker:
             self._unsupported(str(exc))
             return
         materialise(plan)
-        log_file = open(plan.log, "ab")
+        run = record.next_run()
+        log_file = open_run_log(self.place.root, name, run)
         try:
             process = subprocess.Popen(self._with_own_names(plan.argv), env=plan.env, cwd=plan.workdir,
                                        stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -312,7 +322,7 @@ class PodWorker:
         write_pid_file(self.place.root / f"{name}.pid", process.pid)
         record.start(podstatus.now())
         started = time.monotonic()
-        running = Running(process=process, plan=plan, started=started)
+        running = Running(process=process, plan=plan, started=started, run=run)
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             if container.get(kind):
                 running.probes[kind] = ProbeState.starting(container[kind], started)

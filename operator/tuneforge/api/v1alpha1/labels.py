@@ -15,6 +15,15 @@ OPERATOR_NAME: Final = "tuneforge"
 
 FINALIZER: Final = "tuneforge.io/finalizer"
 
+RESTRICTED_NAMESPACE_LABELS: Final = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+"""Pod Security admission's labels for the "restricted" profile, which the system and tenant
+namespaces enforce (docs/install.md, Pod Security): every Pod the operator creates must be
+admitted under it. `make dev` and `tuneforge keys create --create-namespace` label the
+namespaces they create with them."""
+
 
 class Label:
     """Label keys: what selectors and indexes find objects by."""
