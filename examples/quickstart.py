@@ -7,8 +7,9 @@
 It teaches SmolLM2-135M-Instruct to answer with a JSON object: uploads a small training
 set, fine-tunes with LoRA while printing the job's events, chats with the fine-tuned
 model (served at once by the shared deployment, no deploy step), runs a batch against it
-and downloads the results. About ten minutes on a laptop CPU. `--model tiny-smollm2`
-runs the same steps on the tiny test model in about a minute (its answers are noise).
+and downloads the results. About ten minutes on a laptop CPU. `--model
+tuneforge/tiny-smollm2` runs the same steps on the tiny test model in about a minute (its
+answers are noise).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def follow(client: OpenAI, job_id: str) -> object:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="catalog model to fine-tune")
+    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct", help="catalog model to fine-tune")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     client = OpenAI()  # OPENAI_BASE_URL and OPENAI_API_KEY come from .dev/env

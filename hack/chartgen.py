@@ -182,11 +182,15 @@ class Gateway(Values):
     metrics_port: int = Field(default=9091, **PORT)
     """Port of the Prometheus /metrics endpoint."""
     max_upload_bytes: int = Field(default=6 * 1024**3, ge=1)
-    """Largest file accepted by POST /v1/files."""
+    """Largest file accepted by POST /v1/files (batch input files)."""
+    max_fine_tune_upload_bytes: int = Field(default=512 * 1024**2, ge=1)
+    """Largest training or validation file accepted by POST /v1/files."""
     key_cache_seconds: float = Field(default=5, ge=0)
     """Seconds an API-key lookup is reused; up to twice this while it is reloaded in the background."""
     route_cache_seconds: float = Field(default=2, ge=0)
     """Seconds a deployment's ready Pods are reused for routing; up to twice this while reloaded."""
+    catalog_cache_seconds: float = Field(default=5, ge=0)
+    """Seconds the model catalog is reused to resolve model ids; an id it lacks is looked up afresh."""
     upstream_timeout_seconds: float = Field(default=600, gt=0)
     """Read timeout towards the serving Pods."""
     service: Service = Field(default_factory=Service)

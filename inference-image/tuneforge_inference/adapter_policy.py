@@ -6,8 +6,9 @@ stands for:
 
 - a fine-tuned model id `ft:<base>:<namespace>:<suffix>:<job>` from its own job's adapter
   directory in the store (tuneforge.jobfiles.adapter_uri), and only on a deployment of
-  its base model: a tenant cannot have its weights answer for another tenant's model, nor
-  load another tenant's adapter under a name of its own;
+  its base model (named by its model id, or by its BaseModel resource name in ids made
+  before model ids existed): a tenant cannot have its weights answer for another
+  tenant's model, nor load another tenant's adapter under a name of its own;
 - an adapter the deployment's own spec lists, from the source listed there.
 
 Locations are compared after resolving both to what the engine would read (a pvc:// URI
@@ -36,7 +37,7 @@ def permitted_source(name: str, path: str, spec: ServingSpec, store_root: str) -
         if model is None:
             raise NotPermitted(f"{name!r} is neither a fine-tuned model id nor an adapter of deployment "
                                f"{spec.namespace}/{spec.deployment}")
-        if model.base_model != spec.served_model_name:
+        if model.base_model not in (spec.served_model_name, spec.base_model):
             raise NotPermitted(f"{name!r} is a fine-tune of {model.base_model!r}; this deployment serves "
                                f"{spec.served_model_name!r}")
         expected = adapter_uri(store_root, model.namespace, model.job)

@@ -209,7 +209,12 @@ class ServingSpec(Contract):
 
     deployment: str
     namespace: str
-    served_model_name: str = Field(description="The name clients use for the base model.")
+    served_model_name: str = Field(description="The name clients use for the base model: its model id.")
+    base_model: str | None = Field(
+        default=None,
+        description="The BaseModel's resource name, which fine-tuned ids made before model ids existed carry "
+                    "instead of the model id; their adapters still load here.",
+    )
     base_model_uri: str
     engine: Engine = Engine.cpu
     adapters: list[AdapterSource] = Field(default_factory=list)

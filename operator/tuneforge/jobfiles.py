@@ -13,6 +13,7 @@ layout, with the readers every component uses and the writer of its logs.
         events.jsonl, metrics.jsonl the same logs as single files, left by older trainers
         checkpoints/step-<n>/       a checkpoint; it counts only once its COMPLETE marker exists
         adapter/                    the published LoRA adapter, what serving engines load
+        merged/                     the base model with the adapter folded in (spec.mergeAdapter)
 
 The logs are split into objects because an object store cannot append: rewriting one
 growing object per flush costs bytes that grow with the run. A `LogWriter` flush writes
@@ -62,6 +63,7 @@ PLATFORM_EVENTS = "platform-events"
 METRICS = "metrics"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
+MERGED = "merged"
 COMPLETE = "COMPLETE"
 COMPACT_FANOUT = 16
 """Objects of one tier merged into one of the next: what a reader fetches at most per tier,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY_ID
 
 from tests.support.devstack import (
     batch_lines,
@@ -29,7 +29,7 @@ def _running_pods(stack, selector: str) -> list[dict]:
 
 def test_cancel_a_running_fine_tuning_job(dev_stack, openai_client):
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(16), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+    job = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file,
                                                 hyperparameters={"n_epochs": 50, "batch_size": 1})
     wait_for("the trainer to report steps", lambda: any(
         m.startswith("Step ") for m in job_events(openai_client, job.id)), every=0.5)
@@ -51,7 +51,7 @@ def test_cancel_a_running_fine_tuning_job(dev_stack, openai_client):
 
 
 def test_cancel_a_running_batch(dev_stack, openai_client):
-    lines = batch_lines(TINY, 400, max_tokens=48)
+    lines = batch_lines(TINY_ID, 400, max_tokens=48)
     batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
                                          endpoint="/v1/chat/completions", completion_window="24h")
     wait_for("the batch to make progress", lambda: (

@@ -19,7 +19,7 @@ import pytest
 
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.controllers.builders import FINALIZER_COMPONENT, RUNNER_COMPONENT, runner_retry_budget
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY, TINY_ID
 
 from tests.support.devstack import (
     BATCH_RETRIES_PER_HOUR,
@@ -78,7 +78,7 @@ def _runner_jobs(stack, batch_id: str, component: str) -> list[dict]:
 
 
 def _start_batch(openai_client, n: int) -> tuple[Any, list[dict]]:
-    lines = batch_lines(TINY, n, max_tokens=16)
+    lines = batch_lines(TINY_ID, n, max_tokens=16)
     batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
                                          endpoint="/v1/chat/completions", completion_window=WINDOW)
     return batch, lines
@@ -159,7 +159,7 @@ def test_the_operator_killed_twenty_times_leaves_one_child_each_and_everything_c
     rng = random.Random(seed)
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(10), "fine-tune")
     batches = [_start_batch(openai_client, 20) for _ in range(BATCHES)]
-    trained = [openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+    trained = [openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file,
                                                      hyperparameters={"n_epochs": 1, "batch_size": 5}).id
                for _ in range(TRAINED_JOBS)]
     queued = _create_queued_jobs(dev_stack, training_file)

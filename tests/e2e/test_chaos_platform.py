@@ -20,7 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tuneforge.local.devstack import TINY, DevStack
+from tuneforge.local.devstack import TINY_ID, DevStack
 from tuneforge.local.node import LEASE_RENEW_SECONDS
 from tuneforge.local.podworker import pod_dir_name
 
@@ -57,7 +57,7 @@ def batch_file_of(size: int) -> bytes:
 
 def request_line(i: int, filler: str) -> dict:
     return {"custom_id": f"chaos-{i:05d}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": TINY, "max_tokens": 8, "messages": [{"role": "user", "content": f"{i}: {filler}"}]}}
+            "body": {"model": TINY_ID, "max_tokens": 8, "messages": [{"role": "user", "content": f"{i}: {filler}"}]}}
 
 
 class HeldBody(io.BytesIO):

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.controllers.builders.training import TRAINER_BACKOFF_LIMIT
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY, TINY_ID
 
 from tests.support.devstack import (
     checkpoint_steps,
@@ -69,7 +69,7 @@ def test_a_job_failed_after_its_retries_keeps_its_newest_checkpoint_and_restarts
     this test is about."""
     began = time.monotonic()
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(12), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+    job = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file,
                                                 hyperparameters={"n_epochs": 10, "batch_size": 1})
     selector = f"tuneforge.io/fine-tuning-job={job.id}"
     at_first_kill = wait_for("two checkpoints", lambda: (

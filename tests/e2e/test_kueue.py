@@ -20,7 +20,7 @@ from kubernetes import client
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.config import DEFAULT_POD_MEMORY
-from tuneforge.local.devstack import LOCAL_CPU_PROFILE, TINY, DevStack
+from tuneforge.local.devstack import LOCAL_CPU_PROFILE, TINY, TINY_ID, DevStack
 
 from tests.support.devstack import (
     batch_lines,
@@ -115,11 +115,11 @@ def test_quota_holds_jobs_queued_with_kueues_reason_and_starts_them_in_order(dev
     try:
         long_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(600), "fine-tune")
         training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(40), "fine-tune")
-        first = openai_client.fine_tuning.jobs.create(model=TINY, training_file=long_file,
+        first = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=long_file,
                                                       hyperparameters={"n_epochs": 3, "batch_size": 1})
         wait_for("the first trainer to run", lambda: any(
             p["status"].get("phase") == "Running" for p in _trainer_pods(dev_stack, first.id)), every=0.5)
-        second = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+        second = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file,
                                                        hyperparameters={"n_epochs": 1, "batch_size": 1})
         held = wait_for("Kueue's reason on the second job", lambda: (
             a if (a := _admitted(dev_stack, second.id)).get("reason") == "Pending" else None), timeout=60, every=0.5)
@@ -213,7 +213,7 @@ def test_a_batch_runner_named_to_a_queue_waits_for_its_quota(dev_stack, openai_c
     queue = _local_queue(dev_stack.tenant, "batches")
     queue["spec"]["clusterQueue"] = "tuneforge-batches"
     kueue.apply(cluster_queue, queue)
-    lines = batch_lines(TINY, 4, max_tokens=8)
+    lines = batch_lines(TINY_ID, 4, max_tokens=8)
     name = f"batch-{secrets.token_hex(12)}"
     _custom(dev_stack).create_namespaced_custom_object(GROUP, VERSION, dev_stack.tenant, "batchjobs", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "BatchJob", "metadata": {"name": name},

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY_ID
 
 pytestmark = pytest.mark.e2e
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
-STEPS = ["1. Upload the training set", f"2. Fine-tune {TINY} (LoRA)", "3. Chat with the fine-tuned model",
+STEPS = ["1. Upload the training set", f"2. Fine-tune {TINY_ID} (LoRA)", "3. Chat with the fine-tuned model",
          "4. Run a batch against it", "5. Download the output", "Done."]
 
 
 def test_the_readme_walkthrough_runs_against_the_dev_stack(dev_stack, openai_client):
-    script = f'source "{dev_stack.env_file}" && exec "{sys.executable}" "{QUICKSTART}" --model {TINY} --epochs 1'
+    script = f'source "{dev_stack.env_file}" && exec "{sys.executable}" "{QUICKSTART}" --model {TINY_ID} --epochs 1'
     run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
 
@@ -34,7 +34,7 @@ def test_the_readme_walkthrough_runs_against_the_dev_stack(dev_stack, openai_cli
     assert trained, run.stdout
     model, tokens = trained.group(1), int(trained.group(2))
     job_id = model.rpartition(":")[2]
-    assert model == f"ft:{TINY}:{dev_stack.tenant}:people-json:{job_id}"
+    assert model == f"ft:{TINY_ID}:{dev_stack.tenant}:people-json:{job_id}"
     assert tokens > 0
     assert openai_client.fine_tuning.jobs.retrieve(job_id).status == "succeeded"
     assert model in {m.id for m in openai_client.models.list().data}

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY_ID
 
 from tests.support.devstack import (
     final_batch,
@@ -47,7 +47,7 @@ def test_jobs_complete_when_the_operator_is_killed_mid_run(dev_stack, openai_cli
 
 def test_killed_trainer_is_retried_and_resumes_from_its_checkpoint(dev_stack, openai_client):
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(12), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+    job = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file,
                                                 hyperparameters={"n_epochs": 8, "batch_size": 1})
     selector = f"tuneforge.io/fine-tuning-job={job.id}"
     first_checkpoint = wait_for("the first checkpoint", lambda: openai_client.fine_tuning.jobs.checkpoints.list(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY, TINY_ID
 
 from tests.support.devstack import final_job, json_training_rows, pods_of, upload_jsonl
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_restart_keeps_files_jobs_and_fine_tuned_models(dev_stack, openai_client):
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(10), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file, suffix="kept",
+    job = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file, suffix="kept",
                                                 hyperparameters={"n_epochs": 1, "batch_size": 5})
     job = final_job(openai_client, job.id)
     assert job.status == "succeeded", job.error

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tuneforge.local.devstack import TINY
+from tuneforge.local.devstack import TINY, TINY_ID
 
 from tests.support.devstack import (
     batch_lines,
@@ -32,12 +32,12 @@ def test_fine_tune_chat_and_batch_with_the_openai_client(dev_stack, openai_clien
 
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(12), "fine-tune")
     job = openai_client.fine_tuning.jobs.create(
-        model=TINY, training_file=training_file, suffix="people",
+        model=TINY_ID, training_file=training_file, suffix="people",
         hyperparameters={"n_epochs": 2, "batch_size": 4},
     )
     job = final_job(openai_client, job.id)
     assert job.status == "succeeded", job.error
-    assert job.fine_tuned_model == f"ft:{TINY}:{dev_stack.tenant}:people:{job.id}"
+    assert job.model == TINY_ID and job.fine_tuned_model == f"ft:{TINY_ID}:{dev_stack.tenant}:people:{job.id}"
     assert job.trained_tokens and job.trained_tokens > 0
     events = job_events(openai_client, job.id)
     assert any(message.startswith("Training started") for message in events)

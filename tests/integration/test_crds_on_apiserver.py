@@ -41,7 +41,9 @@ def test_kubectl_get_by_short_names_and_category(control_plane, namespace):
 
 def test_kubectl_explain_shows_field_docs(control_plane):
     result = _retry_kubectl(control_plane, "explain", "finetuningjob.spec")
-    assert "Name of a BaseModel in the catalog" in result.stdout
+    assert "Resource name of a BaseModel in the catalog" in result.stdout
+    model_id = _retry_kubectl(control_plane, "explain", "basemodel.spec.modelId")
+    assert "The id users call the model by" in model_id.stdout
     hyper = _retry_kubectl(control_plane, "explain", "finetuningjob.spec.hyperparameters.nEpochs")
     assert "Passes over the training data" in hyper.stdout
     strategy = _retry_kubectl(control_plane, "explain", "finetuningjob.spec.distributed.strategy")
@@ -58,6 +60,9 @@ def test_examples_apply_cleanly(control_plane, namespace):
     assert nodes == "2"
     columns = control_plane.kubectl("get", "ftjob", "-n", namespace).stdout.splitlines()[0].split()
     assert columns[:3] == ["NAME", "PHASE", "BASE"]
+    header, row = control_plane.kubectl("get", "bm", "smollm2-135m-instruct").stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "MODEL", "ID"]
+    assert row.split()[:2] == ["smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 
 
 @pytest.mark.parametrize(
@@ -88,6 +93,7 @@ def test_examples_apply_cleanly(control_plane, namespace):
         ("BaseModel", {"source": {"uri": "file:///m"}, "serving": {"startupTimeoutSeconds": 5}},
          "spec.serving.startupTimeoutSeconds"),
         ("BaseModel", {"source": {"uri": "ftp://weights"}}, "spec.source.uri"),
+        ("BaseModel", {"source": {"uri": "file:///m"}, "modelId": "ft:Org/Model:team::ftjob-1"}, "spec.modelId"),
     ],
 )
 def test_server_side_validation_names_the_field(control_plane, namespace, kind, spec, expected):

@@ -17,7 +17,7 @@ import httpx
 import openai
 from kubernetes import client
 
-from tuneforge.local.devstack import TINY, DevStack
+from tuneforge.local.devstack import TINY_ID, DevStack
 from tuneforge.local.podworker import pod_dir_name
 
 T = TypeVar("T")
@@ -71,9 +71,9 @@ def start_training_and_batch(openai_client: openai.OpenAI, *, rows: int, epochs:
     batch of `requests` against it, started together and both seen running: the moment the
     resilience tests break something. Returns (job, batch, the batch's input lines)."""
     training_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(rows), "fine-tune")
-    job = openai_client.fine_tuning.jobs.create(model=TINY, training_file=training_file,
+    job = openai_client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file,
                                                 hyperparameters={"n_epochs": epochs, "batch_size": 1})
-    lines = batch_lines(TINY, requests, max_tokens=24)
+    lines = batch_lines(TINY_ID, requests, max_tokens=24)
     batch = openai_client.batches.create(input_file_id=upload_jsonl(openai_client, "in.jsonl", lines, "batch"),
                                          endpoint="/v1/chat/completions", completion_window="24h")
     wait_for("the trainer to report steps", lambda: any(

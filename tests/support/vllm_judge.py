@@ -4,8 +4,10 @@ runtime adapter loads and unloads. Runs where vLLM is importable (see
 JSON line:
 
     in:  {"serve_argvs": [argv, ...], "report": [namespace attribute, ...],
-          "load_requests": [{"body": {...}, "content_type": str}, ...], "unload_requests": [...]}
-    out: {"lora_ranks": [...], "serve_argvs": [verdict, ...], "load_requests": [...], "unload_requests": [...]}
+          "load_requests": [{"body": {...}, "content_type": str}, ...], "unload_requests": [...],
+          "chat_requests": [{...}, ...]}
+    out: {"lora_ranks": [...], "serve_argvs": [verdict, ...], "load_requests": [...], "unload_requests": [...],
+          "chat_requests": [...], "error_bodies": {name: [status, body]}}
 
 where a verdict is {"ok": true, ...} or {"ok": false, "error": "<vLLM's message>"}; an
 argv's adds `values` (the reported attributes), `lora_config` and `middlewares`
@@ -38,6 +40,13 @@ check (`validate_json_request`) and validation into `LoadLoRAAdapterRequest` /
 `UnloadLoRAAdapterRequest` (vllm/entrypoints/serve/lora/protocol.py). Those models ignore
 unknown keys, so each verdict lists the keys vLLM dropped: a misspelt optional field would
 otherwise pass unnoticed.
+
+A chat completion body (what the gateway forwards untouched) gets validation into vLLM's
+`ChatCompletionRequest` and its `to_sampling_params` with no server defaults, the
+SamplingParams checks included; the verdict reports the sampling values it came to. The
+error bodies are vLLM's own answers to a body its request model refuses
+(`validation_exception_handler`) and to the exceptions its handlers raise
+(`create_error_response`), for the gateway to map.
 """
 
 from __future__ import annotations
@@ -52,14 +61,28 @@ import io
 import json
 import sys
 import typing
+from types import SimpleNamespace
 from typing import Any
 
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from vllm.config.lora import LoRAConfig, MaxLoRARanks
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.cli.serve import ServeSubcommand
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+from vllm.entrypoints.serve.exception_handling.handlers.validation import validation_exception_handler
 from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from vllm.entrypoints.serve.utils.api_utils import validate_json_request
+from vllm.exceptions import (
+    GenerationError,
+    QueueOverflowError,
+    RetryableRequestError,
+    VLLMNotFoundError,
+    VLLMUnprocessableEntityError,
+    VLLMValidationError,
+)
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 
@@ -112,6 +135,8 @@ def jsonable(value: Any) -> Any:
         return value.value
     if isinstance(value, list | tuple):
         return [jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
@@ -159,6 +184,45 @@ def judge_body(model: type, request: dict) -> dict:
             "ignored_keys": sorted(set(request["body"]) - set(model.model_fields))}
 
 
+SAMPLING_REPORTED = ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "stop", "logprobs",
+                     "logit_bias", "max_tokens")
+
+
+def judge_chat(body: dict) -> dict:
+    try:
+        sampling = ChatCompletionRequest.model_validate(body).to_sampling_params(16, {})
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {"ok": True, "sampling": {name: jsonable(getattr(sampling, name)) for name in SAMPLING_REPORTED}}
+
+
+def error_bodies() -> dict[str, tuple[int, dict]]:
+    """vLLM's error responses: to a body with five stop sequences, as FastAPI hands its
+    validation error to vLLM's handler, and to the exceptions its serving code raises."""
+    try:
+        ChatCompletionRequest.model_validate({"messages": [], "stop": ["a", "b", "c", "d", "e"]})
+    except ValidationError as exc:
+        refused = RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()])
+    else:
+        raise AssertionError("vLLM took five stop sequences")
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(args=SimpleNamespace(log_error_stack=False))))
+    validation = asyncio.run(validation_exception_handler(request, refused))
+    raised = {
+        "bad-temperature": VLLMValidationError("temperature must be in [0, 2], got 3.0.", parameter="temperature"),
+        "unknown-model": VLLMNotFoundError("The model `ft:x` does not exist."),
+        "unprocessable": VLLMUnprocessableEntityError("cannot fetch the image", parameter="messages"),
+        "queue-full": QueueOverflowError(),
+        "retryable": RetryableRequestError(),
+        "generation-failed": GenerationError(),
+        "not-implemented": NotImplementedError("beam search with tools"),
+    }
+    bodies = {"five-stops": (validation.status_code, json.loads(validation.body))}
+    for name, exc in raised.items():
+        response = create_error_response(exc)
+        bodies[name] = (response.error.code, response.model_dump())
+    return bodies
+
+
 def main() -> None:
     request = json.load(sys.stdin)
     parser, serve = serve_parser()
@@ -167,6 +231,8 @@ def main() -> None:
         "serve_argvs": [judge_serve_argv(parser, serve, argv, request["report"]) for argv in request["serve_argvs"]],
         "load_requests": [judge_body(LoadLoRAAdapterRequest, body) for body in request["load_requests"]],
         "unload_requests": [judge_body(UnloadLoRAAdapterRequest, body) for body in request["unload_requests"]],
+        "chat_requests": [judge_chat(body) for body in request.get("chat_requests", [])],
+        "error_bodies": error_bodies(),
     }
     print(json.dumps(verdicts))
 

@@ -175,8 +175,8 @@ def save_final_adapter(store: ArtifactStore, *, model, trainable: dict, tokenize
         model.save_pretrained(path, state_dict=trainable)
         tokenizer.save_pretrained(path)
 
-    publish_directory(store, "adapter", build, commit_file="adapter_config.json")
-    return store.uri("adapter")
+    publish_directory(store, jobfiles.ADAPTER, build, commit_file="adapter_config.json")
+    return store.uri(jobfiles.ADAPTER)
 
 
 def save_merged_model(store: ArtifactStore, *, base_dir: Path, lora_config, trainable: dict, tokenizer) -> str:
@@ -195,5 +195,5 @@ def save_merged_model(store: ArtifactStore, *, base_dir: Path, lora_config, trai
         model.merge_and_unload().save_pretrained(path)
         tokenizer.save_pretrained(path)
 
-    publish_directory(store, "merged", build, commit_file="config.json")
-    return store.uri("merged")
+    publish_directory(store, jobfiles.MERGED, build, commit_file="config.json")
+    return store.uri(jobfiles.MERGED)

@@ -5,6 +5,11 @@ and sources the operator can see itself (file://, and gguf:// weights shipped in
 installed Python package) must exist. pvc:// and s3:// are only visible to the Pods
 that mount or fetch them, so a wrong path there surfaces as a failing Pod, not here.
 
+It must also hold its model id: an entry claiming the model id or resource name of an
+older entry (`ModelCatalog`, the rule the gateway resolves ids by) is Failed with reason
+DuplicateModelId until the clash is gone. Every entry is re-checked on its timer, so a
+refused entry becomes Ready once the older one is deleted or renamed.
+
 With spec.sharedDeployment, the controller keeps one multi-LoRA ModelDeployment of the
 model in the system namespace, named after it, which the gateway loads fine-tuned
 adapters into; turning the flag off deletes it.
@@ -18,12 +23,13 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource
+from tuneforge.api.v1alpha1.basemodel import ModelCatalog
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube
 from tuneforge.controllers.children import first
 from tuneforge.controllers.handlers import plain, reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
-from tuneforge.controllers.status import set_condition
+from tuneforge.controllers.status import find_condition, set_condition
 from tuneforge.storage import StoreError, filesystem
 
 KIND = "BaseModel"
@@ -47,22 +53,34 @@ def check_source(uri: str) -> str | None:
     return None
 
 
+def model_id_clash(raw: dict, basemodels: Any) -> str | None:
+    """Why the entry's model id is not its own (an older entry holds it), or None. The
+    index may not have seen this entry yet, so it is added as it is now."""
+    entries = {entry["body"]["metadata"]["name"]: entry["body"] for values in basemodels.values() for entry in values}
+    name = raw["metadata"]["name"]
+    entries[name] = raw
+    found = ModelCatalog.of(entries.values()).clashes.get(name)
+    return found.message(name) if found else None
+
+
 def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any]:
     base = BaseModelResource.model_validate(raw)
     generation = raw["metadata"].get("generation")
     desired = dict(status)
     desired["observedGeneration"] = generation
-    problem = check_source(base.spec.source.uri)
+    duplicate = model_id_clash(raw, kwargs["tf_basemodels"])
+    problem = duplicate or check_source(base.spec.source.uri)
+    reason = ("DuplicateModelId" if duplicate else "InvalidSource") if problem else "SourceResolved"
     phase = "Failed" if problem else "Ready"
     desired["conditions"] = set_condition(
-        status.get("conditions"), "Ready", problem is None,
-        "InvalidSource" if problem else "SourceResolved",
+        status.get("conditions"), "Ready", problem is None, reason,
         problem or f"weights at {base.spec.source.uri}", generation=generation,
     )
     desired["phase"] = phase
-    if phase != status.get("phase"):
+    previous = find_condition(status.get("conditions"), "Ready") or {}
+    if phase != status.get("phase") or reason != previous.get("reason"):
         if problem:
-            kopf.warn(raw, reason="InvalidSource", message=problem)
+            kopf.warn(raw, reason=reason, message=problem)
         else:
             kopf.info(raw, reason="Ready", message="catalog entry is ready")
     if not problem:
@@ -95,7 +113,7 @@ def _shared_deployment(raw: dict, base: BaseModelResource, deployments: Any) -> 
 
 
 def index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
-    """BaseModels by name, for the other controllers' validation."""
+    """BaseModels by name, for the other controllers' validation and the model id check."""
     return {name: {"body": plain(body)}}
 
 

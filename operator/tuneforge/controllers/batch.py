@@ -37,6 +37,8 @@ import kopf
 
 from tuneforge import apikeys
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BatchJobResource
+from tuneforge.api.v1alpha1.basemodel import model_id_of
+from tuneforge.api.v1alpha1.finetuningjob import parse_fine_tuned_model
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
 from tuneforge.contracts import (
@@ -277,18 +279,22 @@ def _cancel_grace() -> float:
 
 def _served_models(namespace: str, indexes: dict[str, Any]) -> list[str]:
     """Models a batch in `namespace` can use: every model a ModelDeployment in the
-    namespace or the system namespace serves, their base models, and this namespace's
-    fine-tuned models of those bases (loaded into the base's deployment on demand)."""
+    namespace or the system namespace serves, their base models by model id and by
+    resource name (the alias the gateway also routes), and this namespace's fine-tuned
+    models of those bases (loaded into the base's deployment on demand), whose ids name
+    the base either way."""
     deployments = [
         *indexes["tf_modeldeployments"].get(namespace, ()),
         *indexes["tf_modeldeployments"].get(settings().system_namespace, ()),
     ]
     bases = {d["base"] for d in deployments}
+    bases |= {model_id_of(entry["body"]) for base in list(bases) for entry in indexes["tf_basemodels"].get(base, ())}
     served = set(bases)
     for deployment in deployments:
         served.update(deployment["served"])
     for model in indexes["tf_finetuned"].get(namespace, ()):
-        if model.split(":")[1] in bases:
+        parsed = parse_fine_tuned_model(model)
+        if parsed is not None and parsed.base_model in bases:
             served.add(model)
     return sorted(served)
 

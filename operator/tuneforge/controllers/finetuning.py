@@ -37,6 +37,7 @@ import kopf
 
 from tuneforge.api.sizing import size_training
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, FineTuningJobResource, finetuningjob
+from tuneforge.api.v1alpha1.basemodel import model_id_of
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase, restart_pending
 from tuneforge.config import settings
@@ -215,7 +216,7 @@ def _training(tick: _Tick) -> dict[str, Any]:
         return tick.state.status
     if job["complete"]:
         _copy_progress(tick.ft, tick.state)
-        _succeed(tick.ft, tick.state)
+        _succeed(tick.ft, tick.state, tick.base_model())
         return tick.state.status
     if job["failed"]:
         return _trainer_failed(tick)
@@ -467,14 +468,18 @@ def _copy_progress(ft: FineTuningJobResource, state: ReconcileState) -> None:
         }
 
 
-def _succeed(ft: FineTuningJobResource, state: ReconcileState) -> None:
+def _succeed(ft: FineTuningJobResource, state: ReconcileState, base: dict | None) -> None:
+    """Records the trainer's result. The fine-tuned id names the base by its model id now
+    (the resource name when the entry is gone), as the trainer's run spec did, and is kept
+    from then on: a later change of the catalog never renames a model."""
     result = _files(ft).result()
     if result is None:
         state.status["error"] = {"code": "missing_result", "message": "the trainer exited without writing result.json"}
         _finish(state, "Failed", "TrainingFailed", "the trainer exited without writing result.json", ok=False)
         return
     state.status["fineTunedModel"] = finetuningjob.fine_tuned_model_id(
-        ft.spec.base_model, ft.metadata["namespace"], ft.spec.suffix, ft.metadata["name"]
+        model_id_of(base) if base is not None else ft.spec.base_model, ft.metadata["namespace"], ft.spec.suffix,
+        ft.metadata["name"],
     )
     state.status["adapterUri"] = result.adapter_uri
     state.status["trainedTokens"] = result.trained_tokens

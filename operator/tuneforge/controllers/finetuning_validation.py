@@ -9,7 +9,7 @@ from tuneforge.api.sizing import SizingError, size_training
 from tuneforge.api.v1alpha1 import BaseModelResource, FineTuningJobResource
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.config import settings
-from tuneforge.controllers.status import parse_timestamp, utcnow
+from tuneforge.controllers.status import find_condition, parse_timestamp, utcnow
 from tuneforge.controllers.store import open_lines, resolve_file
 from tuneforge.datasets import DatasetError, validate_fine_tune_file
 from tuneforge.storage import StoreError
@@ -38,9 +38,12 @@ def validate(ft: FineTuningJobResource, base: dict | None, *, dependency_grace: 
         if (utcnow() - created).total_seconds() < dependency_grace:
             raise Wait(f"waiting for BaseModel {spec.base_model!r}")
         raise Invalid(ApiError(code="model_not_found", message=f"model {spec.base_model!r} is not in the catalog", param="model"))
-    base_phase = (base.get("status") or {}).get("phase")
+    base_status = base.get("status") or {}
+    base_phase = base_status.get("phase")
     if base_phase == "Failed":
-        raise Invalid(ApiError(code="model_not_available", message=f"model {spec.base_model!r} is not ready: its source is invalid", param="model"))
+        ready = find_condition(base_status.get("conditions"), "Ready") or {}
+        why = ready.get("message") or "its source is invalid"
+        raise Invalid(ApiError(code="model_not_available", message=f"model {spec.base_model!r} is not ready: {why}", param="model"))
     if base_phase != "Ready":
         raise Wait(f"waiting for BaseModel {spec.base_model!r} to be Ready")
     if not base["spec"].get("fineTunable", True):

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.gateway import batches, chat, errors, files, fine_tuning, management, models
 from tuneforge.gateway.auth import KeyResolver
+from tuneforge.gateway.catalog import Catalog
 from tuneforge.gateway.kube import Kube, load_api_client
 from tuneforge.gateway.metrics import RequestMetrics
 from tuneforge.gateway.routing import Router
@@ -84,7 +85,8 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
             app.state.kube = kube
             app.state.store = store or ArtifactStore()
             app.state.keys = KeyResolver(kube)
-            app.state.router = Router(kube, http, config.route_cache_seconds)
+            app.state.catalog = Catalog(kube, config.catalog_cache_seconds)
+            app.state.router = Router(kube, http, config.route_cache_seconds, app.state.catalog)
             sweeper = asyncio.create_task(files.sweep_abandoned_uploads_forever(app.state.store))
             try:
                 yield

@@ -2,8 +2,8 @@
 
 The key arrives as `Authorization: Bearer <key>` (what the openai client sends),
 `Authorization: <key>` (the bare key of the reference documents' curl examples) or
-`X-API-Key: <key>` (the management API's documented header). Its Secret is found by name (derived from the key's hash) in the
-system namespace, with one GET; lookups are cached for a few seconds so the hot chat path
+`X-API-Key: <key>` (the management API's documented header), on every route of both
+APIs. Its Secret is found by name (derived from the key's hash) in the system namespace, with one GET; lookups are cached for a few seconds so the hot chat path
 does not hit the API server per request (a revoked key stops working within twice
 `key_cache_seconds`: see `caching`). Every handler receives a `Principal` and acts inside
 its tenant only.
@@ -59,17 +59,28 @@ class KeyResolver:
         return Principal(tenant=grant.tenant, scopes=grant.scopes, key_name=grant.name)
 
 
-def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+_SEND_IT = "Send it as 'Authorization: Bearer <key>', 'Authorization: <key>' or 'X-API-Key: <key>'."
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str:
     """The key a request carries: X-API-Key, else `Authorization: Bearer <key>` or a bare
-    `Authorization: <key>`. Another scheme (`Basic ...`) carries no key of ours."""
+    `Authorization: <key>`. Anything else is a 401 saying what was wrong: no header, an
+    empty one, `Bearer` without a key, or another scheme (`Basic ...`), whose credentials
+    are never mistaken for a key."""
     if x_api_key and x_api_key.strip():
         return x_api_key.strip()
     parts = (authorization or "").split()
-    if len(parts) == 1:
-        return parts[0]
     if len(parts) == 2 and parts[0].lower() == "bearer":
         return parts[1]
-    return None
+    if len(parts) == 1 and parts[0].lower() != "bearer":
+        return parts[0]
+    if not parts:
+        problem = "You didn't provide an API key."
+    elif parts[0].lower() == "bearer":
+        problem = "The Authorization header names the Bearer scheme but holds no single key."
+    else:
+        problem = f"The Authorization header uses the '{parts[0][:32]}' scheme, which carries no API key."
+    raise OpenAIError(401, f"{problem} {_SEND_IT}", code="missing_api_key")
 
 
 async def authenticate(
@@ -79,11 +90,7 @@ async def authenticate(
 ) -> Principal:
     """`bearer` and `header_key` document the schemes in the OpenAPI description; the key is
     read from the raw headers, which also carry a bare key."""
-    key = presented_key(request.headers.get("authorization"), header_key)
-    if not key:
-        raise OpenAIError(401, "You didn't provide an API key. Use 'Authorization: Bearer <key>', "
-                          "'Authorization: <key>' or 'X-API-Key: <key>'.", code="missing_api_key")
-    principal = await request.app.state.keys.resolve(key)
+    principal = await request.app.state.keys.resolve(presented_key(request.headers.get("authorization"), header_key))
     if principal is None:
         raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
     return principal

@@ -1,27 +1,33 @@
 """/v1/chat/completions: a proxy to the serving Pods of the model's deployment.
 
-The request body is forwarded byte for byte (no re-serialisation), after the few checks
-the engines do not make as OpenAI does (`stop` holds at most 4 sequences); a streamed response
-is relayed chunk by chunk as the upstream produces it. Interactive clients and the batch
+The request body is forwarded byte for byte (no re-serialisation), once its parameters
+passed the checks of `openai_protocol.ChatCompletionRequest`; only a request naming a
+catalog model by its alias (the BaseModel's resource name) is re-encoded, with the model
+id the engine serves in `model` (`with_model`). A streamed response is relayed chunk by
+chunk as the upstream produces it. Interactive clients and the batch
 runner (with its chat-scoped key) take this same path, so both get the same routing and
 adapter loading. Upstream failures come back as OpenAI errors: the upstream's own error
 body when it sent one, 502 when a Pod could not be reached or broke.
 
 The route has no response_model on purpose: the body is the engine's, relayed untouched,
-so the gateway neither parses nor promises its shape.
+so the gateway neither parses nor promises its shape. The request body is documented from
+ChatCompletionRequest but read by hand, so that invalid JSON is its own error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import aiohttp
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request
+from tuneforge.gateway.openai_protocol import ChatCompletionRequest
 from tuneforge.gateway.routing import Pod, Route, Router
 from tuneforge.serving_auth import bearer
 
@@ -30,78 +36,93 @@ router = APIRouter(tags=["chat"])
 _BODY_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["model", "messages"],
-                    "properties": {
-                        "model": {"type": "string", "minLength": 1},
-                        "messages": {"type": "array", "minItems": 1, "items": {"type": "object"}},
-                        "stream": {"type": "boolean"},
-                    },
-                }
-            }
-        },
+        "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
     }
 }
-_PASSTHROUGH_STATUS = (400, 404, 413, 422, 429, 503)
-MAX_STOP_SEQUENCES = 4
-"""OpenAI's limit, checked here because vLLM takes any number."""
 
 
-def _parse(raw: bytes) -> tuple[str, bool]:
-    """The model and the stream flag; a body that is not a chat request is a 400."""
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|\[key\]|[a-z-]+\[.*\])$")
+"""What pydantic adds to an error's location besides field names and keys: the union
+member tried (`str`, `list[str]`) and `[key]` for a bad dict key."""
+
+
+def parse_request(raw: bytes) -> ChatCompletionRequest:
+    """The request, checked; a body that is not a valid chat request is a 400 naming the
+    parameter (OpenAI's `param` is the top-level parameter, whatever nests inside it)."""
     try:
         body = json.loads(raw)
     except ValueError as exc:
         raise bad_request(f"The body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise bad_request("The body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a non-empty string.", param="model",
-                          code="missing_required_parameter")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array.", param="messages", code="invalid_value")
-    stop = body.get("stop")
-    if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
-        raise bad_request(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences, not {len(stop)}.", param="stop",
-                          code="invalid_value")
-    return model, body.get("stream") is True
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = str(first["loc"][0]) if first["loc"] else None
+        where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or not _UNION_BRANCH.match(part))
+        code = "missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+        raise bad_request(f"{where}: {first['msg']}" if where else first["msg"], param=param, code=code) from exc
 
 
-UPSTREAM_CODES = {400: "invalid_request", 404: "model_not_found", 413: "request_too_large",
-                  422: "invalid_request", 429: "rate_limit_exceeded", 503: "engine_overloaded"}
-"""The code of an engine error that carries none of its own: vLLM (and the CPU engine,
-which mirrors it) put the HTTP status in `code` and an exception name (`BadRequestError`)
-in `type`, neither of which an OpenAI client expects."""
+KEPT_STATUS = {400: "invalid_request", 404: "model_not_found", 413: "request_too_large",
+               422: "invalid_request", 429: "rate_limit_exceeded", 503: "engine_overloaded"}
+"""Engine statuses a client gets as they are, each with OpenAI's type for it
+(`errors.OpenAIError`: invalid_request_error, rate_limit_error for 429, server_error for
+503) and the code it gets when the engine gave none of its own: vLLM and the CPU engine,
+which mirrors it, put an exception name (`BadRequestError`) in `type` and the HTTP status
+in `code`, neither of which an OpenAI client expects."""
 
 
-def upstream_error(status: int, content: bytes) -> OpenAIError:
-    """An engine's error response as an OpenAI error: its message and param, OpenAI's type
-    for the status (never the engine's exception name) and a string code, the engine's
-    own when it gave one. Client errors keep their status, server failures become 502."""
+def _engine_param(param: object) -> str | None:
+    """The parameter an engine blamed: vLLM's request validation names it as a location
+    in the body (`body.stop`), OpenAI names the parameter (`stop`)."""
+    if not isinstance(param, str) or param in ("", "body"):
+        return None
+    return param.removeprefix("body.")
+
+
+def _engine_error(content: bytes) -> tuple[str, str | None, str | None]:
+    """(message, param, code) of an engine's error body: OpenAI's shape, vLLM's
+    `{"error": "Unauthorized"}` of its API-key check, FastAPI's `{"detail": ...}`, or text."""
     try:
         body = json.loads(content)
     except ValueError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
-        message = str(error.get("message") or "upstream error")
-        param, code = error.get("param"), error.get("code")
-    else:
-        detail = body.get("detail") if isinstance(body, dict) else None
-        message = str(detail or content[:500].decode(errors="replace") or "upstream error")
-        param = code = None
-    param = param if isinstance(param, str) else None
-    if status in _PASSTHROUGH_STATUS:
-        own = code if isinstance(code, str) and code else UPSTREAM_CODES[status]
-        return OpenAIError(status, message, param=param, code=own, type=None if status < 500 else "server_error")
+        code = error.get("code")
+        return (str(error.get("message") or "upstream error"), _engine_param(error.get("param")),
+                code if isinstance(code, str) and code else None)
+    detail = error or (body.get("detail") if isinstance(body, dict) else None)
+    return str(detail or content[:500].decode(errors="replace") or "upstream error"), None, None
+
+
+def upstream_error(status: int, content: bytes) -> OpenAIError:
+    """An engine's error response as an OpenAI error: its message and param, OpenAI's type
+    for the status (never the engine's exception name) and a string code, the engine's own
+    when it gave one. Client errors keep their status (others become 400: a permanent error
+    must not look retryable); server failures become 502.
+
+    An engine's 401 or 403 refuses the gateway's serving token, not the caller's key (which
+    the gateway accepted), so it is a 502 of the platform's rather than a reason for the
+    caller to doubt its key. vLLM's 501 (a feature it lacks) is permanent: a 400."""
+    message, param, code = _engine_error(content)
+    if status in KEPT_STATUS:
+        return OpenAIError(status, message, param=param, code=code or KEPT_STATUS[status])
+    if status in (401, 403):
+        return OpenAIError(502, f"The model server refused the gateway's serving token: {message}",
+                           code="upstream_unauthorized", type="server_error")
+    if status == 501:
+        return OpenAIError(400, message, param=param, code=code or "unsupported_by_engine")
     if 400 <= status < 500:
-        return OpenAIError(400, message, param=param, code=code if isinstance(code, str) and code else "upstream_rejected")
+        return OpenAIError(400, message, param=param, code=code or "upstream_rejected")
     return OpenAIError(502, f"The model server failed: {message}", code="upstream_error", type="server_error")
+
+
+def with_model(raw: bytes, model: str) -> bytes:
+    """The request body (valid JSON, checked by `parse_request`) naming `model` instead."""
+    return json.dumps({**json.loads(raw), "model": model}, ensure_ascii=False).encode()
 
 
 async def _send(router_: Router, pod: Pod, route: Route, raw: bytes, request_id: str) -> aiohttp.ClientResponse:
@@ -123,10 +144,13 @@ async def _release(upstream: aiohttp.ClientResponse) -> None:
 @router.post("/chat/completions", openapi_extra=_BODY_SCHEMA, summary="Create a chat completion")
 async def chat_completions(request: Request, principal: Principal = Depends(require("chat"))) -> Response:
     raw = await request.body()
-    model, stream = _parse(raw)
+    chat = parse_request(raw)
+    model, stream = chat.model, chat.stream is True
     router_: Router = request.app.state.router
     request_id = request.state.request_id
     route = await router_.route(principal.tenant, model)
+    if route.model != model:
+        raw = with_model(raw, route.model)
     tried: set[str] = set()
     while (pod := router_.choose(route, tried)) is not None:
         tried.add(pod.uid)

@@ -11,9 +11,14 @@ in that directory and starts by emptying it; a directory nobody retries is delet
 far longer than copying and validating even the largest upload takes.
 
 The multipart body is parsed by Starlette, which spools file parts to a temporary file
-beyond 1 MB, so memory stays flat whatever the upload size; the Content-Length is checked
-against the limit before a byte is read, and the copy into the store enforces it again for
-uploads without one.
+beyond 1 MB, so memory stays flat whatever the upload size. The limit depends on the
+purpose (`GatewaySettings.upload_limit`: batch input files may be larger than training
+files), which the form names only once it is parsed: the Content-Length is checked against
+the largest limit before a byte is read, the spooled size against the purpose's before
+anything is copied, and the copy into the store enforces it again.
+
+Besides uploads, the files API serves each fine-tuning job's results.csv in place, as a
+File of purpose `fine-tune-results` (`result_files`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from tuneforge import datasets
+from tuneforge.gateway import result_files
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import OpenAIError, bad_request, not_found
 from tuneforge.gateway.ids import derived_id, new_id
@@ -80,11 +86,20 @@ def validation_error(store: ArtifactStore, namespace: str, file_id: str) -> dict
     return store.read_json(store.path(namespace, "files", file_id, "validation.json"))
 
 
-async def _existing(store: ArtifactStore, principal: Principal, file_id: str) -> FileObject:
+async def _existing(request: Request, principal: Principal, file_id: str) -> FileObject:
+    """The caller's upload `file_id`, or the results File of one of its jobs (result_files)."""
+    store: ArtifactStore = request.app.state.store
     meta = await run_in_threadpool(file_meta, store, principal.tenant, file_id)
+    if meta is None:
+        meta = await result_files.find(request.app.state.kube, store, principal.tenant, file_id)
     if meta is None:
         raise not_found("file", file_id, param="file_id")
     return meta
+
+
+def _too_large(purpose: str | None, limit: int) -> OpenAIError:
+    what = f"Files with purpose '{purpose}'" if purpose else "Uploads"
+    return OpenAIError(413, f"{what} may be at most {limit} bytes.", param="file", code="file_too_large")
 
 
 def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: UploadFile,
@@ -92,11 +107,14 @@ def _store_upload(store: ArtifactStore, namespace: str, file_id: str, upload: Up
     """Copies, validates and registers one upload (blocking; runs in the threadpool)."""
     directory = store.file_dir(namespace, file_id)
     content = f"{directory}/content"
+    limit = gateway_settings().upload_limit(purpose)
+    if upload.size is not None and upload.size > limit:
+        raise _too_large(purpose, limit)
     store.delete(directory)  # empties what an earlier attempt under the same Idempotency-Key left
     try:
-        size = store.copy_stream(upload.file, content, limit=gateway_settings().max_upload_bytes)
+        size = store.copy_stream(upload.file, content, limit=limit)
     except StoreError as exc:
-        raise OpenAIError(413, f"The file exceeds the upload limit: {exc}", param="file", code="file_too_large") from exc
+        raise _too_large(purpose, limit) from exc
     status, details = "processed", None
     try:
         summary = datasets.validate_file(purpose, store.iter_lines(content))
@@ -121,8 +139,7 @@ async def upload_file(
     limit = gateway_settings().max_upload_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + _MULTIPART_OVERHEAD:
-        raise OpenAIError(413, f"The file exceeds the upload limit of {limit} bytes.", param="file",
-                          code="file_too_large")
+        raise _too_large(None, limit)
     try:
         form = await request.form(max_files=1, max_fields=8)
     except Exception as exc:  # Starlette raises several types for malformed multipart bodies.
@@ -214,7 +231,10 @@ async def list_files(
     order: str = Query(default="desc", pattern="^(asc|desc)$"),
     after: str | None = None,
 ) -> CursorPage:
-    files = await run_in_threadpool(_all_files, request.app.state.store, principal.tenant)
+    store: ArtifactStore = request.app.state.store
+    files = await run_in_threadpool(_all_files, store, principal.tenant)
+    if purpose in (None, "", result_files.PURPOSE):
+        files += await result_files.list_all(request.app.state.kube, store, principal.tenant)
     if purpose:
         files = [meta for meta in files if meta.purpose == purpose]
     files.sort(key=lambda meta: (meta.created_at, meta.id), reverse=order == "desc")
@@ -224,14 +244,17 @@ async def list_files(
 @router.get("/files/{file_id}", response_model=FileObject, summary="Retrieve a file")
 async def retrieve_file(file_id: str, request: Request,
                         principal: Principal = Depends(require("files:read"))) -> FileObject:
-    return await _existing(request.app.state.store, principal, file_id)
+    return await _existing(request, principal, file_id)
 
 
 @router.delete("/files/{file_id}", response_model=DeletedFile, summary="Delete a file")
 async def delete_file(file_id: str, request: Request,
                       principal: Principal = Depends(require("files:write"))) -> DeletedFile:
     store: ArtifactStore = request.app.state.store
-    await _existing(store, principal, file_id)
+    meta = await _existing(request, principal, file_id)
+    if meta.purpose == result_files.PURPOSE:
+        await run_in_threadpool(result_files.delete, store, principal.tenant, file_id)
+        return DeletedFile(id=file_id)
     # meta.json goes first: from then on the file is gone for every reader.
     await run_in_threadpool(store.delete, store.path(principal.tenant, "files", file_id, "meta.json"))
     await run_in_threadpool(store.delete, store.file_dir(principal.tenant, file_id))
@@ -241,10 +264,13 @@ async def delete_file(file_id: str, request: Request,
 @router.get("/files/{file_id}/content", summary="Download a file's content",
             response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}})
 async def file_content(file_id: str, request: Request, principal: Principal = Depends(require("files:read"))):
-    """The upload's bytes as stored, streamed: not JSON, so there is no response model."""
+    """The file's bytes as stored, streamed: not JSON, so there is no response model."""
     store: ArtifactStore = request.app.state.store
-    meta = await _existing(store, principal, file_id)
-    path = store.path(principal.tenant, "files", file_id, "content")
+    meta = await _existing(request, principal, file_id)
+    if meta.purpose == result_files.PURPOSE:
+        path = result_files.content_path(store, principal.tenant, file_id)
+    else:
+        path = store.path(principal.tenant, "files", file_id, "content")
 
     def chunks() -> Iterator[bytes]:
         with store.open_read(path) as handle:

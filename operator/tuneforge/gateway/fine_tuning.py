@@ -2,7 +2,8 @@
 
 The resource name is the job id. The routes turn OpenAI requests into `JobDraft`s and
 state changes, call `fine_tuning_service` with the client and store the app holds, and
-render what comes back as OpenAI objects.
+render what comes back as OpenAI objects. A succeeded job's adapter and merged model
+download as tar archives (`exports`), which the OpenAI API has no object for.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from tuneforge.gateway import exports
 from tuneforge.gateway import fine_tuning_service as service
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.errors import bad_request
@@ -73,9 +76,16 @@ async def create_job(
     state = request.app.state
     draft = _draft(body)
     key = await service.signing_key(state.kube, draft)
-    created = await service.create_job_once(state.kube, state.store, principal, draft,
+    created = await service.create_job_once(state.kube, state.store, principal, draft, catalog=state.catalog,
                                             idempotency_key=idempotency_key, request_body=body.model_dump())
-    return CreatedFineTuningJob(**job_object(created).model_dump(), webhook_secret=service.webhook_secret(key, created))
+    [shown] = await _job_objects(request, [created])
+    return CreatedFineTuningJob(**shown.model_dump(), webhook_secret=service.webhook_secret(key, created))
+
+
+async def _job_objects(request: Request, resources: list[dict]) -> list[FineTuningJob]:
+    """The jobs as OpenAI objects, each naming its base model by model id."""
+    catalog = await request.app.state.catalog.current(r["spec"]["baseModel"] for r in resources)
+    return [job_object(r, base_model_id=catalog.model_id(r["spec"]["baseModel"])) for r in resources]
 
 
 def _metadata_filter(request: Request) -> dict[str, str]:
@@ -102,15 +112,16 @@ async def list_jobs(
     jobs = _newest_first(await service.list_jobs(request.app.state.kube, principal.tenant))
     if filters:
         jobs = [job for job in jobs if all((job["spec"].get("metadata") or {}).get(k) == v for k, v in filters.items())]
-    return page([job_object(job) for job in jobs], after=after, limit=limit)
+    return page(await _job_objects(request, jobs), after=after, limit=limit)
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}", response_model=FineTuningJob,
             summary="Retrieve a fine-tuning job")
 async def retrieve_job(fine_tuning_job_id: str, request: Request,
                        principal: Principal = Depends(require("fine-tuning:read"))) -> FineTuningJob:
-    return job_object(await service.find_job(request.app.state.kube, principal.tenant, fine_tuning_job_id,
-                                             param=JOB_ID))
+    resource = await service.find_job(request.app.state.kube, principal.tenant, fine_tuning_job_id, param=JOB_ID)
+    [shown] = await _job_objects(request, [resource])
+    return shown
 
 
 async def _set(request: Request, principal: Principal, job_id: str, field: str, value: bool,
@@ -121,7 +132,8 @@ async def _set(request: Request, principal: Principal, job_id: str, field: str, 
     reason = refusal(resource)
     if reason:
         raise bad_request(reason, param=JOB_ID, code="invalid_job_state")
-    return job_object(await service.set_spec(kube, principal.tenant, job_id, {field: value}))
+    [shown] = await _job_objects(request, [await service.set_spec(kube, principal.tenant, job_id, {field: value})])
+    return shown
 
 
 def _finished(resource: dict) -> str | None:
@@ -174,5 +186,34 @@ async def list_checkpoints(fine_tuning_job_id: str, request: Request,
                            after: str | None = None, limit: Limit = 10) -> CursorPage:
     state = request.app.state
     resource = await service.find_job(state.kube, principal.tenant, fine_tuning_job_id, param=JOB_ID)
-    checkpoints = await run_in_threadpool(service.read_checkpoints, state.store, resource)
+    base = resource["spec"]["baseModel"]
+    base_model_id = (await state.catalog.current([base])).model_id(base)
+    checkpoints = await run_in_threadpool(service.read_checkpoints, state.store, resource, base_model_id)
     return page(checkpoints, after=after, limit=limit)
+
+
+async def _export(request: Request, principal: Principal, job_id: str, export: exports.Export) -> StreamingResponse:
+    """`export` of a succeeded job as a tar stream; any other state is invalid_job_state,
+    like cancelling a finished job."""
+    state = request.app.state
+    resource = await service.find_job(state.kube, principal.tenant, job_id, param=JOB_ID)
+    status = openai_status(resource)
+    if status != "succeeded":
+        raise bad_request(f"Job '{job_id}' is {status}; its {export.title} can be downloaded once it has succeeded.",
+                          param=JOB_ID, code="invalid_job_state")
+    return await exports.archive_response(state.store, resource, export, param=JOB_ID)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/adapter", response_class=StreamingResponse,
+            responses=exports.TAR_RESPONSES, summary="Download a succeeded job's LoRA adapter as a tar archive")
+async def download_adapter(fine_tuning_job_id: str, request: Request,
+                           principal: Principal = Depends(require("fine-tuning:read"))) -> StreamingResponse:
+    return await _export(request, principal, fine_tuning_job_id, exports.ADAPTER)
+
+
+@router.get("/fine_tuning/jobs/{fine_tuning_job_id}/merged_model", response_class=StreamingResponse,
+            responses=exports.TAR_RESPONSES,
+            summary="Download a succeeded job's merged model (spec.mergeAdapter) as a tar archive")
+async def download_merged_model(fine_tuning_job_id: str, request: Request,
+                                principal: Principal = Depends(require("fine-tuning:read"))) -> StreamingResponse:
+    return await _export(request, principal, fine_tuning_job_id, exports.MERGED)

@@ -16,6 +16,7 @@ from tuneforge.gateway.openai_protocol import (
     FineTuningJobMethod,
     SupervisedMethod,
 )
+from tuneforge.gateway.result_files import result_file_ids
 from tuneforge.gateway.times import unix
 
 CHECKPOINT_METRICS = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
@@ -38,7 +39,9 @@ def openai_status(resource: Mapping[str, Any]) -> str:
     return finetuningjob.OPENAI_STATUS.get(phase, "validating_files")
 
 
-def job_object(resource: Mapping[str, Any]) -> FineTuningJob:
+def job_object(resource: Mapping[str, Any], *, base_model_id: str | None = None) -> FineTuningJob:
+    """The job as OpenAI shows it; `model` is the base's model id (`ModelCatalog.model_id`
+    of spec.baseModel, the resource name), which the routes look up in the catalog."""
     meta, spec, status = resource["metadata"], resource["spec"], resource.get("status") or {}
     wanted = spec.get("hyperparameters") or {}
     resolved = status.get("hyperparameters") or {}
@@ -52,7 +55,7 @@ def job_object(resource: Mapping[str, Any]) -> FineTuningJob:
     return FineTuningJob(
         id=meta["name"],
         created_at=unix(meta["creationTimestamp"]),
-        model=spec["baseModel"],
+        model=base_model_id or spec["baseModel"],
         organization_id=meta["namespace"],
         status=openai_status(resource),
         fine_tuned_model=status.get("fineTunedModel"),
@@ -60,7 +63,7 @@ def job_object(resource: Mapping[str, Any]) -> FineTuningJob:
         error=FineTuningJobError.model_validate(error) if error else None,
         hyperparameters=hyperparameters,
         method=FineTuningJobMethod(supervised=SupervisedMethod(hyperparameters=hyperparameters)),
-        result_files=status.get("resultFiles") or [],
+        result_files=result_file_ids(resource),
         seed=wanted.get("seed", 42),
         trained_tokens=status.get("trainedTokens"),
         training_file=spec["trainingFile"],
@@ -93,11 +96,12 @@ def event_objects(job: str, records: Sequence[Mapping[str, Any]]) -> list[FineTu
     return events
 
 
-def checkpoint_model(resource: Mapping[str, Any]) -> str:
-    """The fine-tuned model id the checkpoints are named after, known before the job succeeds."""
+def checkpoint_model(resource: Mapping[str, Any], base_model_id: str) -> str:
+    """The fine-tuned model id the checkpoints are named after, known before the job
+    succeeds: the one the controller will record, from the base's model id."""
     meta, spec = resource["metadata"], resource["spec"]
     return (resource.get("status") or {}).get("fineTunedModel") or finetuningjob.fine_tuned_model_id(
-        spec["baseModel"], meta["namespace"], spec.get("suffix"), meta["name"])
+        base_model_id, meta["namespace"], spec.get("suffix"), meta["name"])
 
 
 def checkpoint_object(job: str, model: str, step: int, created_at: int,

@@ -1,7 +1,7 @@
 """FineTuningJobs as both APIs create and read them. The OpenAI routes and the management
-API call these functions with the Kubernetes client, the store and the caller's principal
-they hold, so the two APIs create the very same resource and read the same reports; the
-functions know nothing of HTTP requests.
+API call these functions with the Kubernetes client, the catalog, the store and the
+caller's principal they hold, so the two APIs create the very same resource and read the
+same reports; the functions know nothing of HTTP requests.
 
 The gateway writes only spec (desired state: cancel and suspend included) and reads status
 written by the controller, plus the trainer's reports (events, metrics, complete
@@ -23,8 +23,8 @@ from tuneforge.api.v1alpha1 import BaseModelSpec, FineTuningJobResource, FineTun
 from tuneforge.api.v1alpha1.finetuningjob import JOB_NAME_PREFIX
 from tuneforge.api.v1alpha1.labels import Annotation
 from tuneforge.config import settings
-from tuneforge.gateway import catalog
 from tuneforge.gateway.auth import Principal
+from tuneforge.gateway.catalog import Catalog
 from tuneforge.gateway.errors import bad_request, not_found
 from tuneforge.gateway.files import FILE_ID, file_meta, files_named, validation_error
 from tuneforge.gateway.fine_tuning_objects import checkpoint_model, checkpoint_object, event_objects
@@ -74,11 +74,11 @@ class JobDraft:
 
 
 async def create_job_once(kube: Kube, store: ArtifactStore, principal: Principal, draft: JobDraft, *,
-                          idempotency_key: str | None, request_body: dict) -> dict:
+                          catalog: Catalog, idempotency_key: str | None, request_body: dict) -> dict:
     """Creates the FineTuningJob for `draft` once per idempotency key (both APIs' create)."""
 
     async def build(name: str) -> dict:
-        return await _build_job(kube, store, principal, draft, name)
+        return await _build_job(catalog, store, principal, draft, name)
 
     return await create_once(kube, PLURAL, principal.tenant, prefix="ftjob", idempotency_key=idempotency_key,
                              request_body=request_body, build=build)
@@ -106,12 +106,14 @@ def webhook_secret(key: str | None, resource: Mapping) -> str | None:
     return job_signing_secret(key, meta["namespace"], meta["name"])
 
 
-async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, draft: JobDraft, name: str) -> dict:
+async def _build_job(catalog: Catalog, store: ArtifactStore, principal: Principal, draft: JobDraft,
+                     name: str) -> dict:
     """The FineTuningJob resource for `draft`, after the checks the API server cannot do:
-    the model is a fine-tunable catalog entry and the files are this tenant's valid
-    fine-tuning uploads."""
+    the model is a fine-tunable catalog entry (named by model id or resource name; the job
+    references its resource name) and the files are this tenant's valid fine-tuning
+    uploads."""
     params = draft.params
-    base = await catalog.catalog_model(kube, draft.model)
+    base = await catalog.resolve(draft.model, fresh=True)
     if base is None:
         raise bad_request(f"Model '{draft.model}' is not in the catalog.", param=params["model"],
                           code="model_not_available")
@@ -131,7 +133,7 @@ async def _build_job(kube: Kube, store: ArtifactStore, principal: Principal, dra
                                 params["validation_file"])
     try:
         spec = FineTuningJobSpec(
-            base_model=draft.model,
+            base_model=base["metadata"]["name"],
             training_file=draft.training_file,
             validation_file=draft.validation_file,
             suffix=draft.suffix,
@@ -247,14 +249,15 @@ def read_events(store: ArtifactStore, namespace: str, job: str) -> list[FineTuni
     return sorted(events, key=lambda event: event.created_at, reverse=True)
 
 
-def read_checkpoints(store: ArtifactStore, resource: Mapping) -> list[FineTuningJobCheckpoint]:
-    """The complete checkpoints, newest first, with the metrics of their steps."""
+def read_checkpoints(store: ArtifactStore, resource: Mapping, base_model_id: str) -> list[FineTuningJobCheckpoint]:
+    """The complete checkpoints, newest first, with the metrics of their steps; named after
+    the fine-tuned id, which names the base by `base_model_id` until the job has its own."""
     namespace, job = resource["metadata"]["namespace"], resource["metadata"]["name"]
     files = JobFiles.of(store, namespace, job)
     steps = files.complete_checkpoints()
     if not steps:
         return []
     metrics = files.metrics_by_step()
-    model = checkpoint_model(resource)
+    model = checkpoint_model(resource, base_model_id)
     return [checkpoint_object(job, model, step, files.checkpoint_created_at(step), metrics.get(step, {}))
             for step in reversed(steps)]

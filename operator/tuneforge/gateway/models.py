@@ -1,4 +1,7 @@
-"""/v1/models: the catalog, the caller's fine-tuned models, and what the caller has deployed."""
+"""/v1/models: the catalog, the caller's fine-tuned models, and what the caller has deployed.
+
+Catalog models are listed by model id; retrieving one by its alias (the BaseModel's
+resource name) answers with the same object, id and all."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.gateway.auth import Principal, require
-from tuneforge.gateway.catalog import catalog_model, fine_tuned_job, is_live_model
+from tuneforge.gateway.catalog import fine_tuned_job, is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.model_objects import base_model_object, deployed_model_object, fine_tuned_model_object
 from tuneforge.gateway.openai_protocol import DeletedModel, ModelList, ModelObject
@@ -20,13 +23,16 @@ async def _all(request: Request, principal: Principal) -> list[ModelObject]:
     """Every model the caller can name, by id; a name that is both (a deployment serving a
     catalog model) is listed once, as the first kind."""
     kube = request.app.state.kube
-    models: dict[str, ModelObject] = {m.id: m for m in map(base_model_object, await kube.list_cluster("basemodels"))}
+    catalog = await request.app.state.catalog.fresh()
+    models: dict[str, ModelObject] = {m.id: m for m in map(base_model_object, catalog.accepted())}
     for job in await kube.list("finetuningjobs", principal.tenant):
         if is_live_model(job):
-            models.setdefault(job["status"]["fineTunedModel"], fine_tuned_model_object(job))
+            parent = catalog.model_id(job["spec"]["baseModel"])
+            models.setdefault(job["status"]["fineTunedModel"], fine_tuned_model_object(job, parent))
     for deployment in await kube.list("modeldeployments", principal.tenant):
+        parent = catalog.model_id(deployment["spec"]["baseModel"])
         for name in (deployment.get("status") or {}).get("servedModels") or []:
-            models.setdefault(name, deployed_model_object(deployment, name))
+            models.setdefault(name, deployed_model_object(deployment, name, parent))
     return sorted(models.values(), key=lambda m: m.id)
 
 
@@ -39,9 +45,12 @@ async def list_models(request: Request, principal: Principal = Depends(require("
             summary="Retrieve a model (ids may contain ':' and '/')")
 async def retrieve_model(model_id: str, request: Request,
                          principal: Principal = Depends(require("models:read"))) -> ModelObject:
-    kube = request.app.state.kube
+    kube, catalog = request.app.state.kube, request.app.state.catalog
     if job := await fine_tuned_job(kube, principal.tenant, model_id):
-        return fine_tuned_model_object(job)
+        base = job["spec"]["baseModel"]
+        return fine_tuned_model_object(job, (await catalog.current([base])).model_id(base))
+    if entry := await catalog.resolve(model_id):
+        return base_model_object(entry)
     for model in await _all(request, principal):
         if model.id == model_id:
             return model
@@ -54,7 +63,7 @@ async def delete_model(model_id: str, request: Request,
     kube = request.app.state.kube
     job = await fine_tuned_job(kube, principal.tenant, model_id)
     if job is None:
-        if await catalog_model(kube, model_id):
+        if await request.app.state.catalog.resolve(model_id):
             raise OpenAIError(403, "Catalog models cannot be deleted through the API.", param="model",
                               code="model_not_deletable")
         raise not_found("model", model_id, param="model")

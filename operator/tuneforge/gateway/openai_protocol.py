@@ -4,14 +4,16 @@ precise about both.
 
 Response fields keep the types of the values the resources hold: a number that may come
 back from the API server as an integer is `int | float`, so 2 is not re-encoded as 2.0.
-Chat completions are not here: their bodies go to and come from the engine untouched.
+A chat completion request is checked here (`ChatCompletionRequest`) but goes to the engine
+untouched, and its response comes back untouched.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from tuneforge.api.v1alpha1.common import MAX_NODES
 
@@ -101,6 +103,64 @@ class BatchCreate(RequestBody):
     endpoint: str
     completion_window: str
     metadata: Metadata | None = None
+
+
+# The gateway checks a chat request against this model and then forwards the body byte for
+# byte, so vLLM and the CPU engine answer a bad parameter alike, and what vLLM would let
+# through (a logit_bias beyond +-100, which it clamps) is refused as OpenAI refuses it.
+# Nulls are forwarded as sent: vLLM 0.33 reads every one of them as its default
+# (tests/unit/inference/test_vllm_contract.py), and so does the CPU engine.
+MAX_STOP_SEQUENCES = 4
+TokenId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+
+
+class ChatCompletionRequest(BaseModel):
+    """A chat completion request: the parameters of the reference API (and OpenAI's `n`,
+    `max_tokens` and `stream_options`) with their documented types and ranges, strictly
+    typed as OpenAI's are (`"0.7"` is not a number); `null` means a parameter's default.
+    Other fields (`tools`, `response_format`, the engine's own sampling parameters) go to
+    the engine, which judges them."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[TokenId, Bias] | None = None
+    """Token id -> bias from -100 to 100."""
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    """Only with `logprobs: true`."""
+    max_completion_tokens: int | None = None
+    max_tokens: int | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    """Up to 4 sequences."""
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    """Above 0 (both engines refuse 0), up to 1."""
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _at_most_four_stops(cls, value: Any) -> Any:
+        """Counted before the union is tried, so the error says what is wrong rather than
+        that a list is not a string."""
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise PydanticCustomError("too_many_stop_sequences", "at most {most} sequences, not {count}",
+                                      {"most": MAX_STOP_SEQUENCES, "count": len(value)})
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _logprobs_on(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
+            raise PydanticCustomError("logprobs_required", "requires logprobs to be true")
+        return value
 
 
 # -- lists ---------------------------------------------------------------------------------

@@ -5,8 +5,12 @@ does), not through a Service: that needs no kube-proxy, works on the local platf
 pod IPs are loopback addresses, and lets the gateway pick the replica that already holds
 the requested LoRA adapter.
 
-A fine-tuned model (`ft:...`) is served by a ModelDeployment of the tenant that lists it,
-or else by its base model's shared multi-LoRA deployment in the system namespace. Either
+A catalog model is named by its model id or, as an alias, by its BaseModel resource name
+(`catalog.Catalog`); the engines serve it under its model id only, so a request naming the
+alias is sent on with the model id in its body (`Route.model`), and every response shows
+the model id. A fine-tuned model (`ft:...`) is served by a ModelDeployment of the tenant
+that lists it, or else by its base model's shared multi-LoRA deployment in the system
+namespace. Either
 way adapters are loaded at run time, on first use, through vLLM's `/v1/load_lora_adapter`
 (the CPU engine speaks the same endpoint): a deployment's Pods load the adapters its spec
 listed when they started, and one added later is loaded when first asked for, so editing
@@ -31,11 +35,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tuneforge.api.v1alpha1.basemodel import model_id_of
 from tuneforge.api.v1alpha1.finetuningjob import job_of_fine_tuned_model
 from tuneforge.api.v1alpha1.labels import Label, PortName
 from tuneforge.config import settings
 from tuneforge.gateway.caching import RefreshingCache
-from tuneforge.gateway.catalog import catalog_model, fine_tuned_job
+from tuneforge.gateway.catalog import Catalog, fine_tuned_job
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.kube import Kube
 from tuneforge.gateway.platform_key import platform_key
@@ -69,6 +74,9 @@ class Route:
     the adapter to make sure of."""
 
     deployment: str
+    model: str
+    """The name the engine serves the requested model under; a request naming it otherwise
+    (a catalog model's alias) is sent with this name instead."""
     pods: list[Pod]
     adapter: Adapter | None
     max_adapters: int
@@ -120,9 +128,11 @@ class Router:
     """Resolves models to routes (cached briefly, see `caching`) and tracks adapters
     loaded per Pod."""
 
-    def __init__(self, kube: Kube, http: aiohttp.ClientSession, cache_seconds: float) -> None:
+    def __init__(self, kube: Kube, http: aiohttp.ClientSession, cache_seconds: float,
+                 catalog: Catalog | None = None) -> None:
         self.kube = kube
         self.http = http
+        self.catalog = catalog if catalog is not None else Catalog(kube, cache_seconds)
         self._routes: RefreshingCache[tuple[str, str], Route] = RefreshingCache(cache_seconds)
         self._loaded: dict[str, OrderedDict[str, None]] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -137,27 +147,45 @@ class Router:
         self._routes.forget((tenant, model))
 
     async def _resolve(self, tenant: str, model: str) -> Route:
+        """A fine-tuned id goes to its job's base; any other name is looked for among what
+        the tenant's deployments serve (under the model id first, for a catalog model) and
+        then in the catalog, whose shared deployment serves it under its model id."""
         adapter = None
-        base = model
+        base: str | None = None
+        served = model
         if job_of_fine_tuned_model(model) is not None:
             job = await fine_tuned_job(self.kube, tenant, model)
             if job is None:
                 raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
             base = job["spec"]["baseModel"]
             adapter = Adapter(name=model, path=adapter_path(job["status"].get("adapterUri") or ""))
+        elif (entry := await self.catalog.resolve(model)) is not None:
+            base, served = entry["metadata"]["name"], model_id_of(entry)
         for deployment in await self.kube.list("modeldeployments", tenant):
-            if model in ((deployment.get("status") or {}).get("servedModels") or []):
-                return await self._route_for(deployment, _listed_adapter(deployment, model))
+            listed = (deployment.get("status") or {}).get("servedModels") or []
+            for name in dict.fromkeys((served, model)):
+                if name in listed:
+                    return await self._route_for(deployment, _listed_adapter(deployment, name), name)
+        if base is None:
+            raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
         shared = await self.kube.list("modeldeployments", settings().system_namespace,
                                       label_selector=f"{Label.BASE_MODEL}={base},{Label.SHARED}=true")
         if not shared:
-            if adapter is None and await catalog_model(self.kube, base) is None:
-                raise OpenAIError(404, f"The model '{model}' does not exist.", param="model", code="model_not_found")
-            raise OpenAIError(503, f"No deployment serves '{base}' yet.", param="model", code="model_not_ready",
+            if adapter is None and await self._catalog_moved(model, base):
+                return await self._resolve(tenant, model)
+            raise OpenAIError(503, f"No deployment serves '{served}' yet.", param="model", code="model_not_ready",
                               type="server_error")
-        return await self._route_for(shared[0], adapter)
+        return await self._route_for(shared[0], adapter, served)
 
-    async def _route_for(self, deployment: dict, adapter: Adapter | None) -> Route:
+    async def _catalog_moved(self, model: str, base: str) -> bool:
+        """Whether the catalog as it is now has `model` name another entry than `base`, or
+        none: the cached catalog named an entry since deleted or replaced under the same id.
+        Asked only before answering that nothing serves a catalog model, so the hot path
+        keeps the cache."""
+        current = (await self.catalog.fresh()).resolve(model)
+        return current is None or current["metadata"]["name"] != base
+
+    async def _route_for(self, deployment: dict, adapter: Adapter | None, model: str) -> Route:
         meta, spec = deployment["metadata"], deployment["spec"]
         name = (deployment.get("status") or {}).get("deployment") or meta["name"]
         apps = await self.kube.get_deployment(meta["namespace"], name)
@@ -170,7 +198,7 @@ class Router:
             raise OpenAIError(503, f"The deployment '{meta['name']}' has no ready replicas.", param="model",
                               code="model_not_ready", type="server_error")
         token = deployment_token(await platform_key(self.kube), meta["namespace"], meta["name"], meta["uid"])
-        return Route(deployment=meta["name"], pods=pods, adapter=adapter,
+        return Route(deployment=meta["name"], model=model, pods=pods, adapter=adapter,
                      max_adapters=spec.get("maxAdapters") or DEFAULT_MAX_ADAPTERS, token=token)
 
     # -- pod choice and adapters -------------------------------------------------------

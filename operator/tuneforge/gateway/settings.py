@@ -15,20 +15,36 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEFORGE_GATEWAY_", extra="ignore")
 
     max_upload_bytes: int = Field(default=6 * 1024**3, ge=1)
-    """Largest file accepted by POST /v1/files; larger uploads get 413. 6 GiB, the batch
-    input size the reference API allows: uploads stream to the store with flat memory, so
-    this bounds store use and upload time, not memory."""
+    """Largest file accepted by POST /v1/files, the limit of batch input files; larger
+    uploads get 413. 6 GiB, the batch input size the reference API allows: uploads stream
+    to the store with flat memory, and the batch runner streams its input, so this bounds
+    store use and upload time, not memory."""
+    max_fine_tune_upload_bytes: int = Field(default=512 * 1024**2, ge=1)
+    """Largest training or validation file (purpose `fine-tune`), when below
+    `max_upload_bytes`. The trainer holds a whole training set tokenized in memory in
+    every process (about twice the file's size at 8 bytes a token), so this keeps a
+    training Pod's memory bounded; 512 MiB is also OpenAI's limit per file."""
     key_cache_seconds: float = Field(default=5.0, ge=0)
     """How long a key lookup is used as is; for as long again it is used while being
     reloaded, so a revoked key stops working within twice this time."""
     route_cache_seconds: float = Field(default=2.0, ge=0)
     """How long the ready Pods of a deployment are used as is for routing chat requests
     (and for as long again while being reloaded)."""
+    catalog_cache_seconds: float = Field(default=5.0, ge=0)
+    """How long the model catalog (the BaseModels) is used as is to resolve and show model
+    ids (and for as long again while being reloaded); an id it lacks is looked up afresh,
+    so a new entry is usable at once and a deleted one goes within twice this time."""
     upstream_timeout_seconds: float = Field(default=600.0, gt=0)
     """Read timeout towards the serving Pods (long generations)."""
     port: int = Field(default=8000, ge=1, le=65535)
     metrics_port: int = Field(default=9091, ge=0, le=65535)
     """Port of the Prometheus /metrics endpoint; 0 disables it."""
+
+    def upload_limit(self, purpose: str) -> int:
+        """The largest upload accepted for `purpose` (`fine-tune` or `batch`)."""
+        if purpose == "fine-tune":
+            return min(self.max_fine_tune_upload_bytes, self.max_upload_bytes)
+        return self.max_upload_bytes
 
 
 @lru_cache(maxsize=1)

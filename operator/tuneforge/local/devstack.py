@@ -41,7 +41,12 @@ from tuneforge.weights import SMOLLM2_GGUF_URI, build_tiny_model, parameter_coun
 log = logging.getLogger("tuneforge.local.dev")
 
 SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY = "tiny-smollm2"
+TINY_ID = "tuneforge/tiny-smollm2"
+"""The catalog's resource names (what manifests reference and `models` selects) and the model
+ids the APIs call them by; the tiny model is tuneforge's own, SmolLM2's shape at random
+weights."""
 DEV_TENANT = "dev"
 LOCAL_CPU_PROFILE = "local-cpu"
 LOCAL_HARDWARE_PROFILES = [{
@@ -72,9 +77,11 @@ class DevStackError(RuntimeError):
     """A component did not come up; the message says which and where its log is."""
 
 
-def base_model(name: str, uri: str, display_name: str, description: str, parameters: int | None) -> dict:
+def base_model(name: str, model_id: str, uri: str, display_name: str, description: str,
+               parameters: int | None) -> dict:
     """A catalog entry served by a shared multi-LoRA CPU deployment."""
     spec: dict[str, Any] = {
+        "modelId": model_id,
         "source": {"uri": uri},
         "displayName": display_name,
         "description": description,
@@ -97,11 +104,11 @@ def catalog(settings: Settings, models: tuple[str, ...]) -> list[dict]:
     """The BaseModels of the dev catalog; the tiny model is built (once) on the way."""
     entries = []
     if SMOLLM2 in models:
-        entries.append(base_model(SMOLLM2, SMOLLM2_GGUF_URI, "SmolLM2 135M Instruct",
+        entries.append(base_model(SMOLLM2, SMOLLM2_ID, SMOLLM2_GGUF_URI, "SmolLM2 135M Instruct",
                                   "A small instruction-tuned model; fine-tunes on a laptop CPU.", 134515008))
     if TINY in models:
         directory = build_tiny_model(tiny_model_dir(settings))
-        entries.append(base_model(TINY, f"file://{directory}", "Tiny SmolLM2 (random weights)",
+        entries.append(base_model(TINY, TINY_ID, f"file://{directory}", "Tiny SmolLM2 (random weights)",
                                   "SmolLM2's tokenizer and architecture at a few MB: for tests and demos "
                                   "of the plumbing, not for answers.", parameter_count(directory)))
     return entries

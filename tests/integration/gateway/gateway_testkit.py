@@ -120,6 +120,9 @@ def make_upstream(base_model: str) -> FastAPI:
         if body.get("max_tokens") == 0:
             return JSONResponse({"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError",
                                            "param": "max_tokens", "code": "invalid_value"}}, status_code=400)
+        if body.get("max_tokens") == -1:  # vLLM's answer to what its request model refuses
+            return JSONResponse({"error": {"message": "1 validation error: max_tokens", "type": "Bad Request",
+                                           "param": "body.max_tokens", "code": 400}}, status_code=400)
         words = ["hello", " from", f" {model}"]
         if not body.get("stream"):
             return {

@@ -170,23 +170,33 @@ def test_every_documented_way_of_sending_the_key(gateway, namespace, raw) -> Non
         assert raw.get("/api/v1/fine-tuning/jobs", headers=headers).status_code == 200, headers
     for headers, code in (({"Authorization": f"Basic {key}"}, "missing_api_key"),
                           ({"Authorization": ""}, "missing_api_key"),
+                          ({"Authorization": "Bearer"}, "missing_api_key"),
+                          ({"X-API-Key": ""}, "missing_api_key"),
                           ({"Authorization": "tf-not-a-real-key"}, "invalid_api_key"),
                           ({"Authorization": f"Bearer {key} extra"}, "missing_api_key")):
-        response = raw.get("/v1/models", headers=headers)
-        assert (response.status_code, response.json()["error"]["code"]) == (401, code), headers
+        for path in ("/v1/models", "/api/v1/fine-tuning/jobs"):
+            response = raw.get(path, headers=headers)
+            error = response.json()["error"]
+            assert (response.status_code, error["type"], error["code"]) == (401, "authentication_error", code), headers
+            assert code == "invalid_api_key" or "'X-API-Key: <key>'" in error["message"], error
 
 
 def test_documented_limits(tenant, base_model) -> None:
-    """Job and batch lists take `limit` 1-100 (the files list 1-10,000, as OpenAI's) and
-    chat at most 4 stop sequences, as the reference says; the stop check is the gateway's
-    own, as vLLM takes any number."""
+    """Job, event, checkpoint and batch lists take `limit` 1-100 (the files list 1-10,000,
+    as OpenAI's) and chat at most 4 stop sequences, as the reference says; the gateway
+    checks the stop count before any engine sees the request."""
     _, api = tenant
     for listing, most in ((api.fine_tuning.jobs.list, 100), (api.batches.list, 100), (api.files.list, 10_000)):
         for limit in (0, most + 1):
             with pytest.raises(openai.BadRequestError) as exc:
                 listing(limit=limit)
-            assert (exc.value.param, exc.value.type) == ("limit", "invalid_request_error")
+            assert (exc.value.param, exc.value.type, exc.value.code) == ("limit", "invalid_request_error",
+                                                                        "invalid_value")
         assert listing(limit=most).object == "list"
+    for listing in (api.fine_tuning.jobs.list_events, api.fine_tuning.jobs.checkpoints.list):
+        with pytest.raises(openai.BadRequestError) as exc:
+            listing("ftjob-0000deadbeef", limit=101)
+        assert (exc.value.param, exc.value.code) == ("limit", "invalid_value")
     with pytest.raises(openai.BadRequestError) as exc:
         api.chat.completions.create(model=base_model, messages=[{"role": "user", "content": "hi"}],
                                     stop=["a", "b", "c", "d", "e"])

@@ -108,7 +108,13 @@ def test_chat_errors(tenant, gateway, base_model, shared_deployment) -> None:
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.BadRequestError) as exc:
         api.chat.completions.create(model=base_model, messages=messages, max_tokens=0)
-    assert exc.value.param == "max_tokens" and exc.value.code == "invalid_value"  # the upstream's own error
+    # The upstream's own error, with OpenAI's type instead of the engine's exception name.
+    assert (exc.value.param, exc.value.code, exc.value.type) == ("max_tokens", "invalid_value", "invalid_request_error")
+    with pytest.raises(openai.BadRequestError) as exc:
+        api.chat.completions.create(model=base_model, messages=messages, max_tokens=-1)
+    # vLLM's shape: a numeric code and the body location as param.
+    assert (exc.value.param, exc.value.code, exc.value.type) == ("max_tokens", "invalid_request", "invalid_request_error")
+    assert exc.value.body["message"] == "1 validation error: max_tokens"
     with pytest.raises(openai.NotFoundError) as exc:
         api.chat.completions.create(model=f"ft:{base_model}:{namespace}:x:ftjob-0000deadbeef", messages=messages)
     assert exc.value.code == "model_not_found"
@@ -121,6 +127,27 @@ def test_chat_errors(tenant, gateway, base_model, shared_deployment) -> None:
     response = httpx.post(f"{gateway.url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                           json={"model": base_model})
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+
+
+def test_nulls_reach_the_engine_as_sent_and_bad_parameters_never_do(tenant, base_model, shared_deployment) -> None:
+    """Parameters the reference marks nullable may be null (the openai client sends None as
+    null); one outside its documented range is the gateway's 400, for either engine."""
+    _, api = tenant
+    messages = [{"role": "user", "content": "hi"}]
+    nulls = dict.fromkeys(("frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "max_completion_tokens",
+                           "seed", "stop", "temperature", "top_p", "logit_bias", "n"))
+    reply = api.chat.completions.create(model=base_model, messages=messages, stream=None, **nulls)
+    assert reply.choices[0].message.content == f"hello from {base_model}"
+    sent = shared_deployment.state.requests[-1]["body"]
+    assert {name: sent[name] for name in [*nulls, "stream"]} == {**nulls, "stream": None}
+    arrived = len(shared_deployment.state.requests)
+    for parameters, param in (({"temperature": 2.5}, "temperature"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+                              ({"logit_bias": {"13": 150}}, "logit_bias"), ({"top_logprobs": 3}, "top_logprobs"),
+                              ({"presence_penalty": -2.5}, "presence_penalty")):
+        with pytest.raises(openai.BadRequestError) as exc:
+            api.chat.completions.create(model=base_model, messages=messages, **parameters)
+        assert (exc.value.param, exc.value.code, exc.value.type) == (param, "invalid_value", "invalid_request_error")
+    assert len(shared_deployment.state.requests) == arrived
 
 
 def test_a_replica_that_refuses_connections_is_skipped(tenant, api_client, base_model) -> None:

@@ -62,10 +62,29 @@ def test_upload_limit_is_413(gateway, namespace, monkeypatch) -> None:
 
     monkeypatch.setattr(gateway_settings(), "max_upload_bytes", 100)
     api = gateway.client(gateway.key(namespace))
-    with pytest.raises(openai.APIStatusError) as exc:
-        _upload(api, training_lines())
-    assert exc.value.status_code == 413 and exc.value.code == "file_too_large"
+    for purpose, data in (("fine-tune", training_lines()), ("batch", batch_lines())):
+        with pytest.raises(openai.APIStatusError) as exc:
+            _upload(api, data, purpose)
+        assert exc.value.status_code == 413 and exc.value.code == "file_too_large"
     assert api.files.list().data == []
+
+
+def test_training_files_have_their_own_lower_limit(gateway, namespace, monkeypatch) -> None:
+    """Batch input files may be as large as `max_upload_bytes`; training files stop at
+    `max_fine_tune_upload_bytes`, as the trainer holds a training set in memory."""
+    from tuneforge.gateway.settings import gateway_settings
+
+    training, batch = training_lines(), batch_lines(20)
+    assert len(batch) > len(training)
+    monkeypatch.setattr(gateway_settings(), "max_fine_tune_upload_bytes", len(training) - 1)
+    api = gateway.client(gateway.key(namespace))
+    with pytest.raises(openai.APIStatusError) as exc:
+        _upload(api, training)
+    assert (exc.value.status_code, exc.value.code, exc.value.param) == (413, "file_too_large", "file")
+    assert f"purpose 'fine-tune' may be at most {len(training) - 1} bytes" in exc.value.message
+    uploaded = _upload(api, batch, "batch")
+    assert (uploaded.status, uploaded.bytes) == ("processed", len(batch))
+    assert [f.id for f in api.files.list().data] == [uploaded.id]
 
 
 def test_fine_tuning_walkthrough(tenant, base_model, gateway, api_client) -> None:

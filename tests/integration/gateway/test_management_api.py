@@ -7,7 +7,6 @@ metrics, catalog, hardware, estimates, scopes, tenant isolation, and agreement w
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import ssl
 import tempfile
@@ -21,10 +20,6 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from gateway_testkit import batch_lines, platform_serving_key, training_lines
 from kubernetes import client
 
@@ -32,6 +27,7 @@ from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.apikeys import secret_name
 from tuneforge.config import DEFAULT_POD_MEMORY, settings
 from tuneforge.gateway.times import unix
+from tuneforge.local.pki import KeyPair
 from tuneforge.webhook_signing import job_signing_secret
 from tuneforge.weights import SMOLLM2_GGUF_URI
 
@@ -361,25 +357,15 @@ class _Kubelet(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def node(api_client) -> Iterator[str]:
+def node(api_client, control_plane) -> Iterator[str]:
     """A Node whose kubelet endpoint is a loopback TLS server: Pods bound to it have logs the
-    API server fetches the way it does from any kubelet (it skips verifying the kubelet's
-    certificate when no kubelet CA is configured, as here)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubelet")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
+    API server fetches the way it does from any kubelet, checking the kubelet's serving
+    certificate against the cluster CA, which issues this one."""
     with tempfile.TemporaryDirectory() as tmp:
-        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        serving = control_plane.cluster_ca.issue(KeyPair(Path(tmp) / "cert.pem", Path(tmp) / "key.pem"),
+                                                 "system:node:stand-in", usage="server", ip_addresses=("127.0.0.1",))
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(serving.cert_file, serving.key_file)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Kubelet)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -197,6 +197,7 @@ def test_gateway_serves_where_batch_runners_look(renderings):
     assert _parse(container["args"]).command == "gateway"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TUNEFORGE_GATEWAY_PORT"] == "8000" and env["TUNEFORGE_GATEWAY_MAX_UPLOAD_BYTES"] == "6442450944"
+    assert env["TUNEFORGE_GATEWAY_MAX_FINE_TUNE_UPLOAD_BYTES"] == "536870912"
     service = rendered.one("Service", GATEWAY)
     assert service["spec"]["ports"][0]["port"] == 8000
     assert _settings_env(rendered)["TUNEFORGE_GATEWAY_INTERNAL_URL"] == f"http://{GATEWAY}.{NAMESPACE}.svc:8000/v1"
@@ -316,6 +317,7 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(op, "", "configmaps services", "create patch"),
         _expand(op, "", "secrets", "get create patch delete"),
         _expand(op, "", "events", "create list"),
+        _expand(op, "", "namespaces", "get"),
         _expand(op, "apiextensions.k8s.io", "customresourcedefinitions", "list watch"),
         _expand(op, "kueue.x-k8s.io", "workloads", "list watch"),
         _expand(op, "kopf.dev", "clusterkopfpeerings", "list watch create"),

@@ -136,6 +136,22 @@ def test_serving_spec_fills_base_model_defaults() -> None:
     assert builders.served_models(spec) == ["smollm2", "ft:smollm2:team::ftjob-abc", "ext"]
 
 
+def test_the_engine_serves_the_base_under_its_model_id() -> None:
+    """The served name is what every API shows; the resource name rides along so fine-tuned
+    ids made before model ids existed still load on the deployment."""
+    _, md = mdep()
+    _, bm = base(modelId="HuggingFaceTB/SmolLM2-135M-Instruct")
+    spec = builders.serving_spec(md, bm, hardware=builders.serving_hardware(md, bm, SETTINGS), store_root="file:///s")
+    assert (spec.served_model_name, spec.base_model) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2")
+    assert builders.served_models(spec) == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+
+
+def test_a_fine_tuned_id_names_the_base_by_model_id() -> None:
+    run, _, _ = render_trainer(base_spec={"modelId": "HuggingFaceTB/SmolLM2-135M-Instruct"}, suffix="v1")
+    assert run.fine_tuned_model == "ft:HuggingFaceTB/SmolLM2-135M-Instruct:team:v1:ftjob-abc"
+    assert run.base_model == "smollm2"
+
+
 def render_serving(base_serving: dict | None = None, settings: Settings = SETTINGS, **spec: object
                    ) -> tuple[ServingSpec, dict]:
     body, md = mdep(**spec)

@@ -242,6 +242,22 @@ def test_fine_tuning_job_from_validation_to_notification(root, api, monkeypatch)
         "Webhook training.completed delivery 2: webhook answered 200"]
 
 
+def test_a_succeeded_job_names_its_base_by_model_id(root, api) -> None:
+    driver = _fine_tuning(root)
+    [summary] = _base_model_summary()
+    summary["body"]["spec"]["modelId"] = "Org/Model-1.5B-Instruct"
+    driver.indexes["tf_basemodels"] = {"smollm2": [summary]}
+    key = ("trainer", "team", "ftjob-abc")
+    assert driver.tick()["phase"] == "Queued"
+    run = json.loads(api.objects[("ConfigMap", "team", builders.trainer_configmap_name("ftjob-abc"))]["data"]["run.json"])
+    assert run["fine_tuned_model"] == "ft:Org/Model-1.5B-Instruct:team::ftjob-abc" and run["base_model"] == "smollm2"
+    JobFiles.of(store(), "team", "ftjob-abc").write_result(TrainingResult(
+        fine_tuned_model=run["fine_tuned_model"], adapter_uri="file:///a", trained_tokens=10, steps=1, epochs=1,
+        hyperparameters={}))
+    driver.indexes["tf_jobs"] = {key: _job(builders.trainer_job_name("ftjob-abc"), "Complete")}
+    assert driver.tick()["fineTunedModel"] == "ft:Org/Model-1.5B-Instruct:team::ftjob-abc"
+
+
 def test_fine_tuning_job_that_fails_and_is_restarted(root, api) -> None:
     driver = _fine_tuning(root)
     key = ("trainer", "team", "ftjob-abc")
@@ -523,6 +539,24 @@ def test_batch_job_with_an_invalid_input_and_one_cancelled(root, api) -> None:
     assert cancelled.tick()["phase"] == "Cancelled" and "cancellingAt" in cancelled.status
 
 
+@pytest.mark.parametrize("model", ["Org/Model-1.5B-Instruct", "smollm2", "ft:Org/Model-1.5B-Instruct:team::ftjob-new",
+                                   "ft:smollm2:team::ftjob-old"])
+def test_a_batch_may_name_a_catalog_model_and_its_fine_tunes_by_id_or_alias(root, api, model) -> None:
+    """A base by model id or resource name (the gateway routes both), and fine-tuned ids
+    naming it either way: new ones by model id, ones made before model ids by name."""
+    driver = _batch(root)
+    (root / "input.jsonl").write_text(json.dumps({"custom_id": "r0", "method": "POST", "url": "/v1/chat/completions",
+                                                  "body": {"model": model, "messages": CHAT["messages"][:1]}}) + "\n")
+    driver.indexes["tf_modeldeployments"] = {"team": [{"base": "smollm2", "served": ["Org/Model-1.5B-Instruct"]}]}
+    [summary] = _base_model_summary()
+    summary["body"]["spec"]["modelId"] = "Org/Model-1.5B-Instruct"
+    driver.indexes["tf_basemodels"] = {"smollm2": [summary]}
+    driver.indexes["tf_finetuned"] = {"team": ["ft:Org/Model-1.5B-Instruct:team::ftjob-new",
+                                               "ft:smollm2:team::ftjob-old"]}
+    validated = driver.tick()
+    assert validated["phase"] == "Validating" and validated["requestCounts"]["total"] == 1
+
+
 def test_batch_job_whose_runner_pods_are_refused(root, api) -> None:
     driver = _batch(root, controller_settings=ControllerSettings(status_interval=0, pod_admission_timeout=0))
     key = ("batch-runner", "team", "batch-abc")
@@ -575,3 +609,39 @@ def test_base_model_source_check(root, api, exists, phase) -> None:
             "metadata": {"name": "smollm2", "uid": "u-base", "generation": 1},
             "spec": {"source": {"uri": f"file://{weights}"}}}
     assert Driver(basemodel.register, BaseModelStatus, body).tick()["phase"] == phase
+
+
+def _catalog_entry(name: str, created: str, weights: Path, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BaseModel",
+            "metadata": {"name": name, "uid": f"u-{name}", "generation": 1, "creationTimestamp": created},
+            "spec": {"source": {"uri": f"file://{weights}"}, **spec}}
+
+
+@pytest.mark.parametrize("claim", [{"modelId": "Org/Model-1.5B-Instruct"}, {"modelId": "first"}])
+def test_a_base_model_claiming_an_older_entrys_id_or_name_is_refused_until_it_is_gone(root, api, claim) -> None:
+    weights = root / "model.gguf"
+    weights.write_bytes(b"gguf")
+    older = _catalog_entry("first", "2026-01-01T00:00:00Z", weights, modelId="Org/Model-1.5B-Instruct")
+    driver = Driver(basemodel.register, BaseModelStatus, _catalog_entry("second", "2026-01-02T00:00:00Z", weights,
+                                                                        **claim))
+    driver.indexes["tf_basemodels"] = {"first": [{"body": older}]}
+    refused = driver.tick()
+    [ready] = refused["conditions"]
+    assert refused["phase"] == "Failed" and (ready["status"], ready["reason"]) == ("False", "DuplicateModelId")
+    assert "'first'" in ready["message"] and claim["modelId"] in ready["message"]
+    assert not [key for key in api.objects if key[0] == "ModelDeployment"]
+
+    driver.indexes["tf_basemodels"] = {}
+    ready = driver.tick()
+    assert ready["phase"] == "Ready" and ready["conditions"][0]["reason"] == "SourceResolved"
+    assert [key[2] for key in api.objects if key[0] == "ModelDeployment"] == [builders.shared_deployment_name("second")]
+
+
+def test_the_older_base_model_keeps_its_id(root, api) -> None:
+    weights = root / "model.gguf"
+    weights.write_bytes(b"gguf")
+    younger = _catalog_entry("second", "2026-01-02T00:00:00Z", weights, modelId="Org/Model-1.5B-Instruct")
+    driver = Driver(basemodel.register, BaseModelStatus, _catalog_entry("first", "2026-01-01T00:00:00Z", weights,
+                                                                        modelId="Org/Model-1.5B-Instruct"))
+    driver.indexes["tf_basemodels"] = {"second": [{"body": younger}]}
+    assert driver.tick()["phase"] == "Ready"

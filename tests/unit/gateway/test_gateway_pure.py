@@ -12,12 +12,12 @@ from tuneforge.contracts import Engine, ServingSpec
 from tuneforge.controllers.builders import serving_deployment
 from tuneforge.gateway.auth import presented_key
 from tuneforge.gateway.batch_objects import batch_object
-from tuneforge.gateway.chat import upstream_error
 from tuneforge.gateway.errors import OpenAIError, _param
 from tuneforge.gateway.fine_tuning_objects import job_object
 from tuneforge.gateway.ids import derived_id, new_id
 from tuneforge.gateway.pagination import page
 from tuneforge.gateway.routing import _ready_pods
+from tuneforge.gateway.settings import GatewaySettings
 
 
 def test_page_walks_with_cursor_and_refuses_unknown_cursor() -> None:
@@ -36,34 +36,6 @@ def test_ids_are_time_ordered_and_idempotent_ids_deterministic() -> None:
     a, b = new_id("file"), new_id("file")
     assert a.startswith("file-") and len(a) == 29 and a[:17] <= b[:17]
     assert derived_id("batch", "ns", "k") == derived_id("batch", "ns", "k") != derived_id("batch", "other", "k")
-
-
-VLLM_400 = b'{"error": {"message": "bad n", "type": "BadRequestError", "param": "n", "code": 400}}'
-"""vLLM 0.33's ErrorResponse (the CPU engine answers the same shape)."""
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "expected"),
-    [
-        (400, VLLM_400, (400, "invalid_request_error", "invalid_request", "n")),
-        (400, b'{"error": {"message": "bad", "type": "BadRequestError", "param": "n", "code": "x"}}',
-         (400, "invalid_request_error", "x", "n")),
-        (404, b'{"error": {"message": "The model `m` does not exist.", "type": "NotFoundError", "param": "model", '
-              b'"code": 404}}', (404, "invalid_request_error", "model_not_found", "model")),
-        (404, b'{"detail": "no such model"}', (404, "invalid_request_error", "model_not_found", None)),
-        (429, b'{"error": {"message": "busy", "type": "RateLimitError", "code": 429}}',
-         (429, "rate_limit_error", "rate_limit_exceeded", None)),
-        (503, b'{"error": {"message": "queue full", "type": "ServiceUnavailableError", "code": 503}}',
-         (503, "server_error", "engine_overloaded", None)),
-        (418, b"teapot", (400, "invalid_request_error", "upstream_rejected", None)),
-        (500, b'{"error": {"message": "boom", "type": "InternalServerError", "code": 500}}',
-         (502, "server_error", "upstream_error", None)),
-    ],
-)
-def test_upstream_errors_are_mapped_to_openai_types_and_codes(status: int, body: bytes, expected: tuple) -> None:
-    error = upstream_error(status, body)
-    assert (error.status, error.type, error.code, error.param) == expected
-    assert set(error.body()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_validation_param_drops_union_noise() -> None:
@@ -143,10 +115,34 @@ def test_batch_object_timestamps_are_integers() -> None:
 
 
 @pytest.mark.parametrize(("authorization", "x_api_key", "key"), [
-    ("Bearer tf-1", None, "tf-1"), ("bearer tf-1", None, "tf-1"), ("tf-1", None, "tf-1"), ("  tf-1 ", None, "tf-1"),
-    (None, "tf-2", "tf-2"), ("Bearer tf-1", "tf-2", "tf-2"), ("Bearer tf-1", "  ", "tf-1"),
-    ("Basic dXNlcjpwYXNz", None, None), ("Bearer", None, "Bearer"), ("Bearer a b", None, None), ("", None, None),
-    (None, None, None),
+    ("Bearer tf-1", None, "tf-1"), ("bearer tf-1", None, "tf-1"), ("BEARER  tf-1", None, "tf-1"), ("tf-1", None, "tf-1"),
+    ("  tf-1 ", None, "tf-1"), (None, "tf-2", "tf-2"), ("Bearer tf-1", "tf-2", "tf-2"), ("Bearer tf-1", "  ", "tf-1"),
+    ("Basic dXNlcjpwYXNz", " tf-2 ", "tf-2"),
 ])
 def test_the_key_a_request_presents(authorization, x_api_key, key) -> None:
     assert presented_key(authorization, x_api_key) == key
+
+
+@pytest.mark.parametrize(("authorization", "x_api_key", "says"), [
+    (None, None, "You didn't provide an API key."), ("", "", "You didn't provide an API key."),
+    ("   ", None, "You didn't provide an API key."),
+    ("Bearer", None, "names the Bearer scheme but holds no single key"),
+    ("Bearer  ", None, "names the Bearer scheme but holds no single key"),
+    ("Bearer a b", None, "names the Bearer scheme but holds no single key"),
+    ("Basic dXNlcjpwYXNz", None, "uses the 'Basic' scheme, which carries no API key"),
+    ("Token tf-1", "", "uses the 'Token' scheme"),
+])
+def test_a_request_without_a_usable_key_is_told_how_to_send_one(authorization, x_api_key, says) -> None:
+    """Another scheme's credentials are never taken for a key; the 401 says what was wrong."""
+    with pytest.raises(OpenAIError) as exc:
+        presented_key(authorization, x_api_key)
+    assert (exc.value.status, exc.value.type, exc.value.code) == (401, "authentication_error", "missing_api_key")
+    assert says in exc.value.message and "'Authorization: Bearer <key>'" in exc.value.message
+
+
+def test_batch_files_may_be_6_gib_and_training_files_512_mib() -> None:
+    """The reference API's batch limit; training files stay at what the trainer holds in memory."""
+    defaults = GatewaySettings()
+    assert (defaults.upload_limit("batch"), defaults.upload_limit("fine-tune")) == (6 * 1024**3, 512 * 1024**2)
+    lowered = GatewaySettings(max_upload_bytes=1000, max_fine_tune_upload_bytes=5000)
+    assert (lowered.upload_limit("batch"), lowered.upload_limit("fine-tune")) == (1000, 1000)

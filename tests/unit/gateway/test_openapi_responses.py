@@ -14,6 +14,13 @@ PASSTHROUGHS = {
     ("get", "/v1/files/{file_id}/content"),
 }
 """Bodies the gateway relays untouched: the engine's chat completion, a file's bytes."""
+ARCHIVES = {
+    ("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/adapter"),
+    ("get", "/v1/fine_tuning/jobs/{fine_tuning_job_id}/merged_model"),
+    ("get", f"{MANAGEMENT_PREFIX}/jobs/{{job_id}}/adapter"),
+    ("get", f"{MANAGEMENT_PREFIX}/jobs/{{job_id}}/merged-model"),
+}
+"""Tar archives of a job's published files."""
 NO_BODY = {("delete", f"{MANAGEMENT_PREFIX}/jobs/{{job_id}}")}
 
 
@@ -49,10 +56,15 @@ def test_both_apis_are_in_the_document() -> None:
     paths = {path for _, path, _ in OPERATIONS}
     assert any(path.startswith("/v1/") for path in paths)
     assert any(path.startswith(MANAGEMENT_PREFIX) for path in paths)
-    assert PASSTHROUGHS | NO_BODY <= {(method, path) for method, path, _ in OPERATIONS}
+    assert PASSTHROUGHS | NO_BODY | ARCHIVES <= {(method, path) for method, path, _ in OPERATIONS}
 
 
-JSON_OPERATIONS = [entry for entry in OPERATIONS if entry[:2] not in PASSTHROUGHS | NO_BODY]
+def test_archives_are_documented_as_tar() -> None:
+    for method, path in ARCHIVES:
+        assert set(DOCUMENT["paths"][path][method]["responses"]["200"]["content"]) == {"application/x-tar"}
+
+
+JSON_OPERATIONS = [entry for entry in OPERATIONS if entry[:2] not in PASSTHROUGHS | NO_BODY | ARCHIVES]
 
 
 @pytest.mark.parametrize(("method", "path", "operation"), JSON_OPERATIONS,

@@ -2,9 +2,11 @@
 hands it: every shape of `vllm serve` command line `vllm_command` builds must parse, with
 vLLM's parser and engine arguments, into the values the ServingSpec meant (the serving
 token middleware included); the runtime adapter loads and unloads the gateway and the
-adapter-loader sidecar send must validate against vLLM's request models; and vLLM's own
-API server app, built from the launcher's command line, must refuse every adapter route
-to a caller without the serving token.
+adapter-loader sidecar send must validate against vLLM's request models; the chat bodies
+the gateway forwards (nulls included) must sample as their defaults, and vLLM's own error
+bodies must reach clients in OpenAI's terms; and vLLM's own API server app, built from the
+launcher's command line, must refuse every adapter route to a caller without the serving
+token.
 
 vLLM is never installed: tests.support.vllm_code unpacks its wheel into the cache once and
 one subprocess for the whole module runs tests.support.vllm_judge, whose docstring says
@@ -33,6 +35,8 @@ import httpx
 import pytest
 
 from tuneforge.contracts import AdapterSource, Engine, ServingSpec
+from tuneforge.gateway.chat import parse_request, upstream_error
+from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.routing import Adapter, Pod, Route, Router, adapter_path
 from tuneforge.serving_auth import TOKEN_ENV, bearer
 
@@ -40,18 +44,19 @@ from tests.support.inference_servers import free_port, wait_until_healthy
 from tests.support.vllm_code import run_with_vllm
 from tuneforge_inference.launcher import GUARD_MIDDLEWARE, VLLM_LORA_RANKS, api_key_env, vllm_command
 
-SERVED_NAME = "smollm2"
+SERVED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""A served name as real deployments have it: the catalog's model id, with '/' and capitals."""
 SERVING_TOKEN = "deployment-token"
 # Adapter directories as they reach the launcher: the fetch cache, and paths on a mounted
 # store, where '=' and ',' are legal; either breaks the `name=path` form vLLM also accepts.
 ADAPTER_PATHS = {
-    "ft:smollm2:team::ftjob-a": Path("/cache/adapters/3f2a9c0d"),
-    "ft:smollm2:team::ftjob-b": Path("/mnt/pvc/store/team=ml/fine-tuning/ftjob-b,v2/adapter"),
-    "ft:smollm2:team::ftjob-c": Path("/mnt/pvc/store/a=1,b=2/adapter"),
+    f"ft:{SERVED_NAME}:team::ftjob-a": Path("/cache/adapters/3f2a9c0d"),
+    f"ft:{SERVED_NAME}:team::ftjob-b": Path("/mnt/pvc/store/team=ml/fine-tuning/ftjob-b,v2/adapter"),
+    f"ft:{SERVED_NAME}:team::ftjob-c": Path("/mnt/pvc/store/a=1,b=2/adapter"),
 }
 ADAPTER_SETS = {
     "no-adapters": (),
-    "one-adapter": ("ft:smollm2:team::ftjob-b",),
+    "one-adapter": (f"ft:{SERVED_NAME}:team::ftjob-b",),
     "three-adapters": tuple(ADAPTER_PATHS),
 }
 # (max_adapters, max_adapter_rank): ranks vLLM takes as they are, and ranks the launcher
@@ -223,7 +228,8 @@ async def gateway_load(engine_url: str, adapter: Adapter) -> None:
     pod = Pod(uid="u-0", name="vllm-0", url=engine_url, load_url=engine_url)
     async with aiohttp.ClientSession() as http:
         router = Router(kube=None, http=http, cache_seconds=0)
-        route = Route(deployment="d", pods=[pod], adapter=adapter, max_adapters=4, token=SERVING_TOKEN)
+        route = Route(deployment="d", model=adapter.name, pods=[pod], adapter=adapter, max_adapters=4,
+                      token=SERVING_TOKEN)
         await router.ensure_adapter(pod, route, "r-1")
 
 
@@ -234,7 +240,7 @@ def adapter_traffic(workdir: Path) -> SentToVllm:
     store_adapter.mkdir(parents=True)
     (store_adapter / "adapter_config.json").write_text("{}")
     (store_adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    source = AdapterSource(name="ft:smollm2:team::ftjob-a", uri=f"file://{store_adapter}")
+    source = AdapterSource(name=f"ft:{SERVED_NAME}:team::ftjob-a", uri=f"file://{store_adapter}")
     adapter = Adapter(name=source.name, path=adapter_path(source.uri))
     with engine_stand_in() as (engine_port, received):
         asyncio.run(gateway_load(f"http://127.0.0.1:{engine_port}", adapter))
@@ -262,6 +268,8 @@ class Judged:
     sidecar_cache: Path
     load_verdicts: dict[str, dict]
     unload_verdicts: list[dict]
+    chat_verdicts: dict[str, dict]
+    error_bodies: dict[str, tuple[int, dict]]
 
 
 def unrecognized_flag(model_dir: Path) -> list[str]:
@@ -298,6 +306,18 @@ NEGATIVE_CONTROLS = {
 }
 
 
+CHAT_NULLABLE = ("frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "max_completion_tokens", "max_tokens",
+                 "n", "presence_penalty", "seed", "stop", "stream", "stream_options", "temperature", "top_p")
+CHAT_BODIES = {
+    "all-nulls": {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}],
+                  **dict.fromkeys(CHAT_NULLABLE)},
+    "all-omitted": {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}]},
+    "control-logit-bias-beyond-100": {"model": SERVED_NAME, "messages": [{"role": "user", "content": "hi"}],
+                                      "logit_bias": {"13": 150}},
+}
+"""Chat bodies as the gateway forwards them, byte for byte."""
+
+
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory: pytest.TempPathFactory) -> Judged:
     # The launcher hands vLLM the materialised model directory, so it exists here too.
@@ -322,10 +342,12 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> Judged:
         "report": REPORTED,
         "load_requests": list(loads.values()),
         "unload_requests": [as_judged(traffic.sidecar_unload)],
+        "chat_requests": list(CHAT_BODIES.values()),
     })
     return Judged(model_dir, verdicts["lora_ranks"], dict(zip(argvs, verdicts["serve_argvs"], strict=True)),
                   traffic, traffic_dir / "shared-cache", dict(zip(loads, verdicts["load_requests"], strict=True)),
-                  verdicts["unload_requests"])
+                  verdicts["unload_requests"], dict(zip(CHAT_BODIES, verdicts["chat_requests"], strict=True)),
+                  {name: tuple(answer) for name, answer in verdicts["error_bodies"].items()})
 
 
 def as_judged(request: Received) -> dict:
@@ -546,3 +568,45 @@ def test_negative_control_vllms_own_api_key_leaves_the_sagemaker_routes_open(pro
 def test_vllm_does_not_start_without_the_serving_token(probed: Probed):
     refused = probed.apps["no-token"]
     assert not refused["built"] and refused["error"].startswith(f"MissingServingToken: {TOKEN_ENV} is not set")
+
+
+# -- chat requests the gateway forwards, and vLLM's errors it maps -------------------------
+
+
+def test_vllm_reads_every_null_the_gateway_forwards_as_the_default(judged: Judged):
+    """The gateway forwards nulls as sent (tuneforge.gateway.openai_protocol.ChatCompletionRequest):
+    vLLM must take each, and sample exactly as if it had been left out."""
+    assert parse_request(json.dumps(CHAT_BODIES["all-nulls"]).encode()).model == SERVED_NAME
+    nulls, omitted = judged.chat_verdicts["all-nulls"], judged.chat_verdicts["all-omitted"]
+    assert nulls["ok"] and omitted["ok"], (nulls, omitted)
+    assert nulls["sampling"] == omitted["sampling"]
+    assert (nulls["sampling"]["n"], nulls["sampling"]["temperature"], nulls["sampling"]["stop"]) == (1, 1.0, [])
+
+
+def test_the_gateway_refuses_what_vllm_would_quietly_change(judged: Judged):
+    """vLLM clamps a logit_bias beyond +-100 where OpenAI refuses it, so the gateway checks it."""
+    clamped = judged.chat_verdicts["control-logit-bias-beyond-100"]
+    assert clamped["ok"] and clamped["sampling"]["logit_bias"] == {"13": 100.0}
+    with pytest.raises(OpenAIError) as exc:
+        parse_request(json.dumps(CHAT_BODIES["control-logit-bias-beyond-100"]).encode())
+    assert (exc.value.status, exc.value.param) == (400, "logit_bias")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("five-stops", (400, "invalid_request_error", "invalid_request", "stop")),
+    ("bad-temperature", (400, "invalid_request_error", "invalid_request", "temperature")),
+    ("unknown-model", (404, "invalid_request_error", "model_not_found", None)),
+    ("unprocessable", (422, "invalid_request_error", "invalid_request", "messages")),
+    ("queue-full", (503, "server_error", "engine_overloaded", None)),
+    ("retryable", (503, "server_error", "engine_overloaded", None)),
+    ("generation-failed", (502, "server_error", "upstream_error", None)),
+    ("not-implemented", (400, "invalid_request_error", "unsupported_by_engine", None)),
+])
+def test_vllms_own_error_bodies_reach_clients_in_openais_terms(judged: Judged, name: str, expected: tuple):
+    """vLLM names an exception (or an HTTP phrase) as `type` and the status as an integer
+    `code`; the client gets OpenAI's type for the status, a string code and vLLM's message."""
+    status, body = judged.error_bodies[name]
+    assert isinstance(body["error"]["code"], int) and not body["error"]["type"].endswith("_error")
+    error = upstream_error(status, json.dumps(body).encode())
+    assert (error.status, error.type, error.code, error.param) == expected
+    assert body["error"]["message"] in error.message

@@ -159,7 +159,8 @@ class FineTuningJobSpec(ApiModel):
     """Desired state of a fine-tuning job."""
 
     base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253, json_schema_extra=immutable("baseModel is immutable"))
-    """Name of a BaseModel in the catalog."""
+    """Resource name of a BaseModel in the catalog (the APIs take its model id and write
+    this name)."""
     training_file: str = Field(pattern=FILE_REF_PATTERN, json_schema_extra=immutable("trainingFile is immutable"))
     """Training data: a file id (file-...) uploaded through the gateway, or an s3://,
     pvc:// or file:// URI of a JSONL file."""
@@ -230,8 +231,11 @@ JOB_NAME_PREFIX = "ftjob-"
 
 
 def fine_tuned_model_id(base_model: str, namespace: str, suffix: str | None, job: str) -> str:
-    """OpenAI's shape `ft:<base>:<namespace>:<suffix>:<job-id>`; the suffix segment is empty
-    when none was given, so the id always has five parts and parses one way."""
+    """OpenAI's shape `ft:<base>:<namespace>:<suffix>:<job-id>`, `base_model` being the base's
+    model id (`basemodel.model_id_of`); the suffix segment is empty when none was given, so
+    the id always has five parts and parses one way. Ids made before model ids existed
+    carry the BaseModel's resource name there instead, and parse the same way (no part
+    holds a ':')."""
     return f"{FINE_TUNED_MODEL_PREFIX}:{base_model}:{namespace}:{suffix or ''}:{job}"
 
 
@@ -239,6 +243,7 @@ class FineTunedModel(NamedTuple):
     """The parts of a fine-tuned model id."""
 
     base_model: str
+    """The base's model id; its BaseModel resource name in ids made before model ids existed."""
     namespace: str
     suffix: str
     job: str
@@ -336,7 +341,7 @@ class FineTuningJobStatus(ApiModel):
     progress: TrainingProgressStatus | None = None
     metrics: TrainingMetrics | None = None
     fine_tuned_model: str | None = None
-    """ft:<base-model>:<namespace>:<suffix>:<job-id>, set when the job succeeds."""
+    """ft:<base model id>:<namespace>:<suffix>:<job-id>, set when the job succeeds."""
     adapter_uri: str | None = None
     """Where the trained adapter lives in the artifact store."""
     result_files: list[str] = Field(default_factory=list)

@@ -56,7 +56,7 @@ class ModelDeploymentSpec(ApiModel):
     """Desired state of a serving deployment."""
 
     base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253, json_schema_extra=immutable("baseModel is immutable"))
-    """Name of the BaseModel to serve."""
+    """Resource name of the BaseModel to serve; its Pods serve it under its model id."""
     adapters: list[AdapterRef] = Field(default_factory=list, max_length=512)
     """Adapters loaded at start; more are loaded at runtime by the gateway."""
     engine: ServingEngine | None = None

@@ -54,8 +54,8 @@ def serving_spec(
     mdep: ModelDeploymentResource, base: BaseModelResource, *, hardware: Hardware | None, store_root: str,
     gpu_memory_gb: float | None = None,
 ) -> ServingSpec:
-    """The ServingSpec of a ModelDeployment, with the BaseModel's serving defaults filled in.
-    Without a context length from either, a GPU deployment serves the longest context that
+    """The ServingSpec of a ModelDeployment, with the BaseModel's serving defaults filled in;
+    the engine serves the base under its model id, the name every API shows. Without a context length from either, a GPU deployment serves the longest context that
     fits the GPUs' memory (`gpu_memory_gb` each, from the hardware profile), so vLLM starts
     rather than refusing a context its KV cache cannot hold."""
     spec = mdep.spec
@@ -70,7 +70,8 @@ def serving_spec(
     return ServingSpec(
         deployment=mdep.metadata["name"],
         namespace=namespace,
-        served_model_name=spec.base_model,
+        served_model_name=base.model_id,
+        base_model=spec.base_model,
         base_model_uri=base.spec.source.uri,
         engine=Engine(engine.value),
         adapters=[

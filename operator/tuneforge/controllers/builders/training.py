@@ -75,7 +75,7 @@ def training_run(
         training_file=training_uri,
         validation_file=validation_uri,
         output_uri=store_uri(store_root, namespace, "fine-tuning", name),
-        fine_tuned_model=fine_tuned_model_id(spec.base_model, namespace, spec.suffix, name),
+        fine_tuned_model=fine_tuned_model_id(base.model_id, namespace, spec.suffix, name),
         lora=LoraSettings(
             rank=lora.rank,
             alpha=lora.alpha,

@@ -54,12 +54,13 @@ def hyperparameters(resource: Mapping[str, Any]) -> JobHyperparametersView:
     )
 
 
-def _summary_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
+def _summary_fields(resource: Mapping[str, Any], base_model_id: str | None) -> dict[str, Any]:
+    """`base_model_id`: the base's model id (`ModelCatalog.model_id` of spec.baseModel)."""
     meta, spec, status = resource["metadata"], resource["spec"], resource.get("status") or {}
     return {
         "id": meta["name"],
         "name": job_name(resource),
-        "base_model": spec["baseModel"],
+        "base_model": base_model_id or spec["baseModel"],
         "status": job_status(resource),
         "description": spec.get("description"),
         "owner": (meta.get("annotations") or {}).get(Annotation.CREATED_BY),
@@ -72,18 +73,19 @@ def _summary_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_summary(resource: Mapping[str, Any]) -> JobSummary:
-    return JobSummary(**_summary_fields(resource))
+def job_summary(resource: Mapping[str, Any], *, base_model_id: str | None = None) -> JobSummary:
+    return JobSummary(**_summary_fields(resource, base_model_id))
 
 
-def _detail_fields(resource: Mapping[str, Any], file_names: Mapping[str, str]) -> dict[str, Any]:
+def _detail_fields(resource: Mapping[str, Any], file_names: Mapping[str, str],
+                   base_model_id: str | None) -> dict[str, Any]:
     """`file_names`: upload names by file id, for the job's training and validation files."""
     spec, status = resource["spec"], resource.get("status") or {}
     error = status.get("error")
     progress = status.get("progress") or {}
     metrics = status.get("metrics") or {}
     return {
-        **_summary_fields(resource),
+        **_summary_fields(resource, base_model_id),
         "training_dataset": spec["trainingFile"],
         "training_file": file_names.get(spec["trainingFile"]),
         "validation_file": file_names.get(spec.get("validationFile") or "", spec.get("validationFile")),
@@ -100,21 +102,26 @@ def _detail_fields(resource: Mapping[str, Any], file_names: Mapping[str, str]) -
     }
 
 
-def job_detail(resource: Mapping[str, Any], file_names: Mapping[str, str]) -> JobDetail:
+def job_detail(resource: Mapping[str, Any], file_names: Mapping[str, str], *,
+               base_model_id: str | None = None) -> JobDetail:
     """The full job: the summary plus what was asked for and what came out."""
-    return JobDetail(**_detail_fields(resource, file_names))
+    return JobDetail(**_detail_fields(resource, file_names, base_model_id))
 
 
-def created_job(resource: Mapping[str, Any], file_names: Mapping[str, str], webhook_secret: str | None) -> CreatedJob:
-    return CreatedJob(**_detail_fields(resource, file_names), webhook_secret=webhook_secret)
+def created_job(resource: Mapping[str, Any], file_names: Mapping[str, str], webhook_secret: str | None, *,
+                base_model_id: str | None = None) -> CreatedJob:
+    return CreatedJob(**_detail_fields(resource, file_names, base_model_id), webhook_secret=webhook_secret)
 
 
-def stopped_job(resource: Mapping[str, Any], file_names: Mapping[str, str]) -> StoppedJob:
-    return StoppedJob(**_detail_fields(resource, file_names), message="Fine-tuning job stopped successfully")
+def stopped_job(resource: Mapping[str, Any], file_names: Mapping[str, str], *,
+                base_model_id: str | None = None) -> StoppedJob:
+    return StoppedJob(**_detail_fields(resource, file_names, base_model_id),
+                      message="Fine-tuning job stopped successfully")
 
 
-def restarted_job(resource: Mapping[str, Any], file_names: Mapping[str, str], resume_from_step: int | None) -> RestartedJob:
-    return RestartedJob(**_detail_fields(resource, file_names), resume_from_step=resume_from_step,
+def restarted_job(resource: Mapping[str, Any], file_names: Mapping[str, str], resume_from_step: int | None, *,
+                  base_model_id: str | None = None) -> RestartedJob:
+    return RestartedJob(**_detail_fields(resource, file_names, base_model_id), resume_from_step=resume_from_step,
                         message="Fine-tuning job restarted successfully")
 
 

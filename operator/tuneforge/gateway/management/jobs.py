@@ -1,4 +1,5 @@
-"""Jobs of the management API: list, create, get, delete, stop, restart, deploy, stats.
+"""Jobs of the management API: list, create, get, delete, stop, restart, deploy, stats,
+and the download of a completed job's adapter or merged model.
 
 Every handler reads or writes FineTuningJob resources only (and, for deploy, a
 ModelDeployment), like the OpenAI routes: creating a job goes through the same
@@ -11,11 +12,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.api.v1alpha1 import API_VERSION, ModelDeploymentResource, ModelDeploymentSpec
 from tuneforge.api.v1alpha1.labels import Label
 from tuneforge.config import settings
+from tuneforge.gateway import exports
 from tuneforge.gateway import fine_tuning_service as service
 from tuneforge.gateway.auth import Principal, require
 from tuneforge.gateway.catalog import is_live_model
@@ -102,6 +105,13 @@ async def _draft(request: Request, principal: Principal, body: JobCreate) -> ser
         webhook_url=body.webhook_url)
 
 
+async def _base_model_id(request: Request, resource: dict) -> str:
+    """The model id of the job's base model, which the views show (spec.baseModel holds its
+    resource name)."""
+    base = resource["spec"]["baseModel"]
+    return (await request.app.state.catalog.current([base])).model_id(base)
+
+
 async def _job(request: Request, principal: Principal, job_id: str) -> dict:
     return await service.find_live_job(request.app.state.kube, principal.tenant, job_id, param="id")
 
@@ -120,10 +130,15 @@ async def list_jobs(
     sort: Annotated[str, Query(description="createdAt, updatedAt, name or status, with :asc or :desc")] = DEFAULT_SORT,
 ) -> JobList:
     field, descending = parse_sort(sort)
+    catalog = request.app.state.catalog
+    if base_model is not None and (entry := await catalog.resolve(base_model)) is not None:
+        base_model = entry["metadata"]["name"]
     query = ListQuery(statuses=parse_statuses(status) if status is not None else None, base_model=base_model,
                       search=search or None, sort_field=field, descending=descending, limit=limit, offset=offset)
     count, selected = select_jobs(await service.list_live_jobs(request.app.state.kube, principal.tenant), query)
-    return JobList(count=count, limit=limit, offset=offset, jobs=[job_summary(r) for r in selected])
+    ids = await catalog.current(r["spec"]["baseModel"] for r in selected)
+    return JobList(count=count, limit=limit, offset=offset,
+                   jobs=[job_summary(r, base_model_id=ids.model_id(r["spec"]["baseModel"])) for r in selected])
 
 
 @router.post("/jobs", status_code=201, response_model=CreatedJob, summary="Create a fine-tuning job")
@@ -136,17 +151,19 @@ async def create_job(
     state = request.app.state
     draft = await _draft(request, principal, body)
     key = await service.signing_key(state.kube, draft)
-    created = await service.create_job_once(state.kube, state.store, principal, draft,
+    created = await service.create_job_once(state.kube, state.store, principal, draft, catalog=state.catalog,
                                             idempotency_key=idempotency_key,
                                             request_body=body.model_dump(by_alias=True))
-    return created_job(created, await _file_names(request, principal, created), service.webhook_secret(key, created))
+    return created_job(created, await _file_names(request, principal, created), service.webhook_secret(key, created),
+                       base_model_id=await _base_model_id(request, created))
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="Get a fine-tuning job")
 async def get_job(job_id: str, request: Request,
                   principal: Principal = Depends(require("fine-tuning:read"))) -> JobDetail:
     resource = await _job(request, principal, job_id)
-    return job_detail(resource, await _file_names(request, principal, resource))
+    return job_detail(resource, await _file_names(request, principal, resource),
+                      base_model_id=await _base_model_id(request, resource))
 
 
 @router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
@@ -174,7 +191,8 @@ async def stop_job(job_id: str, request: Request,
         raise conflict(f"Job '{job_id}' is {status}; only queued or running jobs can be stopped.")
     if status != "stopped":
         resource = await service.set_spec(request.app.state.kube, principal.tenant, job_id, {"suspend": True})
-    return stopped_job(resource, await _file_names(request, principal, resource))
+    return stopped_job(resource, await _file_names(request, principal, resource),
+                       base_model_id=await _base_model_id(request, resource))
 
 
 @router.post("/jobs/{job_id}/restart", response_model=RestartedJob,
@@ -197,7 +215,8 @@ async def restart_job(job_id: str, request: Request,
     patched = await request.app.state.kube.patch(service.PLURAL, principal.tenant, job_id, patch)
     store = request.app.state.store
     steps = await run_in_threadpool(JobFiles.of(store, principal.tenant, job_id).complete_checkpoints)
-    return restarted_job(patched, await _file_names(request, principal, patched), steps[-1] if steps else None)
+    return restarted_job(patched, await _file_names(request, principal, patched), steps[-1] if steps else None,
+                         base_model_id=await _base_model_id(request, patched))
 
 
 @router.post("/jobs/{job_id}/deploy", response_model=DeployedJob, summary="Serve a completed job's fine-tuned model")
@@ -238,6 +257,29 @@ async def deploy_job(
     except AlreadyExists:
         created = await kube.get("modeldeployments", principal.tenant, job_id)
     return deployed_job(job_id, model, created, shared=False)
+
+
+async def _export(request: Request, principal: Principal, job_id: str, export: exports.Export) -> StreamingResponse:
+    """`export` of a completed job as a tar stream, the same archive as the OpenAI API's."""
+    resource = await _job(request, principal, job_id)
+    status = job_status(resource)
+    if status != "completed":
+        raise conflict(f"Job '{job_id}' is {status}; its {export.title} can be downloaded once it is completed.")
+    return await exports.archive_response(request.app.state.store, resource, export, param="id")
+
+
+@router.get("/jobs/{job_id}/adapter", response_class=StreamingResponse, responses=exports.TAR_RESPONSES,
+            summary="Download a completed job's LoRA adapter as a tar archive")
+async def download_adapter(job_id: str, request: Request,
+                           principal: Principal = Depends(require("fine-tuning:read"))) -> StreamingResponse:
+    return await _export(request, principal, job_id, exports.ADAPTER)
+
+
+@router.get("/jobs/{job_id}/merged-model", response_class=StreamingResponse, responses=exports.TAR_RESPONSES,
+            summary="Download a completed job's merged model (mergeAdapter) as a tar archive")
+async def download_merged_model(job_id: str, request: Request,
+                                principal: Principal = Depends(require("fine-tuning:read"))) -> StreamingResponse:
+    return await _export(request, principal, job_id, exports.MERGED)
 
 
 @router.get("/stats", response_model=JobStats, summary="Job counts by status in the caller's namespace")

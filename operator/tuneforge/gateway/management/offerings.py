@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from tuneforge.api.v1alpha1.basemodel import model_id_of
 from tuneforge.config import find_hardware_profile, settings
 from tuneforge.gateway import fine_tuning_service as service
 from tuneforge.gateway.auth import Principal, require
-from tuneforge.gateway.catalog import catalog_model
 from tuneforge.gateway.errors import bad_request
 from tuneforge.gateway.files import fine_tune_summary
 from tuneforge.gateway.management.catalog_views import base_model_entry, hardware_entry, is_offered_base_model
@@ -29,7 +29,7 @@ router = APIRouter()
 @router.get("/base-models", response_model=BaseModelList, summary="Fine-tunable, ready catalog models")
 async def base_models(request: Request,
                       principal: Principal = Depends(require("fine-tuning:read"))) -> BaseModelList:
-    models = sorted((base_model_entry(r) for r in await request.app.state.kube.list_cluster("basemodels")
+    models = sorted((base_model_entry(r) for r in (await request.app.state.catalog.fresh()).accepted()
                      if is_offered_base_model(r)), key=lambda m: m.id)
     return BaseModelList(count=len(models), models=models)
 
@@ -69,7 +69,7 @@ async def _dataset_size(request: Request, principal: Principal, body: EstimateRe
 async def estimate_cost(body: EstimateRequest, request: Request,
                         principal: Principal = Depends(require("fine-tuning:read"))) -> CostEstimate:
     kube = request.app.state.kube
-    base = await catalog_model(kube, body.base_model)
+    base = await request.app.state.catalog.resolve(body.base_model)
     if base is None or not base["spec"].get("fineTunable", True):
         raise bad_request(f"Model '{body.base_model}' is not a fine-tunable catalog model.", param="baseModel",
                           code="model_not_available")
@@ -96,7 +96,7 @@ async def estimate_cost(body: EstimateRequest, request: Request,
         estimated_cost=result.rounded_cost(),
         estimated_time_minutes=result.minutes(),
         currency=result.currency,
-        base_model=body.base_model,
+        base_model=model_id_of(base),
         dataset_size=size.examples,
         dataset_tokens=size.tokens,
         tokens_per_example=size.tokens_per_example,
