@@ -51,8 +51,10 @@ def bad_request(message: str, *, param: str | None = None, code: str = "invalid_
 
 
 def not_found(kind: str, ident: str, *, param: str | None = None) -> OpenAIError:
-    """404 for a missing id; also what another tenant's id yields, so ids never leak."""
-    return OpenAIError(404, f"No {kind} found with id '{ident}'.", param=param, code=f"{kind.replace(' ', '_')}_not_found")
+    """404 for a missing id; also what another tenant's id yields, so ids never leak. The
+    code is the kind in snake case (`fine_tuning_job_not_found`)."""
+    code = kind.replace(" ", "_").replace("-", "_") + "_not_found"
+    return OpenAIError(404, f"No {kind} found with id '{ident}'.", param=param, code=code)
 
 
 def error_response(error: OpenAIError) -> JSONResponse:

@@ -14,6 +14,7 @@ from tuneforge.gateway.catalog import fine_tuned_job, is_live_model
 from tuneforge.gateway.errors import OpenAIError, not_found
 from tuneforge.gateway.model_objects import base_model_object, deployed_model_object, fine_tuned_model_object
 from tuneforge.gateway.openai_protocol import DeletedModel, ModelList, ModelObject
+from tuneforge.jobfiles import ADAPTER, MERGED, JobFiles
 from tuneforge.storage import ArtifactStore
 
 router = APIRouter(tags=["models"])
@@ -70,5 +71,7 @@ async def delete_model(model_id: str, request: Request,
     name = job["metadata"]["name"]
     await kube.patch("finetuningjobs", principal.tenant, name, {"metadata": {"labels": {Label.MODEL_DELETED: "true"}}})
     store: ArtifactStore = request.app.state.store
-    await run_in_threadpool(store.delete, f"{store.fine_tuning_dir(principal.tenant, name)}/adapter")
+    files = JobFiles.of(store, principal.tenant, name)
+    for published in (ADAPTER, MERGED):  # the model's weights, in both forms the job may have made
+        await run_in_threadpool(store.delete, files.path(published))
     return DeletedModel(id=model_id)

@@ -580,7 +580,7 @@ def test_tenants_see_only_their_own_jobs(gateway, namespace, raw, api_client, ca
                              ("GET", f"/jobs/{job_id}/metrics"), ("POST", f"/jobs/{job_id}/stop"),
                              ("POST", f"/jobs/{job_id}/restart"), ("POST", f"/jobs/{job_id}/deploy"),
                              ("DELETE", f"/jobs/{job_id}")]:
-            assert intruder.error(method, f"{API}{path}", 404)["code"] == "fine-tuning_job_not_found"
+            assert intruder.error(method, f"{API}{path}", 404)["code"] == "fine_tuning_job_not_found"
         assert intruder.ok("GET", f"{API}/jobs") == {"count": 0, "limit": 20, "offset": 0, "jobs": []}
         assert intruder.ok("GET", f"{API}/stats")["total"] == 0
         assert intruder.error("POST", f"{API}/jobs", 400, json={

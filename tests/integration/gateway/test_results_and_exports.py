@@ -192,7 +192,13 @@ def test_the_merged_model_downloads_only_when_the_job_made_one(finished, gateway
     assert response.headers["content-disposition"] == f'attachment; filename="{finished.job}-merged.tar"'
     _extract(response.content, tmp_path)
     assert (tmp_path / f"{finished.job}-merged" / "model.safetensors").read_bytes() == b"weights"
+
     assert raw.get(management_path, headers=headers).content == response.content
+
+    finished.api.models.delete(finished.api.fine_tuning.jobs.retrieve(finished.job).fine_tuned_model)
+    assert not gateway.store.exists(merged), "deleting the model deletes its merged weights too"
+    assert _error(raw.get(openai_path, headers={"Authorization": f"Bearer {finished.key}"}), 404)["code"] == (
+        "merged_model_not_found")
 
 
 def test_downloads_are_refused_in_openai_error_shape(finished, gateway, raw, base_model, intruder) -> None:
@@ -208,7 +214,7 @@ def test_downloads_are_refused_in_openai_error_shape(finished, gateway, raw, bas
     for key, job in ((finished.key, "ftjob-0123456789abcdef"), (other_key, finished.job)):
         error = _error(raw.get(f"/v1/fine_tuning/jobs/{job}/adapter", headers={"Authorization": f"Bearer {key}"}),
                        404)
-        assert error["code"] == "fine-tuning_job_not_found"
+        assert error["code"] == "fine_tuning_job_not_found"
         assert _error(raw.get(f"{MANAGEMENT}/jobs/{job}/adapter", headers={"X-API-Key": key}), 404)["param"] == "id"
 
     files_only = gateway.key(finished.namespace, ["files:*"])

@@ -345,7 +345,8 @@ class FineTuningJobStatus(ApiModel):
     adapter_uri: str | None = None
     """Where the trained adapter lives in the artifact store."""
     result_files: list[str] = Field(default_factory=list)
-    """File ids of result files (the metrics CSV)."""
+    """Where the trainer wrote its result files (results.csv, the metrics per step); the
+    APIs show them as File ids (`file-results-<job>`)."""
     checkpoints: CheckpointSummary | None = None
     hyperparameters: ResolvedHyperparameters | None = None
     error: ApiError | None = None
