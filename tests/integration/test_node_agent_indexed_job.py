@@ -13,19 +13,18 @@ theirs Pending on purpose.
 from __future__ import annotations
 
 import json
-import stat
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from kubernetes import config
 
 from tuneforge.config import Settings
 from tuneforge.local.controlplane import ControlPlane
 from tuneforge.local.hosts import OwnNames
 from tuneforge.local.node import NodeAgent
 from tuneforge.local.podworker import pod_dir_name
+
+from tests.support.node_agents import python_node_agent
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "training"
@@ -69,15 +68,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="module")
 def agent(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    scripts = tmp_path_factory.mktemp("scripts")
-    entrypoint = scripts / "tuneforge-train"
-    entrypoint.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    entrypoint.chmod(entrypoint.stat().st_mode | stat.S_IXUSR)
-    api_client = config.new_client_from_config(config_file=str(plane.kubeconfig))
-    with NodeAgent(api_client, state_dir=tmp_path_factory.mktemp("node"), settings=Settings(), scripts_dir=scripts,
-                   shutdown_grace=2.0) as agent:
+    with python_node_agent(plane, tmp_path_factory.mktemp("node"), tmp_path_factory.mktemp("scripts")) as agent:
         yield agent
-    api_client.close()
 
 
 def _get(plane: ControlPlane, *args: str) -> dict:

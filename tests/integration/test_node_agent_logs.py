@@ -16,16 +16,13 @@ import json
 import queue
 import socket
 import ssl
-import stat
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from kubernetes import config
 
 from tuneforge.config import Settings
 from tuneforge.local.containerlogs import run_log
@@ -35,6 +32,7 @@ from tuneforge.local.pki import CertificateAuthority, KeyPair
 from tuneforge.local.podworker import pod_dir_name
 
 from tests.support.apiserver import wait_for
+from tests.support.node_agents import python_node_agent
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "logs"
@@ -78,15 +76,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 @pytest.fixture(scope="module")
 def agent(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
-    scripts = tmp_path_factory.mktemp("scripts")
-    entrypoint = scripts / "tuneforge-train"
-    entrypoint.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    entrypoint.chmod(entrypoint.stat().st_mode | stat.S_IXUSR)
-    api_client = config.new_client_from_config(config_file=str(plane.kubeconfig))
-    with NodeAgent(api_client, state_dir=tmp_path_factory.mktemp("node"), settings=Settings(), scripts_dir=scripts,
-                   shutdown_grace=2.0, cluster_ca=plane.cluster_ca) as agent:
+    with python_node_agent(plane, tmp_path_factory.mktemp("node"), tmp_path_factory.mktemp("scripts")) as agent:
         yield agent
-    api_client.close()
 
 
 def _container(name: str, program: str, **env: str) -> dict:
