@@ -130,6 +130,12 @@ def leftovers(directory: Path) -> str:
                      for f in sorted(directory.iterdir()))
 
 
+def uploads(openai_client) -> dict:
+    """The Files the tenant uploaded, by id: the list without the results Files of
+    succeeded jobs, which live in the jobs' directories, not among the uploads."""
+    return {f.id: f for f in openai_client.files.list().data if f.purpose != "fine-tune-results"}
+
+
 def test_a_gateway_killed_mid_upload_publishes_no_partial_file_and_leaves_nothing(dev_stack, openai_client):
     """Three kills: with the body part sent, and twice with the content landing in the
     store, once under the Idempotency-Key the client retries with (the openai client sends
@@ -138,7 +144,7 @@ def test_a_gateway_killed_mid_upload_publishes_no_partial_file_and_leaves_nothin
     digest = hashlib.sha256(data).hexdigest()
     files_dir = dev_stack.store_dir / dev_stack.tenant / "files"
     key = f"chaos-upload-{time.time_ns()}"
-    listed_before = {f.id for f in openai_client.files.list().data}
+    listed_before = set(uploads(openai_client))
     unpublished_before = set(unpublished_uploads(files_dir))
     started = time.monotonic()
 
@@ -183,7 +189,7 @@ def test_a_gateway_killed_mid_upload_publishes_no_partial_file_and_leaves_nothin
     assert sorted(p.name for p in (files_dir / retried).iterdir()) == ["content", "meta.json"]
     content = openai_client.files.content(stored.id).read()
     assert (len(content), hashlib.sha256(content).hexdigest()) == (len(data), digest)
-    listed = {f.id: f for f in openai_client.files.list().data}
+    listed = uploads(openai_client)
     assert set(listed) - listed_before == {stored.id} and listed_before <= set(listed)
     published = {d.name: json.loads((d / "meta.json").read_text()) for d in files_dir.iterdir()
                  if (d / "meta.json").exists()}
