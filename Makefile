@@ -36,7 +36,7 @@ provision: ## Build or reuse the pinned control plane, helm, Kueue and Argo CD's
 
 .PHONY: test
 test: venv provision lint ## Lint, then run unit, integration and end-to-end tests (the CI command)
-	@set +e; $(BIN)/python -m pytest -ra $(PYTEST_ARGS) tests; rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -ra --durations=25 $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 .PHONY: lint
