@@ -64,7 +64,7 @@ bench-gateway: venv provision ## Chat proxy added latency, job listing, upload m
 	$(BIN)/python -m tests.bench.bench_gateway $(BENCH_ARGS)
 bench-batch: venv ## Batch runner vs a plain asyncio+httpx loop; peak RSS by input size
 	$(BIN)/python -m tests.bench.bench_batch $(BENCH_ARGS)
-bench-inference: venv ## Runtime adapter load vs cold restart; adapter switching
+bench-inference: venv provision ## Runtime adapter load vs cold restart; adapter switching; scale from zero; adapter-aware routing
 	$(BIN)/python -m tests.bench.bench_inference $(BENCH_ARGS)
 bench-trainer: venv ## Trainer tokens/s vs TRL SFTTrainer (padded and packed)
 	$(BIN)/python -m tests.bench.bench_trainer $(BENCH_ARGS)

@@ -1,4 +1,5 @@
-"""CPU engine benchmark with the tiny model: runtime adapter loading and adapter switching.
+"""CPU engine benchmark with the tiny model: runtime adapter loading, adapter switching, and
+serving at scale (scale from zero, adapter-aware routing).
 
     .venv/bin/python -m tests.bench.bench_inference [--quick]      (or: make bench-inference)
 
@@ -9,6 +10,10 @@
    Target: ratio <= 0.1. Median of 5 loads vs median of 2 restarts.
 2. Requests/s alternating between 4 resident adapters vs always the same adapter, on one
    server (sequential greedy requests of 8 tokens). Target: ratio >= 0.9.
+
+3. On the local platform (tests/bench/serving_scale.py): time to first token from zero
+   replicas vs the engine's cold start and vs a warm replica; requests/s and p99 with
+   adapter-aware routing vs round-robin on the same replicas and adapters.
 
 `--quick` (or TUNEFORGE_BENCH_QUICK=1): 2 loads, 1 restart, 8 requests per rate.
 
@@ -33,6 +38,7 @@ from tuneforge.contracts import AdapterSource, ServingSpec
 from tuneforge.weights import build_tiny_model
 
 from tests.bench import common
+from tests.bench.serving_scale import bench_serving_scale
 from tests.support.inference_servers import free_port, wait_until_healthy
 from tests.support.lora import make_adapter
 
@@ -133,6 +139,8 @@ def main() -> None:
         base = build_tiny_model(workdir / "tiny")
         adapters = [make_adapter(base, workdir / f"adapter-{i}", seed=i + 1) for i in range(4)]
         results = [bench_runtime_load(base, adapters, workdir), bench_switching(base, adapters, workdir)]
+        cold_start = results[0]["baseline_value"]
+        results += bench_serving_scale(workdir, adapters, engine_cold_start=cold_start)
     common.write("inference", results)
 
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     stack = DevStack(state_dir=tmp_path_factory.mktemp("dev"), gateway_port=free_gateway_port(), models=(TINY,),
-                     poll_interval=1.0, status_interval=2.0, batch_retries_per_hour=BATCH_RETRIES_PER_HOUR)
+                     poll_interval=1.0, status_interval=2.0, autoscale_interval=1.0,
+                     batch_retries_per_hour=BATCH_RETRIES_PER_HOUR)
     with stack:
         yield stack
 

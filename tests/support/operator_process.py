@@ -54,6 +54,7 @@ class Operator:
         }
         args = [sys.executable, "-m", "tuneforge", "operator", "--liveness", "",
                 "--metrics-port", str(self.metrics_port), "--poll-interval", "0.5", "--status-interval", "1",
+                "--autoscale-interval", "0.5",
                 "--dependency-grace", str(DEPENDENCY_GRACE_SECONDS),
                 "--pod-admission-timeout", str(POD_ADMISSION_TIMEOUT_SECONDS),
                 "--webhook-attempts", "3", "--webhook-retry-delay", "1"]

@@ -42,6 +42,8 @@ class AdapterSet:
         self.cache_dir = cache_dir
         self.known: dict[str, Adapter] = {}
         self.resident: OrderedDict[str, None] = OrderedDict()
+        self.loads = 0
+        """Adapters made resident since start (a first load or a reload after eviction)."""
 
     def fetch(self, name: str, source: str) -> Adapter:
         """Copies an adapter into the cache and checks it; raises vLLM's load errors."""
@@ -106,6 +108,7 @@ class AdapterSet:
                 HTTPStatus.INTERNAL_SERVER_ERROR, f"Loading lora {name} failed: {exc}", err_type="InternalServerError"
             ) from exc
         self.resident[name] = None
+        self.loads += 1
 
     def _evict(self, name: str) -> None:
         self.model.delete_adapter(name)

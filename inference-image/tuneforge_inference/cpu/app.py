@@ -52,6 +52,7 @@ def create_app(engine: Engine, max_queue: int, token: str | None = None) -> Fast
         running=lambda: worker.running,
         resident_adapters=lambda: len(engine.adapters.resident),
         known_adapters=lambda: len(engine.adapters.known),
+        adapter_loads=lambda: engine.adapters.loads,
     )
     adapter_lock = asyncio.Lock()
 

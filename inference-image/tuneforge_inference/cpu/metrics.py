@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -25,6 +27,7 @@ class EngineMetrics:
         running: Callable[[], int],
         resident_adapters: Callable[[], int],
         known_adapters: Callable[[], int],
+        adapter_loads: Callable[[], int],
     ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -61,6 +64,21 @@ class EngineMetrics:
         Gauge(
             "tuneforge_registered_adapters", "LoRA adapters the server serves (loaded on demand).", registry=self.registry
         ).set_function(known_adapters)
+        self.registry.register(_AdapterLoads(adapter_loads))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _AdapterLoads(Collector):
+    """`tuneforge_adapter_loads_total`: adapters brought into the model, the first time or
+    again after an eviction. Rising under steady traffic means adapters thrash: more
+    adapters in rotation on this replica than it holds (maxAdapters), or routing that
+    ignores which replica holds which."""
+
+    def __init__(self, loads: Callable[[], int]) -> None:
+        self.loads = loads
+
+    def collect(self):
+        yield CounterMetricFamily("tuneforge_adapter_loads", "LoRA adapters made resident in the model.",
+                                  value=self.loads())

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from tuneforge.api.v1alpha1.common import ApiError
-from tuneforge.api.v1alpha1.labels import Annotation, Label
+from tuneforge.api.v1alpha1.labels import Annotation, Label, PortName
 from tuneforge.contracts import TrainerExit
 from tuneforge.controllers.builders import FATAL_EXIT_CODES
 from tuneforge.controllers.status import parse_timestamp
@@ -100,7 +100,9 @@ def pod_creation_refusal(events: Iterable[Mapping[str, Any]]) -> str | None:
 
 
 def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A Pod's phase and, once its first container has terminated, how it ended."""
+    """A Pod's phase and, once its first container has terminated, how it ended; while it
+    is ready, the address of its `http` port (a serving Pod's engine, whose load the
+    autoscaler reads)."""
     status = body.get("status") or {}
     terminated = None
     for container in status.get("containerStatuses") or []:
@@ -112,12 +114,17 @@ def pod_summary(body: Mapping[str, Any]) -> dict[str, Any]:
                 "message": state.get("message", ""),
             }
             break
+    ready = "Ready" in _true_conditions(status) and not body["metadata"].get("deletionTimestamp")
+    ports = [port for container in (body.get("spec") or {}).get("containers") or []
+             for port in container.get("ports") or []]
+    http = next((port["containerPort"] for port in ports if port.get("name") == PortName.HTTP), None)
     return {
         "name": body["metadata"]["name"],
         "phase": status.get("phase", "Pending"),
         "created": body["metadata"].get("creationTimestamp", ""),
         "terminated": terminated,
         "disrupted": "DisruptionTarget" in _true_conditions(status),
+        "address": f"{status['podIP']}:{http}" if ready and http and status.get("podIP") else None,
     }
 
 

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between reconciles of an object",
     )
     parser.add_argument(
+        "--autoscale-interval", type=float, default=ControllerSettings.autoscale_interval,
+        help="seconds between autoscaling decisions of a ModelDeployment with spec.autoscaling "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--status-interval", type=float, default=ControllerSettings.status_interval,
         help="minimum seconds between progress-only status writes",
     )

@@ -12,6 +12,9 @@ and an unchanged object costs no API call. Phase is read from the Deployment's s
 
 Pods the API server refuses to create show as the PodsAdmitted condition, from the
 Deployment's ReplicaFailure (tuneforge.controllers.admission).
+
+With spec.autoscaling the replica count is the autoscaler's (tuneforge.controllers.autoscaler):
+the Deployment is applied with its last decision and rescaled by it alone.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tuneforge.config import settings
 from tuneforge.controllers import admission, builders, kube
 from tuneforge.controllers.children import first
 from tuneforge.controllers.handlers import plain, reconcile_on_timer
+from tuneforge.controllers.scaling import initial_replicas
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import set_condition
 from tuneforge.serving_auth import deployment_token
@@ -53,6 +57,19 @@ def rollout_phase(summary: dict[str, Any] | None, previous: str | None) -> tuple
     if current and previous in ("Ready", "Degraded"):
         return "Degraded", "PodsNotReady"
     return "Deploying", "RollingOut"
+
+
+def wanted_replicas(mdep: ModelDeploymentResource, status: dict[str, Any]) -> int:
+    """The replicas to apply: the spec's, or with autoscaling the autoscaler's last decision
+    (status.autoscaling.desiredReplicas, written before it scales), within the current
+    bounds; a deployment the autoscaler has not decided on yet starts at its initial scale."""
+    autoscaling = mdep.spec.autoscaling
+    if autoscaling is None:
+        return mdep.spec.replicas
+    decided = (status.get("autoscaling") or {}).get("desiredReplicas")
+    if decided is None:
+        return initial_replicas(autoscaling)
+    return max(autoscaling.min_replicas, min(autoscaling.max_replicas, decided))
 
 
 def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -89,12 +106,14 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
     profile = profile_of(hardware, config)
     serving = builders.serving_spec(mdep, base, hardware=hardware, store_root=config.store_root,
                                     gpu_memory_gb=profile.gpu_memory_gb if profile else None)
+    replicas = wanted_replicas(mdep, status)
     deployment = builders.serving_deployment(
-        raw, serving, replicas=mdep.spec.replicas, hardware=hardware, rollout=mdep.spec.rollout,
+        raw, serving, replicas=replicas, hardware=hardware, rollout=mdep.spec.rollout,
         startup_seconds=base.spec.serving.startup_timeout_seconds, settings=config,
     )
     summary = first(kwargs["tf_deployments"].get(("inference", namespace, name)))
-    if summary is None or summary["hash"] != deployment["metadata"]["annotations"][Annotation.SPEC_HASH]:
+    rescaled = mdep.spec.autoscaling is None and summary is not None and summary["desired"] != replicas
+    if summary is None or rescaled or summary["hash"] != deployment["metadata"]["annotations"][Annotation.SPEC_HASH]:
         platform_key = kube.platform_serving_key(config.system_namespace)
         token = deployment_token(platform_key, namespace, name, raw["metadata"]["uid"])
         kube.apply(builders.serving_token_secret(raw, token))
@@ -111,7 +130,7 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
     desired["servedModels"] = builders.served_models(serving)
     desired["replicas"] = summary["updated"] if summary else 0
     desired["readyReplicas"] = min(summary["ready"], summary["updated"]) if summary else 0
-    message = f"{desired['readyReplicas']}/{mdep.spec.replicas} Pods of the current spec ready"
+    message = f"{desired['readyReplicas']}/{replicas} Pods of the current spec ready"
     conditions(phase == "Ready", reason, message)
     desired["conditions"] = set_condition(
         desired["conditions"], "Progressing", phase == "Deploying", reason, message, generation=generation

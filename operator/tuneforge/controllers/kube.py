@@ -191,3 +191,14 @@ def platform_serving_key(namespace: str) -> str:
                 "stringData": {PLATFORM_KEY_FIELD: new_platform_key()}})
         secret = read_secret(namespace, PLATFORM_KEY_SECRET)
     return base64.b64decode(secret.data[PLATFORM_KEY_FIELD]).decode()
+
+
+def scale_deployment(namespace: str, name: str, replicas: int) -> None:
+    """Sets a Deployment's replicas through its scale subresource, as the Horizontal Pod
+    Autoscaler does: the rest of the spec stays the `tuneforge` apply's."""
+    apps().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+
+def patch_custom_status(namespace: str, kind: str, name: str, status: dict[str, Any]) -> None:
+    """Merges `status` into a tuneforge object's status."""
+    custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural(kind), name, {"status": status})

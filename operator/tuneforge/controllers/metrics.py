@@ -2,7 +2,9 @@
 
 - `tuneforge_reconciles_total{kind,result}`: reconciles that succeeded or raised;
 - `tuneforge_reconcile_duration_seconds{kind}`: how long one reconcile took;
-- `tuneforge_resources{kind,phase}`: objects this replica has seen, by phase.
+- `tuneforge_resources{kind,phase}`: objects this replica has seen, by phase;
+- `tuneforge_modeldeployment_replicas{namespace,name,kind}`: an autoscaled deployment's
+  current and desired replicas (kind `current` / `desired`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -22,6 +24,15 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RESOURCES = Gauge("tuneforge_resources", "Resources by kind and phase.", ["kind", "phase"])
+REPLICAS = Gauge("tuneforge_modeldeployment_replicas", "Replicas of autoscaled ModelDeployments.",
+                 ["namespace", "name", "kind"])
+
+
+def forget_replicas(namespace: str, name: str) -> None:
+    """Drops a deployment's replica gauges once nothing autoscales it any more."""
+    for kind in ("current", "desired"):
+        with suppress(KeyError):
+            REPLICAS.remove(namespace, name, kind)
 
 
 class PhaseTracker:

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from tuneforge.api.v1alpha1.labels import FINALIZER, OPERATOR_NAME, Label
 from tuneforge.config import settings
 from tuneforge.controllers import (
+    autoscaler,
     basemodel,
     batch,
     children,
@@ -75,7 +76,7 @@ def build_registry(*, cluster_wide: bool, controller_settings: ControllerSetting
     # Kueue's Workloads, where it installs them (v1beta2, Kueue 0.15 and later): why a queued
     # trainer or batch runner is not running. kopf starts watching once the CRD appears.
     kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", registry=registry, id="tf_workloads")(_workload_index)
-    for module in (basemodel, finetuning, deployment, batch):
+    for module in (basemodel, finetuning, deployment, autoscaler, batch):
         module.register(registry, controller_settings)
     return registry
 
@@ -83,6 +84,7 @@ def build_registry(*, cluster_wide: bool, controller_settings: ControllerSetting
 def controller_settings(args: argparse.Namespace) -> ControllerSettings:
     return ControllerSettings(
         poll_interval=args.poll_interval,
+        autoscale_interval=args.autoscale_interval,
         status_interval=args.status_interval,
         dependency_grace=args.dependency_grace,
         pod_admission_timeout=args.pod_admission_timeout,

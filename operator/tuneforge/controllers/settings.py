@@ -14,6 +14,9 @@ from dataclasses import dataclass
 class ControllerSettings:
     poll_interval: float = 2.0
     """Seconds between reconciles of an active object (reads indexes, not the API)."""
+    autoscale_interval: float = 5.0
+    """Seconds between two autoscaling decisions of a ModelDeployment (each reads every
+    ready replica's engine metrics)."""
     status_interval: float = 5.0
     """Minimum seconds between progress-only status writes of one object."""
     dependency_grace: float = 30.0

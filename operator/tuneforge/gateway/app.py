@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuneforge.gateway import batches, chat, errors, files, fine_tuning, management, models
 from tuneforge.gateway.auth import KeyResolver
 from tuneforge.gateway.catalog import Catalog
+from tuneforge.gateway.held import HeldRequests
 from tuneforge.gateway.kube import Kube, load_api_client
 from tuneforge.gateway.metrics import RequestMetrics
 from tuneforge.gateway.routing import Router
@@ -86,7 +87,10 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
             app.state.store = store or ArtifactStore()
             app.state.keys = KeyResolver(kube)
             app.state.catalog = Catalog(kube, config.catalog_cache_seconds)
-            app.state.router = Router(kube, http, config.route_cache_seconds, app.state.catalog)
+            held = HeldRequests(kube, limit=config.held_requests_per_deployment,
+                                timeout=config.scale_up_timeout_seconds)
+            app.state.router = Router(kube, http, config.route_cache_seconds, app.state.catalog, held=held,
+                                      saturation=config.replica_saturation, policy=config.routing)
             sweeper = asyncio.create_task(files.sweep_abandoned_uploads_forever(app.state.store))
             try:
                 yield

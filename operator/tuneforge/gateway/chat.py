@@ -6,8 +6,9 @@ catalog model by its alias (the BaseModel's resource name) is re-encoded, with t
 id the engine serves in `model` (`with_model`). A streamed response is relayed chunk by
 chunk as the upstream produces it. Interactive clients and the batch
 runner (with its chat-scoped key) take this same path, so both get the same routing and
-adapter loading. Upstream failures come back as OpenAI errors: the upstream's own error
-body when it sent one, 502 when a Pod could not be reached or broke.
+adapter loading, and both wait while an autoscaled deployment scales up from zero
+(`Router.ready_route`). Upstream failures come back as OpenAI errors: the upstream's own
+error body when it sent one, 502 when a Pod could not be reached or broke.
 
 The route has no response_model on purpose: the body is the engine's, relayed untouched,
 so the gateway neither parses nor promises its shape. The request body is documented from
@@ -135,45 +136,67 @@ async def _send(router_: Router, pod: Pod, route: Route, raw: bytes, request_id:
     )
 
 
-async def _release(upstream: aiohttp.ClientResponse) -> None:
+async def _release(upstream: aiohttp.ClientResponse, router_: Router, pod: Pod, route: Route) -> None:
     """Returns a relayed stream's connection to the pool (or closes it when the client
-    left mid-stream); Starlette runs it after the response, disconnects included."""
+    left mid-stream) and ends its in-flight count; Starlette runs it after the response,
+    disconnects included."""
     upstream.release()
+    router_.finished(pod, route)
 
 
-@router.post("/chat/completions", openapi_extra=_BODY_SCHEMA, summary="Create a chat completion")
-async def chat_completions(request: Request, principal: Principal = Depends(require("chat"))) -> Response:
-    raw = await request.body()
-    chat = parse_request(raw)
-    model, stream = chat.model, chat.stream is True
-    router_: Router = request.app.state.router
-    request_id = request.state.request_id
-    route = await router_.route(principal.tenant, model)
-    if route.model != model:
+async def _forward(router_: Router, route: Route, raw: bytes, chat: ChatCompletionRequest,
+                   request_id: str) -> Response | None:
+    """The response of the first replica of `route` that could be reached, or None."""
+    stream = chat.stream is True
+    if route.model != chat.model:
         raw = with_model(raw, route.model)
     tried: set[str] = set()
     while (pod := router_.choose(route, tried)) is not None:
         tried.add(pod.uid)
-        presumed_loaded = route.adapter is not None and router_.holds(pod, route.adapter)
+        router_.started(pod, route)
+        relaying = False
         try:
             upstream = await _send(router_, pod, route, raw, request_id)
-            if upstream.status == 404 and presumed_loaded:
-                # The engine dropped the adapter (restart or its own LRU): load it again.
+            if upstream.status == 404 and route.adapter is not None:
+                # The engine dropped the adapter (restart, another gateway's unload): load it again.
                 upstream.release()
                 router_.forget_adapter(pod, route.adapter)
                 upstream = await _send(router_, pod, route, raw, request_id)
             if not stream or upstream.status >= 400:
                 content = await upstream.read()
                 upstream.release()
+            else:
+                relaying = True
         except aiohttp.ClientError:
-            router_.forget(principal.tenant, model)
             continue
+        finally:
+            if not relaying:
+                router_.finished(pod, route)
         if upstream.status >= 400:
             raise upstream_error(upstream.status, content)
         media_type = upstream.headers.get("content-type", "application/json")
         if stream:
             return StreamingResponse(upstream.content.iter_any(), status_code=upstream.status, media_type=media_type,
-                                     background=BackgroundTask(_release, upstream))
+                                     background=BackgroundTask(_release, upstream, router_, pod, route))
         return Response(content, status_code=upstream.status, media_type=media_type)
-    raise OpenAIError(502, f"No replica serving '{model}' could be reached.", code="upstream_unreachable",
-                      type="server_error")
+    return None
+
+
+@router.post("/chat/completions", openapi_extra=_BODY_SCHEMA, summary="Create a chat completion")
+async def chat_completions(request: Request, principal: Principal = Depends(require("chat"))) -> Response:
+    raw = await request.body()
+    chat = parse_request(raw)
+    router_: Router = request.app.state.router
+    request_id = request.state.request_id
+    route = await router_.ready_route(principal.tenant, chat.model)
+    response = await _forward(router_, route, raw, chat, request_id)
+    if response is None:
+        # No replica of the cached route could be reached: it was stale (Pods replaced, or
+        # the deployment scaled to zero). Once more, on the replicas ready now.
+        router_.forget(principal.tenant, chat.model)
+        route = await router_.ready_route(principal.tenant, chat.model)
+        response = await _forward(router_, route, raw, chat, request_id)
+    if response is None:
+        raise OpenAIError(502, f"No replica serving '{chat.model}' could be reached.", code="upstream_unreachable",
+                          type="server_error")
+    return response

@@ -34,9 +34,11 @@ class OpenAIError(Exception):
     """An error to return to the caller in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 type: str | None = None) -> None:
+                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
+        """Response headers, e.g. Retry-After on a 503 the client should retry later."""
         self.message = message
         self.code = code
         self.param = param
@@ -58,7 +60,7 @@ def not_found(kind: str, ident: str, *, param: str | None = None) -> OpenAIError
 
 
 def error_response(error: OpenAIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def _param(loc: tuple) -> str | None:

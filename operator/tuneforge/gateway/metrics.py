@@ -5,6 +5,17 @@
 - `tuneforge_gateway_request_duration_seconds{route,method}`: time until the response
   starts (for a streamed chat completion: until its headers, i.e. the upstream answered).
 
+Routing and scaling from zero (`routing`, `held`):
+
+- `tuneforge_gateway_in_flight_requests{model}`: chat requests being served, per model;
+- `tuneforge_gateway_held_requests{namespace,deployment}`: requests waiting for a replica
+  of a deployment scaling up from zero, and `tuneforge_gateway_queue_wait_seconds` how
+  long they waited;
+- `tuneforge_gateway_adapter_events_total{event}`: per request `hit` (the chosen replica
+  held the adapter) or `miss`; per engine call `load` and `eviction`;
+- `tuneforge_gateway_routing_decisions_total{decision}`: `affinity` (a replica holding the
+  adapter), `spread` (a hot adapter to one more replica), `least_loaded`, `round_robin`.
+
 `route` is the matched route template (`/v1/batches/{batch_id}`), never the raw path, so
 ids cannot grow the label set; requests no route matched count as `unmatched`.
 """
@@ -13,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
@@ -26,6 +37,19 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 UNMATCHED = "unmatched"
+
+IN_FLIGHT = Gauge("tuneforge_gateway_in_flight_requests", "Chat requests being served, by model.", ["model"])
+HELD_REQUESTS = Gauge("tuneforge_gateway_held_requests", "Requests waiting for a deployment to scale up from zero.",
+                      ["namespace", "deployment"])
+QUEUE_WAIT_SECONDS = Histogram(
+    "tuneforge_gateway_queue_wait_seconds",
+    "Time requests waited for a deployment to scale up from zero.",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+ADAPTER_EVENTS = Counter("tuneforge_gateway_adapter_events_total",
+                         "Adapter hits and misses of routed requests, loads and evictions on the engines.", ["event"])
+ROUTING_DECISIONS = Counter("tuneforge_gateway_routing_decisions_total", "How chat requests chose their replica.",
+                            ["decision"])
 
 
 class RequestMetrics:

@@ -6,6 +6,7 @@ They live here rather than in the shared Settings because only the gateway reads
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,19 @@ class GatewaySettings(BaseSettings):
     """How long the model catalog (the BaseModels) is used as is to resolve and show model
     ids (and for as long again while being reloaded); an id it lacks is looked up afresh,
     so a new entry is usable at once and a deleted one goes within twice this time."""
+    routing: Literal["adapter-aware", "round-robin"] = "adapter-aware"
+    """How a chat request picks among a deployment's ready replicas: adapter-aware prefers
+    a replica holding the requested adapter, then the least loaded (see gateway.routing);
+    round-robin ignores both."""
+    replica_saturation: int = Field(default=8, ge=1)
+    """Requests in flight on a replica beyond which a hot adapter spreads to another
+    replica, for deployments without autoscaling (theirs is targetInFlight)."""
+    scale_up_timeout_seconds: float = Field(default=600.0, gt=0)
+    """How long a request for an autoscaled deployment without a ready replica waits for
+    one before 503 with Retry-After; room for a serving Pod to be scheduled and load weights."""
+    held_requests_per_deployment: int = Field(default=1000, ge=1)
+    """Requests one deployment may have waiting for a replica on a gateway replica; more
+    get 503 with Retry-After at once."""
     upstream_timeout_seconds: float = Field(default=600.0, gt=0)
     """Read timeout towards the serving Pods (long generations)."""
     port: int = Field(default=8000, ge=1, le=65535)

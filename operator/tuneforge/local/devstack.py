@@ -168,6 +168,8 @@ class DevStack:
     tenant: str = DEV_TENANT
     poll_interval: float = 2.0
     status_interval: float = 5.0
+    autoscale_interval: float | None = None
+    """The operator's `--autoscale-interval`; None keeps its default."""
     batch_retries_per_hour: int | None = None
     """The operator's `--batch-retries-per-hour`; None keeps its default. The chaos tests
     lower it to run a batch out of retries in a minute instead of a window's worth."""
@@ -214,6 +216,7 @@ class DevStack:
                 *tuneforge, "operator", "--standalone", "--liveness", "", "--metrics-port", "0",
                 "--poll-interval", str(self.poll_interval), "--status-interval", str(self.status_interval),
                 *(["--batch-retries-per-hour", str(self.batch_retries_per_hour)] if self.batch_retries_per_hour else []),
+                *(["--autoscale-interval", str(self.autoscale_interval)] if self.autoscale_interval else []),
             ], env, self.state_dir / "logs" / "operator.log").start()
             self.gateway = Component("gateway", [
                 *tuneforge, "gateway", "--host", "127.0.0.1", "--port", str(self.gateway_port),

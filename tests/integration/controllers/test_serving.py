@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tuneforge.api.v1alpha1.autoscaling import held_requests_annotation
 from tuneforge.contracts import ServingSpec
 
 from tests.support.apiserver import Kube, wait_for
@@ -101,5 +103,54 @@ def test_model_deployment_ready_only_with_ready_pods(kube: Kube, operator: Opera
         kube.set_pod(namespace, new[0].metadata.name, "server", phase="Running", ready=True)
         wait_for(lambda: kube.status(namespace, "modeldeployments", "chat").get("phase") == "Ready", 60,
                  "Ready again", operator)
+    finally:
+        kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)
+
+
+def _replicas(kube: Kube, namespace: str, name: str) -> int | None:
+    deployment = _deployment(kube, namespace, name)
+    return None if deployment is None else deployment.spec.replicas
+
+
+def test_replicas_follow_the_spec_or_the_autoscaler(kube: Kube, operator: Operator, namespace: str,
+                                                    tmp_path: Path) -> None:
+    """A fixed count is applied as written; with autoscaling the operator starts one
+    replica, goes to zero when no engine reports load, and back to one when a gateway says
+    a request waits. (No engine runs here: the Pods stay Pending, so the load is the held
+    requests alone.)"""
+    base = f"bm-{uuid.uuid4().hex[:8]}"
+    kube.create(None, "basemodels", base_model_body(base, f"file://{tmp_path}", sharedDeployment=False))
+    try:
+        kube.create(namespace, "modeldeployments", {
+            "apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "fixed"},
+            "spec": {"baseModel": base, "replicas": 2}})
+        wait_for(lambda: _replicas(kube, namespace, "fixed") == 2, 30, "2 replicas", operator)
+        kube.patch_spec(namespace, "modeldeployments", "fixed", {"replicas": 3})
+        wait_for(lambda: _replicas(kube, namespace, "fixed") == 3, 30, "3 replicas", operator)
+
+        kube.create(namespace, "modeldeployments", {
+            "apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "elastic"},
+            "spec": {"baseModel": base, "replicas": 5,
+                     "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "targetInFlight": 2,
+                                     "windowSeconds": 1, "scaleDownDelaySeconds": 2}}})
+        wait_for(lambda: _replicas(kube, namespace, "elastic") == 1, 30, "the initial replica", operator)
+        wait_for(lambda: _replicas(kube, namespace, "elastic") == 0, 30, "zero replicas when idle", operator)
+        status = kube.status(namespace, "modeldeployments", "elastic")["autoscaling"]
+        assert (status["desiredReplicas"], status["reason"]) == (0, "no requests for 2s")
+        wait_for(lambda: kube.status(namespace, "modeldeployments", "elastic").get("phase") == "Pending", 30,
+                 "Pending at zero replicas", operator)
+
+        kube.custom.patch_namespaced_custom_object("tuneforge.io", "v1alpha1", namespace, "modeldeployments", "elastic",
+                                                   {"metadata": {"annotations": held_requests_annotation(5, time.time())}})
+        wait_for(lambda: _replicas(kube, namespace, "elastic") == 3, 30, "replicas for 5 held requests", operator)
+        status = kube.status(namespace, "modeldeployments", "elastic")["autoscaling"]
+        assert (status["desiredReplicas"], status["reason"]) == (3, "5 requests waiting for a replica")
+        assert status["lastScaleTime"]
+        # A re-apply (a spec change rolls the Pods) keeps the autoscaler's count.
+        template = _deployment(kube, namespace, "elastic").spec.template.metadata.annotations
+        kube.patch_spec(namespace, "modeldeployments", "elastic", {"engineArgs": ["--dtype", "float32"]})
+        wait_for(lambda: _deployment(kube, namespace, "elastic").spec.template.metadata.annotations != template,
+                 30, "the changed spec applied", operator)
+        assert _replicas(kube, namespace, "elastic") == 3
     finally:
         kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)

@@ -239,7 +239,7 @@ def test_network_policies_and_ingress(renderings):
     serving = policies["tuneforge-inference"]["spec"]
     assert serving["podSelector"]["matchLabels"].items() <= serving_labels("any").items()
     assert serving["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
-    assert serving["ingress"][1] == {"ports": [{"port": "http", "protocol": "TCP"}], "from": metrics_from}
+    assert serving["ingress"][-1] == {"ports": [{"port": "http", "protocol": "TCP"}], "from": metrics_from}
     ingress = rendered.one("Ingress", GATEWAY)
     assert ingress["spec"]["tls"] == [{"hosts": ["tuneforge.internal.example.com"], "secretName": "tuneforge-tls"}]
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == GATEWAY
@@ -272,6 +272,15 @@ def test_the_serving_policy_admits_the_gateway_on_every_port_a_serving_pod_decla
                            == "gateway" for peer in rule.get("from", []))]
     admitted = {port["port"] for rule in from_gateway for port in rule["ports"]}
     assert _serving_pod_ports(engine) <= admitted
+
+
+def test_the_serving_policy_admits_the_operator_to_the_engines_metrics(renderings):
+    """The autoscaler reads each serving Pod's load from /metrics on its `http` port."""
+    policy = renderings["monitoring-values"].one("NetworkPolicy", "tuneforge-inference")["spec"]
+    from_operator = [rule for rule in policy["ingress"]
+                     if any(peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                            == "operator" for peer in rule.get("from", []))]
+    assert {port["port"] for rule in from_operator for port in rule["ports"]} == {"http"}
 
 
 # -- RBAC -------------------------------------------------------------------------------
@@ -313,6 +322,7 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(op, "tuneforge.io", "modeldeployments", "create delete"),
         _expand(op, "batch", "jobs", "get list watch create delete"),
         _expand(op, "apps", "deployments", "list watch create patch"),
+        _expand(op, "apps", "deployments/scale", "patch"),
         _expand(op, "", "pods", "list watch"),
         _expand(op, "", "configmaps services", "create patch"),
         _expand(op, "", "secrets", "get create patch delete"),
@@ -326,7 +336,7 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(gw, "tuneforge.io", "finetuningjobs batchjobs", "get list create patch"),
         _expand(gw, "tuneforge.io", "finetuningjobs", "delete"),
         _expand(gw, "tuneforge.io", "basemodels", "get list"),
-        _expand(gw, "tuneforge.io", "modeldeployments", "get list create"),
+        _expand(gw, "tuneforge.io", "modeldeployments", "get list create patch"),
         _expand(gw, "apps", "deployments", "get"),
         _expand(gw, "", "pods", "list"),
         _expand(gw, "", "pods/log", "get"),

@@ -175,7 +175,8 @@ def test_the_gateway_sends_loads_for_a_pod_with_the_sidecar_through_it(engine: R
     async def load(token: str) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
             router = Router(kube=None, http=http, cache_seconds=0)
-            route = Route(deployment="d", model=name, pods=[pod], adapter=adapter, max_adapters=4, token=token)
+            route = Route(namespace="ns", deployment="d", model=name, pods=[pod], adapter=adapter, max_adapters=4,
+                          token=token, saturation=8)
             await router.ensure_adapter(pod, route, "r-1")
 
     with pytest.raises(OpenAIError) as refused:

@@ -228,8 +228,8 @@ async def gateway_load(engine_url: str, adapter: Adapter) -> None:
     pod = Pod(uid="u-0", name="vllm-0", url=engine_url, load_url=engine_url)
     async with aiohttp.ClientSession() as http:
         router = Router(kube=None, http=http, cache_seconds=0)
-        route = Route(deployment="d", model=adapter.name, pods=[pod], adapter=adapter, max_adapters=4,
-                      token=SERVING_TOKEN)
+        route = Route(namespace="ns", deployment="d", model=adapter.name, pods=[pod], adapter=adapter, max_adapters=4,
+                      token=SERVING_TOKEN, saturation=8)
         await router.ensure_adapter(pod, route, "r-1")
 
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from pydantic import Field
 
+from tuneforge.api.v1alpha1.autoscaling import Autoscaling
 from tuneforge.api.v1alpha1.common import ApiModel, Condition, CrdInfo, Hardware, Resource
 
 
@@ -47,7 +48,9 @@ class ServingDefaults(ApiModel):
     max_model_length: int | None = Field(default=None, ge=16)
     """Context length to serve with; defaults to the model's maxContextLength."""
     replicas: int = Field(default=1, ge=0, le=64)
-    """Replicas of the shared deployment."""
+    """Replicas of the shared deployment, when autoscaling is not set."""
+    autoscaling: Autoscaling | None = None
+    """Autoscaling of the shared deployment (see ModelDeployment's spec.autoscaling)."""
     hardware: Hardware | None = None
     """Hardware for serving; defaults to the model's defaultHardware."""
     engine_args: list[str] = Field(default_factory=list)

@@ -59,6 +59,9 @@ class Annotation:
     REQUEST_HASH: Final = "tuneforge.io/request-hash"
     """On a resource created with an idempotency key: the hash of the request body, so a
     replay with a different body is refused instead of answered with the first result."""
+    HELD_REQUESTS: Final = "tuneforge.io/held-requests"
+    """On a ModelDeployment: requests a gateway holds because no replica is ready, and
+    when it counted them (see autoscaling.held_requests)."""
 
 
 class PortName:

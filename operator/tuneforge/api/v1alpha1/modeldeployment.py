@@ -6,6 +6,7 @@ from enum import Enum
 
 from pydantic import ConfigDict, Field, model_validator
 
+from tuneforge.api.v1alpha1.autoscaling import Autoscaling, AutoscalingStatus
 from tuneforge.api.v1alpha1.basemodel import ServingEngine
 from tuneforge.api.v1alpha1.common import (
     DNS_LABEL_PATTERN,
@@ -62,7 +63,10 @@ class ModelDeploymentSpec(ApiModel):
     engine: ServingEngine | None = None
     """vllm (GPU) or cpu; defaults to the BaseModel's serving engine."""
     replicas: int = Field(default=1, ge=0, le=64)
-    """Serving Pods."""
+    """Serving Pods, when autoscaling is not set."""
+    autoscaling: Autoscaling | None = None
+    """Replicas that follow load between minReplicas and maxReplicas (replicas is then
+    ignored); a new deployment starts with max(minReplicas, 1)."""
     max_adapters: int | None = Field(default=None, ge=1, le=512)
     """Adapters held loaded at once per Pod (LRU beyond that)."""
     max_adapter_rank: int | None = Field(default=None, ge=1, le=512)
@@ -106,6 +110,8 @@ class ModelDeploymentStatus(ApiModel):
     """Model names the deployment answers to: the base model and its preloaded adapters."""
     deployment: str | None = None
     """Name of the apps/v1 Deployment."""
+    autoscaling: AutoscalingStatus | None = None
+    """The autoscaler's view: load, current and desired replicas, its last decision."""
 
 
 class ModelDeploymentResource(Resource):
@@ -121,7 +127,8 @@ class ModelDeploymentResource(Resource):
             {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel"},
             {"name": "Engine", "type": "string", "jsonPath": ".spec.engine"},
             {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+            {"name": "Desired", "type": "integer", "jsonPath": ".status.autoscaling.desiredReplicas", "priority": 1},
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

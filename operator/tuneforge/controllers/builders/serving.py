@@ -139,7 +139,9 @@ def serving_deployment(
     The Pod-template carries the hash of the serving spec without its adapters: a change
     of the spec (which lives in a ConfigMap the Deployment controller does not watch)
     rolls the Pods, but adding or removing adapters does not, since the gateway loads them
-    at run time. The rollout never needs spare GPUs by default (`rollout`). The startup
+    at run time. The Deployment's own hash leaves `replicas` out: the controller compares a
+    fixed count itself, and an autoscaled one changes through the scale subresource without
+    a re-apply. The rollout never needs spare GPUs by default (`rollout`). The startup
     probe allows `startup_seconds` (the BaseModel's budget) for loading weights; liveness
     only starts after it, so a slow load is not a crash loop.
     """
@@ -182,7 +184,7 @@ def serving_deployment(
             "name": name,
             "namespace": namespace,
             "labels": labels,
-            "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"), replicas, pod,
+            "annotations": {Annotation.SPEC_HASH: spec_hash(serving.model_dump(mode="json"), pod,
                                                             rollout.to_wire(), startup_seconds)},
             "ownerReferences": [owner_reference(body)],
         },
@@ -258,6 +260,7 @@ def shared_deployment(base_body: Mapping[str, Any], base: BaseModelResource, nam
         "baseModel": name,
         "engine": serving.engine.value,
         "replicas": serving.replicas,
+        **({"autoscaling": serving.autoscaling.to_wire()} if serving.autoscaling else {}),
         "maxAdapters": serving.max_adapters,
         "maxAdapterRank": serving.max_adapter_rank,
         "engineArgs": list(serving.engine_args),
