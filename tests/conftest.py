@@ -1,4 +1,11 @@
-"""Session-wide fixtures shared by every test tier."""
+"""Session-wide fixtures shared by every test tier, and how the tiers share the workers.
+
+`make test` runs pytest-xdist workers (`-n auto --dist loadgroup`). The end-to-end tests
+share one local platform and the integration tests one control plane per worker; each of
+those tiers is a group that runs whole in one worker, beside the other tier, while the unit
+tests spread over every worker. Most of an end-to-end test's time is spent waiting on Pods,
+so the unit tests' CPU work fills it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,16 @@ from pathlib import Path
 import pytest
 
 from tuneforge.weights import SMOLLM2_GGUF_URI, build_tiny_model, materialize_base_model
+
+TESTS = Path(__file__).parent
+GROUPED_TIERS = ("e2e", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier in GROUPED_TIERS:
+            item.add_marker(pytest.mark.xdist_group(tier))
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,8 @@ def test_quota_holds_jobs_queued_with_kueues_reason_and_starts_them_in_order(dev
                                                                              tmp_path: Path):
     """The tenant asks for queueing the way Kueue offers it, a LocalQueue named `default`:
     jobs started through the OpenAI API go through it with nothing set on them. The first
-    job trains 1,800 steps, tens of seconds, so the second arrives while it holds the quota."""
+    job would train 1,800 steps, so the second arrives while it holds the quota; once the
+    second is seen held, the first is cancelled, which frees the quota as finishing would."""
     kueue.apply(_local_queue(dev_stack.tenant, "default"))
     try:
         long_file = upload_jsonl(openai_client, "people.jsonl", json_training_rows(600), "fine-tune")
@@ -130,7 +131,8 @@ def test_quota_holds_jobs_queued_with_kueues_reason_and_starts_them_in_order(dev
         assert trainer["spec"]["suspend"] is True and trainer["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "default"
         assert "KueuePending" in _event_reasons(dev_stack, second.id)
 
-        assert final_job(openai_client, first.id).status == "succeeded"
+        openai_client.fine_tuning.jobs.cancel(first.id)
+        assert final_job(openai_client, first.id).status == "cancelled"
         assert final_job(openai_client, second.id).status == "succeeded"
         first_status, second_status = _status(dev_stack, first.id), _status(dev_stack, second.id)
         assert second_status["startedAt"] >= first_status["finishedAt"]
