@@ -10,7 +10,8 @@ and adapter-aware routing, through the gateway, with CPU engines on the tiny mod
 2. Requests/s and p99 latency with adapter-aware routing vs round-robin on the same two
    replicas, each holding at most 2 adapters, with 4 adapters in rotation at concurrency 4
    (the gateway restarted with TUNEFORGE_GATEWAY_ROUTING between runs; two runs each, best
-   kept). Target: >= 1.2x requests/s and a lower p99.
+   kept). Target: >= 1.2x requests/s and a lower p99. Also the engines' adapter loads per
+   request in each mode (warm-up included; after it, adapter-aware should load none).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.api.v1alpha1.labels import Label
@@ -150,24 +152,42 @@ def _load(http: httpx.Client, models: list[str]) -> tuple[float, float]:
     return len(rotation) / elapsed, latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
 
 
+def engine_adapter_loads(platform: Platform, name: str) -> float:
+    """Adapters the deployment's engines made resident so far (tuneforge_adapter_loads_total)."""
+    total = 0.0
+    for pod in platform.ready_pods(name):
+        port = next(p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "http")
+        text = httpx.get(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=10).text
+        total += sum(sample.value for family in text_string_to_metric_families(text)
+                     for sample in family.samples if sample.name == "tuneforge_adapter_loads_total")
+    return total
+
+
 def bench_routing(platform: Platform, adapters: list[Path]) -> list[dict[str, Any]]:
     name = "bench-routing"
     models = [f"bench-adapter-{i}" for i in range(len(adapters))]
     platform.deploy(name, {"replicas": 2, "maxAdapters": 2,
                            "adapters": [{"name": m, "source": f"file://{p}"} for m, p in zip(models, adapters)]})
     runs: dict[str, list[tuple[float, float]]] = {"adapter-aware": [], "round-robin": []}
+    loads: dict[str, list[float]] = {"adapter-aware": [], "round-robin": []}
     try:
         _wait("two ready replicas", lambda: len(platform.ready_pods(name)) == 2)
         for routing in ["adapter-aware", "round-robin"] * 2:
             platform.restart_gateway(routing)
             with platform.http() as http:
+                before = engine_adapter_loads(platform, name)
                 runs[routing].append(_load(http, models))
+                loads[routing].append(engine_adapter_loads(platform, name) - before)
     finally:
         platform.restart_gateway("adapter-aware")
         platform.remove(name)
     aware_rps, rr_rps = max(r for r, _ in runs["adapter-aware"]), max(r for r, _ in runs["round-robin"])
     aware_p99, rr_p99 = min(p for _, p in runs["adapter-aware"]), min(p for _, p in runs["round-robin"])
+    per_request = {routing: min(values) / (ROUTED_REQUESTS + 2 * len(models)) for routing, values in loads.items()}
     return [
+        common.result("adapter_loads_per_request_adapter_aware", per_request["adapter-aware"], "loads/req",
+                      "round_robin", per_request["round-robin"], "<= 0.05 (95% of requests find their adapter)",
+                      per_request["adapter-aware"] <= 0.05),
         common.result("routed_requests_per_second_adapter_aware", aware_rps, "req/s", "round_robin", rr_rps,
                       "ratio >= 1.2", aware_rps / rr_rps >= 1.2),
         common.result("routed_p99_latency_adapter_aware", aware_p99, "s", "round_robin", rr_p99, "ratio < 1",
