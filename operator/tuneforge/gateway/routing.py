@@ -61,6 +61,7 @@ from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.held import HeldRequests
 from tuneforge.gateway.kube import Kube
 from tuneforge.gateway.platform_key import platform_key
+from tuneforge.gateway.settings import gateway_settings
 from tuneforge.jobfiles import adapter_source_uri
 from tuneforge.serving_auth import bearer, deployment_token
 from tuneforge.storage import StoreError, resolve_uri
@@ -163,7 +164,10 @@ class Router:
         self.kube = kube
         self.http = http
         self.catalog = catalog if catalog is not None else Catalog(kube, cache_seconds)
-        self.held = held if held is not None else HeldRequests(kube, limit=1000, timeout=600.0)
+        if held is None:
+            config = gateway_settings()
+            held = HeldRequests(kube, limit=config.held_requests_per_deployment, timeout=config.scale_up_timeout_seconds)
+        self.held = held
         self.saturation = saturation
         self.policy = policy
         self._routes: RefreshingCache[tuple[str, str], Route] = RefreshingCache(cache_seconds)
@@ -181,10 +185,7 @@ class Router:
         holds the request until it has one (or answers 503 with Retry-After)."""
         route = await self.route(tenant, model)
         if route.pods:
-            return route
-        if not route.autoscaled:
-            raise OpenAIError(503, f"The deployment '{route.deployment}' has no ready replicas.", param="model",
-                              code="model_not_ready", type="server_error")
+            return route  # else autoscaled: `_route_for` refuses other deployments without ready Pods
 
         async def ready() -> bool:
             return bool(await self._ready_pods_of(route.namespace, route.deployment))
