@@ -38,7 +38,7 @@ provision: ## Build or reuse the pinned control plane, helm, Kueue and Argo CD's
 
 .PHONY: test
 test: venv provision lint ## Lint, then run unit, integration and end-to-end tests (the CI command)
-	@set +e; $(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests; rc=$$?; \
+	@set +e; $(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 
 .PHONY: lint

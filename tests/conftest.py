@@ -1,9 +1,9 @@
 """Session-wide fixtures shared by every test tier, and how the tiers share the workers.
 
-`make test` runs pytest-xdist workers (`-n auto --dist loadgroup`). The end-to-end tests
-share one local platform and the integration tests one control plane per worker; each of
-those tiers is a group that runs whole in one worker, beside the other tier, while the unit
-tests spread over every worker. Most of an end-to-end test's time is spent waiting on Pods,
+`make test` runs pytest-xdist workers (`-n auto`). The end-to-end tests share one local
+platform and the integration tests one control plane per worker; each of those tiers is
+one unit of work that runs whole in one worker, beside the other tier, while the unit test
+modules spread over every worker. Most of an end-to-end test's time is spent waiting on Pods,
 so the unit tests' CPU work fills it.
 """
 
@@ -16,15 +16,23 @@ import pytest
 
 from tuneforge.weights import SMOLLM2_GGUF_URI, build_tiny_model, materialize_base_model
 
-TESTS = Path(__file__).parent
 GROUPED_TIERS = ("e2e", "integration")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        tier = item.path.relative_to(TESTS).parts[0]
-        if tier in GROUPED_TIERS:
-            item.add_marker(pytest.mark.xdist_group(tier))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scope scheduling with each grouped tier as one scope (and a module as the
+    scope of a unit test, as `--dist loadscope` has it, so module fixtures are built once)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("/", 2)
+            if len(parts) == 3 and parts[0] == "tests" and parts[1] in GROUPED_TIERS:
+                return parts[1]
+            return super()._split_scope(nodeid)
+
+    return TierScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
