@@ -21,8 +21,10 @@ GROUPED_TIERS = ("e2e", "integration")
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """xdist's scope scheduling with each grouped tier as one scope (and a module as the
-    scope of a unit test, as `--dist loadscope` has it, so module fixtures are built once)."""
+    """xdist's scope scheduling with each grouped tier as one scope and a module as the
+    scope of a unit test, so module fixtures are built once. (xdist's own split, at the last
+    `::`, would cut a parameter id such as `ft:base:team::ftjob-1` and move that test away
+    from its module.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class TierScheduling(LoadScopeScheduling):
@@ -30,7 +32,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             parts = nodeid.split("/", 2)
             if len(parts) == 3 and parts[0] == "tests" and parts[1] in GROUPED_TIERS:
                 return parts[1]
-            return super()._split_scope(nodeid)
+            return nodeid.split("::", 1)[0]
 
     return TierScheduling(config, log)
 
