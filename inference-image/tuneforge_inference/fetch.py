@@ -69,10 +69,13 @@ def _source_listing(uri: str, what: str) -> tuple[object, str, dict[str, int]]:
     except (OSError, PermissionError) as exc:
         raise FetchError(f"{what}: cannot read {uri}: {exc}") from exc
     root = root.rstrip("/")
+    # A source may itself be a cache entry (the adapter-loader sidecar hands the engine its
+    # copy): its manifest is not part of the adapter, and copying it would make every later
+    # copy look stale, since the new entry's own manifest replaces it.
     listing = {
-        posixpath.relpath(path, root): int(info["size"])
+        rel: int(info["size"])
         for path, info in found.items()
-        if info.get("type") == "file"
+        if info.get("type") == "file" and (rel := posixpath.relpath(path, root)) != MANIFEST
     }
     if not listing:
         raise FetchError(f"{what}: source {uri} is an empty directory")

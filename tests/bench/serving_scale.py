@@ -140,7 +140,8 @@ def _load(http: httpx.Client, models: list[str]) -> tuple[float, float]:
         started = time.perf_counter()
         response = http.post("/chat/completions", json={"model": model, "messages": MESSAGES, "max_tokens": 8,
                                                         "temperature": 0, "ignore_eos": True})
-        response.raise_for_status()
+        if response.is_error:
+            raise RuntimeError(f"{model}: {response.status_code} {response.text}")
         return time.perf_counter() - started
 
     rotation = [models[i % len(models)] for i in range(ROUTED_REQUESTS)]

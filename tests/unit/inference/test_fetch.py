@@ -28,6 +28,18 @@ def test_copies_once_and_reuses(tmp_path: Path):
     assert (first / "adapter_model.safetensors").stat().st_ino == inode
 
 
+def test_a_cache_entry_fetched_as_a_source_is_copied_once_and_reused(tmp_path: Path):
+    """The adapter-loader sidecar hands the engine its own cache entry as the path to load;
+    the engine's copy of it must be current on the next load (not rebuilt, which another
+    replica's engine reading it at that moment would see half gone)."""
+    sidecar = fetch_adapter("a", str(write_adapter(tmp_path / "src")), tmp_path / "sidecar-cache")
+    engine = fetch_adapter("a", str(sidecar), tmp_path / "engine-cache")
+    assert MANIFEST not in json.loads((engine / MANIFEST).read_text())["files"]
+    inode = (engine / "adapter_model.safetensors").stat().st_ino
+    assert fetch_adapter("a", str(sidecar), tmp_path / "engine-cache") == engine
+    assert (engine / "adapter_model.safetensors").stat().st_ino == inode
+
+
 def test_changed_source_is_fetched_again(tmp_path: Path):
     source = write_adapter(tmp_path / "src")
     fetch_adapter("a", str(source), tmp_path / "cache")
