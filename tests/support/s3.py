@@ -34,6 +34,9 @@ def s3_server() -> Iterator[str]:
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    # An S3 filesystem a test made before (say, to see a bad URI refused) has no
+    # credentials and would be handed out again by fsspec's instance cache.
+    fsspec.filesystem("s3").clear_instance_cache()
     try:
         yield endpoint
     finally:
