@@ -26,11 +26,11 @@ import kopf
 from tuneforge.api.sizing import UnknownHardwareProfile, profile_of
 from tuneforge.api.v1alpha1 import GROUP, VERSION, BaseModelResource, ModelDeploymentResource
 from tuneforge.api.v1alpha1.labels import Annotation, Label
+from tuneforge.api.v1alpha1.modeldeployment import wanted_replicas
 from tuneforge.config import settings
 from tuneforge.controllers import admission, builders, kube
 from tuneforge.controllers.children import first
 from tuneforge.controllers.handlers import plain, reconcile_on_timer
-from tuneforge.controllers.scaling import initial_replicas
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import set_condition
 from tuneforge.serving_auth import deployment_token
@@ -57,19 +57,6 @@ def rollout_phase(summary: dict[str, Any] | None, previous: str | None) -> tuple
     if current and previous in ("Ready", "Degraded"):
         return "Degraded", "PodsNotReady"
     return "Deploying", "RollingOut"
-
-
-def wanted_replicas(mdep: ModelDeploymentResource, status: dict[str, Any]) -> int:
-    """The replicas to apply: the spec's, or with autoscaling the autoscaler's last decision
-    (status.autoscaling.desiredReplicas, written before it scales), within the current
-    bounds; a deployment the autoscaler has not decided on yet starts at its initial scale."""
-    autoscaling = mdep.spec.autoscaling
-    if autoscaling is None:
-        return mdep.spec.replicas
-    decided = (status.get("autoscaling") or {}).get("desiredReplicas")
-    if decided is None:
-        return initial_replicas(autoscaling)
-    return max(autoscaling.min_replicas, min(autoscaling.max_replicas, decided))
 
 
 def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +93,7 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
     profile = profile_of(hardware, config)
     serving = builders.serving_spec(mdep, base, hardware=hardware, store_root=config.store_root,
                                     gpu_memory_gb=profile.gpu_memory_gb if profile else None)
-    replicas = wanted_replicas(mdep, status)
+    replicas = wanted_replicas(mdep.spec, status)
     deployment = builders.serving_deployment(
         raw, serving, replicas=replicas, hardware=hardware, rollout=mdep.spec.rollout,
         startup_seconds=base.spec.serving.startup_timeout_seconds, settings=config,

@@ -39,12 +39,6 @@ def replicas_for(load: float, autoscaling: Autoscaling) -> int:
     return max(autoscaling.min_replicas, min(autoscaling.max_replicas, wanted))
 
 
-def initial_replicas(autoscaling: Autoscaling) -> int:
-    """A new deployment comes up (as Knative's initial scale does) so that its first
-    requests find it ready; with minReplicas 0 it goes to zero once idle for the delay."""
-    return max(autoscaling.min_replicas, 1)
-
-
 class Scaler:
     """The recommendation history of one deployment."""
 

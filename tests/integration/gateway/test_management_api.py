@@ -1,8 +1,8 @@
 """The management API (/api/v1/fine-tuning) over real HTTP against the real API server:
 every endpoint, filters, sorts and pagination edges, stop/restart/delete/deploy rules,
 logs from a Pod (through the API server and a stand-in kubelet) and from events.jsonl,
-metrics, catalog, hardware, estimates, scopes, tenant isolation, and agreement with
-/v1/fine_tuning/jobs."""
+metrics, catalog, hardware, estimates, scopes, tenant isolation, agreement with
+/v1/fine_tuning/jobs, and the dashboard's extensions (the calling key, deployments)."""
 
 from __future__ import annotations
 
@@ -204,7 +204,8 @@ def test_list_filters_search_sort_and_pagination(caller, namespace, api_client, 
     assert (page["count"], page["limit"], page["offset"]) == (5, 20, 0)
     assert [j["id"] for j in page["jobs"]] == order[::-1]
     assert set(page["jobs"][0]) == {"id", "name", "baseModel", "status", "description", "owner", "organizationId",
-                                    "trainedTokens", "startedAt", "finishedAt", "createdAt", "updatedAt"}
+                                    "trainedTokens", "startedAt", "finishedAt", "createdAt", "updatedAt",
+                                    "progress"}
     for status, name in [("queued", "echo"), ("running", "Alpha"), ("completed", "bravo"), ("failed", "Charlie"),
                          ("stopped", "delta")]:
         assert listed(status=status) == [ids[name]], status
@@ -451,7 +452,7 @@ def test_metrics_from_the_store_and_status(caller, gateway, namespace, api_clien
     job_dir = gateway.store.fine_tuning_dir(namespace, job_id)
     for step in range(1, 5):
         record = {"step": step, "train_loss": 2.0 / step, "learning_rate": 1e-4 * step, "epoch": step / 2,
-                  "trained_tokens": 100 * step}
+                  "trained_tokens": 100 * step, "tokens_per_second": 250.0 * step}
         if step % 2 == 0:
             record["valid_loss"] = 2.5 / step
         gateway.store.append_line(f"{job_dir}/metrics.jsonl", json.dumps(record))
@@ -461,11 +462,14 @@ def test_metrics_from_the_store_and_status(caller, gateway, namespace, api_clien
     metrics = caller.ok("GET", path)["metrics"]
     assert (metrics["trainingLoss"], metrics["validationLoss"], metrics["currentEpoch"]) == (0.5, 0.625, 2.0)
     assert (metrics["totalEpochs"], metrics["trainedTokens"]) == (2, 400)
-    assert metrics["steps"][1] == {"step": 2, "trainingLoss": 1.0, "validationLoss": 1.25, "learningRate": 2e-4}
+    assert metrics["steps"][1] == {"step": 2, "trainingLoss": 1.0, "validationLoss": 1.25, "learningRate": 2e-4,
+                                   "tokensPerSecond": 500.0}
     assert [s["step"] for s in metrics["steps"]] == [1, 2, 3, 4] and metrics["steps"][2]["validationLoss"] is None
     detail = caller.ok("GET", f"{API}/jobs/{job_id}")
     assert detail["metrics"] == {"trainingLoss": 0.5, "validationLoss": 0.625, "epoch": 2.0}
     assert detail["progress"] == {"step": 4, "totalSteps": 4}
+    listed = next(j for j in caller.ok("GET", f"{API}/jobs")["jobs"] if j["id"] == job_id)
+    assert listed["progress"] == {"step": 4, "totalSteps": 4}
 
 
 # -- catalog, hardware, estimates ------------------------------------------------------------
@@ -813,3 +817,76 @@ def test_webhook_url_registers_a_platform_signed_webhook(caller, catalog, gatewa
     body = {"name": "n", "baseModel": catalog["sized"], "trainingDataset": caller.upload(), "webhookUrl": "nope"}
     error = caller.error("POST", f"{API}/jobs", 400, json=body)
     assert (error["param"], error["code"]) == ("webhookUrl", "invalid_webhook_url")
+
+
+# -- the dashboard's extensions: the calling key, deployments --------------------------------
+
+
+def test_the_key_route_names_the_callers_tenant_and_scopes(gateway, namespace, raw) -> None:
+    full = Caller(raw, gateway.key(namespace))
+    assert full.ok("GET", f"{API}/key") == {"name": secret_name(full.key), "tenant": namespace, "scopes": [
+        "batches:read", "batches:write", "chat", "files:read", "files:write", "fine-tuning:read", "fine-tuning:write",
+        "models:read"]}
+    reader = Caller(raw, gateway.key(namespace, ["fine-tuning:read", "files:read"]))
+    assert reader.ok("GET", f"{API}/key") == {"name": secret_name(reader.key), "tenant": namespace,
+                                              "scopes": ["files:read", "fine-tuning:read"]}
+    chat_only = Caller(raw, gateway.key(namespace, ["chat"]))
+    assert chat_only.ok("GET", f"{API}/key")["scopes"] == ["chat"]  # any valid key may ask
+    missing = raw.get(f"{API}/key")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (401, "missing_api_key")
+    unknown = raw.get(f"{API}/key", headers={"X-API-Key": "tf-unknown"})
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (401, "invalid_api_key")
+
+
+def test_deployments_list_the_tenants_model_deployments_with_their_phase(gateway, namespace, raw, api_client,
+                                                                         catalog) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    caller = Caller(raw, gateway.key(namespace))
+
+    def own() -> list[dict]:
+        return [d for d in caller.ok("GET", f"{API}/deployments")["deployments"] if not d["shared"]]
+
+    assert own() == []
+    for name, spec in (("support", {"replicas": 2}), ("chat", {"autoscaling": {"minReplicas": 0, "maxReplicas": 2}})):
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeldeployments", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": {"baseModel": catalog["sized"], **spec}})
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "modeldeployments", "support", {"status": {
+        "phase": "Deploying", "replicas": 2, "readyReplicas": 1, "servedModels": [catalog["sized"]],
+        "conditions": [{"type": "Available", "status": "False", "reason": "RollingOut",
+                        "message": "1/2 Pods of the current spec ready", "lastTransitionTime": now}]}})
+    assert [d["name"] for d in own()] == ["chat", "support"]
+    chat, support = own()
+    assert {k: v for k, v in support.items() if k != "createdAt"} == {
+        "name": "support", "namespace": namespace, "shared": False, "baseModel": catalog["sized"], "phase": "Deploying", "replicas": 2, "readyReplicas": 1,
+        "servedModels": [catalog["sized"]], "message": "1/2 Pods of the current spec ready"}
+    assert support["createdAt"].endswith("Z")
+    assert (chat["phase"], chat["replicas"], chat["readyReplicas"], chat["message"]) == ("Pending", 1, 0, None)
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "modeldeployments", "support", {"status": {
+        "phase": "Ready", "readyReplicas": 2,
+        "conditions": [{"type": "Available", "status": "True", "reason": "PodsReady",
+                        "message": "2/2 Pods of the current spec ready", "lastTransitionTime": now}]}})
+    support = own()[1]
+    assert (support["phase"], support["readyReplicas"], support["message"]) == ("Ready", 2, None)
+
+    reader = Caller(raw, gateway.key(namespace, ["fine-tuning:read"]))
+    error = reader.error("GET", f"{API}/deployments", 403)
+    assert error["code"] == "insufficient_scope" and "models:read" in error["message"]
+    assert Caller(raw, gateway.key(namespace, ["models:read"])).ok("GET", f"{API}/deployments")["count"] >= 2
+
+    system, shared_name = settings().system_namespace, f"shared-{namespace}"
+    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+        "metadata": {"name": shared_name, "labels": {"tuneforge.io/base-model": catalog["sized"],
+                                                     "tuneforge.io/shared": "true"}},
+        "spec": {"baseModel": catalog["sized"]}})
+    try:
+        listed = caller.ok("GET", f"{API}/deployments")["deployments"]
+        shared = next(d for d in listed if d["name"] == shared_name)
+        assert (shared["namespace"], shared["shared"], shared["baseModel"]) == (system, True, catalog["sized"])
+        assert listed.index(shared) > max(listed.index(d) for d in listed if not d["shared"])  # own ones first
+    finally:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", shared_name)
+
+    assert raw.get(f"{API}/deployments").status_code == 401

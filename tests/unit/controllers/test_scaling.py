@@ -11,9 +11,9 @@ from tuneforge.api.v1alpha1.autoscaling import (
     held_requests,
     held_requests_annotation,
 )
+from tuneforge.api.v1alpha1.modeldeployment import initial_replicas, wanted_replicas
 from tuneforge.controllers.autoscaler import _status_changes, engine_load
-from tuneforge.controllers.deployment import wanted_replicas
-from tuneforge.controllers.scaling import Decision, Scaler, initial_replicas, replicas_for
+from tuneforge.controllers.scaling import Decision, Scaler, replicas_for
 
 
 def policy(**fields) -> Autoscaling:
@@ -155,8 +155,8 @@ def deployment(spec: dict, status: dict | None = None) -> ModelDeploymentResourc
 
 
 def test_the_reconcile_applies_the_autoscalers_decision_within_the_bounds_or_the_fixed_count():
-    assert wanted_replicas(deployment({"replicas": 3}), {}) == 3
+    assert wanted_replicas(deployment({"replicas": 3}).spec, {}) == 3
     autoscaled = deployment({"replicas": 3, "autoscaling": {"minReplicas": 0, "maxReplicas": 4}})
-    assert wanted_replicas(autoscaled, {}) == 1
-    assert wanted_replicas(autoscaled, {"autoscaling": {"desiredReplicas": 0}}) == 0
-    assert wanted_replicas(autoscaled, {"autoscaling": {"desiredReplicas": 9}}) == 4
+    assert wanted_replicas(autoscaled.spec, {}) == 1
+    assert wanted_replicas(autoscaled.spec, {"autoscaling": {"desiredReplicas": 0}}) == 0
+    assert wanted_replicas(autoscaled.spec, {"autoscaling": {"desiredReplicas": 9}}) == 4

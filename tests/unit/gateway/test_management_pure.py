@@ -1,5 +1,5 @@
 """Pure pieces of the management API: status mapping, job shapes, the list query, metrics,
-log parsing and the cost estimate."""
+log parsing, the cost estimate, deployments and the calling key."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from datetime import datetime, timezone
 import pytest
 
 from tuneforge.config import HardwareProfile
+from tuneforge.gateway.auth import Principal
 from tuneforge.gateway.errors import OpenAIError
 from tuneforge.gateway.fine_tuning_service import named_file_id
 from tuneforge.gateway.management import estimate as est
+from tuneforge.gateway.management.caller import caller_key
 from tuneforge.gateway.management.catalog_views import (
     base_model_entry,
     gigabytes,
     hardware_entry,
     human_count,
 )
+from tuneforge.gateway.management.deployment_views import deployment_entry
 from tuneforge.gateway.management.estimate import AVERAGE_TOKENS_PER_EXAMPLE, DatasetSize, dataset_size
 from tuneforge.gateway.management.job_queries import ListQuery, parse_sort, parse_statuses, select_jobs, stats
 from tuneforge.gateway.management.job_status import job_status
@@ -147,14 +150,17 @@ def test_sort_and_status_parsing() -> None:
 
 def test_metrics_curve_reads_latest() -> None:
     records = [{"step": 1, "train_loss": 2.0, "learning_rate": 1e-4, "epoch": 0.5, "trained_tokens": 10},
-               {"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0}]
+               {"step": 2, "train_loss": 1.5, "full_valid_loss": 1.7, "learning_rate": 2e-4, "epoch": 1.0,
+                "tokens_per_second": 812.5}]
     view = metrics_view(job("ftjob-a", phase="Running", status={"trainedTokens": 40, "progress": {
         "step": 2, "epoch": 1.0, "totalSteps": 6}}), records).model_dump()
     assert view["jobId"] == "ftjob-a"
     view = view["metrics"]
     assert view["trainingLoss"] == 1.5 and view["validationLoss"] == 1.7 and view["currentEpoch"] == 1.0
     assert view["totalEpochs"] == 3 and view["trainedTokens"] == 40
-    assert view["steps"][1] == {"step": 2, "trainingLoss": 1.5, "validationLoss": 1.7, "learningRate": 2e-4}
+    assert view["steps"][1] == {"step": 2, "trainingLoss": 1.5, "validationLoss": 1.7, "learningRate": 2e-4,
+                                "tokensPerSecond": 812.5}
+    assert view["steps"][0]["tokensPerSecond"] is None
     empty = metrics_view(job("ftjob-a", status={"metrics": {"trainLoss": 0.9}}), []).model_dump()["metrics"]
     assert empty["trainingLoss"] == 0.9 and empty["steps"] == [] and empty["totalEpochs"] is None
     assert total_epochs(job("a", spec={"hyperparameters": {"nEpochs": 4}})) == 4
@@ -312,3 +318,61 @@ def test_dataset_tokens_from_the_caller_the_file_or_the_average() -> None:
     assert measured == DatasetSize(10, 1120, 112.0, "training-file")
     scaled = dataset_size(examples=50_000, tokens=None, file_examples=10, file_characters=4000, file_messages=30)
     assert (scaled.examples, scaled.tokens, scaled.basis) == (50_000, 5_600_000, "training-file")
+
+
+def mdep(name: str, *, spec: dict | None = None, status: dict | None = None) -> dict:
+    return {"metadata": {"name": name, "namespace": "team", "creationTimestamp": "2030-01-01T00:00:00Z"},
+            "spec": {"baseModel": "smollm2-135m", **(spec or {})}, **({"status": status} if status else {})}
+
+
+def _available(ready: bool, reason: str, message: str) -> list[dict]:
+    return [{"type": "Available", "status": str(ready), "reason": reason, "message": message},
+            {"type": "Progressing", "status": str(not ready), "reason": reason, "message": message}]
+
+
+def test_deployment_entries_say_what_is_served_and_why_not_ready() -> None:
+    ready = deployment_entry(mdep("support", spec={"replicas": 2}, status={
+        "phase": "Ready", "replicas": 2, "readyReplicas": 2, "servedModels": ["HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                                              "ft:x:team:s:ftjob-a"],
+        "conditions": _available(True, "PodsReady", "2/2 Pods of the current spec ready")}),
+        base_model_id="HuggingFaceTB/SmolLM2-135M-Instruct").model_dump()
+    assert ready == {"name": "support", "namespace": "team", "shared": False, "baseModel": "HuggingFaceTB/SmolLM2-135M-Instruct", "phase": "Ready",
+                     "replicas": 2, "readyReplicas": 2,
+                     "servedModels": ["HuggingFaceTB/SmolLM2-135M-Instruct", "ft:x:team:s:ftjob-a"],
+                     "message": None, "createdAt": "2030-01-01T00:00:00Z"}
+    rolling = deployment_entry(mdep("support", status={
+        "phase": "Deploying", "replicas": 1, "readyReplicas": 0, "servedModels": ["m"],
+        "conditions": [*_available(False, "RollingOut", "0/1 Pods of the current spec ready"),
+                       {"type": "PodsAdmitted", "status": "True", "reason": "Admitted", "message": ""}]}),
+        base_model_id="m").model_dump()
+    assert (rolling["phase"], rolling["replicas"], rolling["readyReplicas"], rolling["message"]) == (
+        "Deploying", 1, 0, "0/1 Pods of the current spec ready")
+    new = deployment_entry(mdep("fresh"), base_model_id="smollm2-135m").model_dump()
+    assert deployment_entry(mdep("fresh"), base_model_id="m", shared=True).shared
+    assert (new["phase"], new["replicas"], new["readyReplicas"], new["servedModels"], new["message"]) == (
+        "Pending", 1, 0, [], None)
+
+
+def test_autoscaled_deployments_want_the_autoscalers_replicas() -> None:
+    autoscaling = {"minReplicas": 0, "maxReplicas": 3}
+    idle = deployment_entry(mdep("chat", spec={"replicas": 5, "autoscaling": autoscaling}, status={
+        "phase": "Pending", "replicas": 0, "readyReplicas": 0, "servedModels": ["m"],
+        "autoscaling": {"currentReplicas": 0, "desiredReplicas": 0, "load": 0.0, "reason": "idle"},
+        "conditions": _available(False, "ScaledToZero", "0/0 Pods of the current spec ready")}),
+        base_model_id="m").model_dump()
+    assert (idle["phase"], idle["replicas"], idle["readyReplicas"], idle["message"]) == (
+        "Pending", 0, 0, "0/0 Pods of the current spec ready")
+    undecided = deployment_entry(mdep("chat", spec={"autoscaling": autoscaling}), base_model_id="m")
+    assert undecided.replicas == 1  # the initial scale, before the autoscaler's first decision
+    narrowed = deployment_entry(mdep("chat", spec={"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}, status={
+        "autoscaling": {"desiredReplicas": 3}}), base_model_id="m")
+    assert narrowed.replicas == 2
+
+
+def test_the_calling_key_spells_out_its_scopes() -> None:
+    full = caller_key(Principal(tenant="team", scopes=frozenset({"*"}), key_name="tuneforge-apikey-abc")).model_dump()
+    assert full == {"name": "tuneforge-apikey-abc", "tenant": "team", "scopes": [
+        "batches:read", "batches:write", "chat", "files:read", "files:write", "fine-tuning:read", "fine-tuning:write",
+        "models:read"]}
+    reader = caller_key(Principal(tenant="team", scopes=frozenset({"fine-tuning:*", "models:read"})))
+    assert reader.scopes == ["fine-tuning:read", "fine-tuning:write", "models:read"]

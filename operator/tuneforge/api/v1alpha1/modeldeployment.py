@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
+from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -137,3 +139,23 @@ class ModelDeploymentResource(Resource):
     kind: str = "ModelDeployment"
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus | None = None
+
+
+def initial_replicas(autoscaling: Autoscaling) -> int:
+    """A new deployment comes up (as Knative's initial scale does) so that its first
+    requests find it ready; with minReplicas 0 it goes to zero once idle for the delay."""
+    return max(autoscaling.min_replicas, 1)
+
+
+def wanted_replicas(spec: ModelDeploymentSpec, status: Mapping[str, Any]) -> int:
+    """The replicas the controller applies and the gateway reports: the spec's, or with
+    autoscaling the autoscaler's last decision (status.autoscaling.desiredReplicas, written
+    before it scales), within the current bounds; a deployment the autoscaler has not
+    decided on yet starts at its initial scale."""
+    autoscaling = spec.autoscaling
+    if autoscaling is None:
+        return spec.replicas
+    decided = (status.get("autoscaling") or {}).get("desiredReplicas")
+    if decided is None:
+        return initial_replicas(autoscaling)
+    return max(autoscaling.min_replicas, min(autoscaling.max_replicas, decided))

@@ -4,10 +4,10 @@ as the OpenAI routes. docs/management-api.md documents it."""
 
 from fastapi import APIRouter
 
-from tuneforge.gateway.management import jobs, observe, offerings
+from tuneforge.gateway.management import caller, deployments, jobs, observe, offerings
 
 PREFIX = "/api/v1/fine-tuning"
 
 router = APIRouter(prefix=PREFIX, tags=["management"])
-for _module in (jobs, observe, offerings):
+for _module in (jobs, observe, offerings, deployments, caller):
     router.include_router(_module.router)

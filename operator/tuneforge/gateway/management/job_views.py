@@ -57,6 +57,7 @@ def hyperparameters(resource: Mapping[str, Any]) -> JobHyperparametersView:
 def _summary_fields(resource: Mapping[str, Any], base_model_id: str | None) -> dict[str, Any]:
     """`base_model_id`: the base's model id (`ModelCatalog.model_id` of spec.baseModel)."""
     meta, spec, status = resource["metadata"], resource["spec"], resource.get("status") or {}
+    progress = status.get("progress") or {}
     return {
         "id": meta["name"],
         "name": job_name(resource),
@@ -70,6 +71,7 @@ def _summary_fields(resource: Mapping[str, Any], base_model_id: str | None) -> d
         "finished_at": status.get("finishedAt"),
         "created_at": meta["creationTimestamp"],
         "updated_at": updated_at(resource),
+        "progress": JobProgress(step=progress.get("step"), total_steps=progress.get("totalSteps")),
     }
 
 
@@ -96,7 +98,6 @@ def _detail_fields(resource: Mapping[str, Any], file_names: Mapping[str, str],
         "error": JobError.model_validate(error) if error else None,
         "metrics": JobMetricsSummary(training_loss=metrics.get("trainLoss"), validation_loss=metrics.get("validLoss"),
                                      epoch=progress.get("epoch")),
-        "progress": JobProgress(step=progress.get("step"), total_steps=progress.get("totalSteps")),
         "restarts": status.get("restarts") or 0,
         "estimated_finish": progress.get("estimatedFinish"),
     }

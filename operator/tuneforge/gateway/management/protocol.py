@@ -116,6 +116,11 @@ class JobError(CamelResponse):
     param: str | None = None
 
 
+class JobProgress(CamelResponse):
+    step: int | None
+    total_steps: int | None
+
+
 class JobSummary(CamelResponse):
     id: str
     name: str
@@ -131,6 +136,9 @@ class JobSummary(CamelResponse):
     finished_at: str | None
     created_at: str
     updated_at: str
+    progress: JobProgress
+    """Optimizer steps done and planned, from the controller's last report (a tuneforge
+    extension: a list can show progress bars without fetching each job)."""
 
 
 class JobHyperparametersView(CamelResponse):
@@ -150,11 +158,6 @@ class JobMetricsSummary(CamelResponse):
     epoch: Number | None
 
 
-class JobProgress(CamelResponse):
-    step: int | None
-    total_steps: int | None
-
-
 class JobDetail(JobSummary):
     training_dataset: str
     """The training file's id."""
@@ -169,7 +172,6 @@ class JobDetail(JobSummary):
     result_model: str | None
     error: JobError | None
     metrics: JobMetricsSummary
-    progress: JobProgress
     restarts: int
     estimated_finish: str | None
 
@@ -242,6 +244,9 @@ class MetricsPoint(CamelResponse):
     training_loss: Number | None
     validation_loss: Number | None
     learning_rate: Number | None
+    tokens_per_second: Number | None
+    """Example tokens trained per second over the step, all processes; null where the
+    trainer's record has none."""
 
 
 class JobMetricsValues(CamelResponse):
@@ -318,3 +323,40 @@ class CostEstimate(CamelResponse):
     throughput_tokens_per_second: float
     basis: Literal["calibrated-same-model", "calibrated-profile", "nominal"]
     calibration_jobs: int
+
+
+class CallerKey(CamelResponse):
+    name: str
+    """The name of the key's Secret, which jobs it creates record as their owner."""
+    tenant: str
+    """The namespace the key acts in."""
+    scopes: list[str]
+    """Every scope the key holds, wildcards expanded, sorted."""
+
+
+DeploymentPhase = Literal["Pending", "Deploying", "Ready", "Degraded", "Failed"]
+"""A ModelDeployment's status.phase (docs/controllers.md); Pending before the controller wrote one."""
+
+
+class DeploymentEntry(CamelResponse):
+    name: str
+    namespace: str
+    shared: bool
+    """A catalog model's deployment in the system namespace, serving every tenant (its base
+    model, and the tenant's adapters on demand); false for the caller's own."""
+    base_model: str
+    """The model id of the base model served."""
+    phase: DeploymentPhase
+    replicas: int
+    """Replicas wanted: spec.replicas, or with autoscaling the autoscaler's decision."""
+    ready_replicas: int
+    served_models: list[str]
+    """The model names the deployment answers to: the base model and its preloaded adapters."""
+    message: str | None
+    """Why it is not Ready (its Available condition's message); null when Ready."""
+    created_at: str
+
+
+class DeploymentList(CamelResponse):
+    count: int
+    deployments: list[DeploymentEntry]

@@ -50,7 +50,7 @@ def metrics_view(resource: Mapping[str, Any], records: Sequence[Mapping[str, Any
         else latest.get("trained_tokens"),
         steps=[
             MetricsPoint(step=int(r["step"]), training_loss=r.get("train_loss"), validation_loss=_validation_loss(r),
-                         learning_rate=r.get("learning_rate"))
+                         learning_rate=r.get("learning_rate"), tokens_per_second=r.get("tokens_per_second"))
             for r in records
         ],
     ))
