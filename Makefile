@@ -95,6 +95,16 @@ crds: venv ## Regenerate crds/, the chart's crds/ and values.schema.json, and th
 	$(BIN)/tuneforge crds --out crds --chart charts/tuneforge/crds
 	$(BIN)/python hack/chartgen.py
 
+.PHONY: ui-vendor
+ui-vendor: venv ## Re-fetch the dashboard's and /docs' vendored scripts from the npm releases pinned in operator/tuneforge/ui/vendor.json
+	$(BIN)/python hack/ui_vendor.py
+
+SCREENSHOTS_DIR := docs/images
+
+.PHONY: screenshots
+screenshots: venv provision ## Regenerate the dashboard screenshots in docs/images/ (runs the browser tests against a local platform)
+	TUNEFORGE_SCREENSHOTS=$(SCREENSHOTS_DIR) $(BIN)/python -m pytest -p no:xdist -q tests/e2e/test_dashboard.py
+
 .PHONY: manifests
 manifests: ## Render the kubectl install bundle dist/install.yaml from the chart (default values)
 	@mkdir -p dist

@@ -1,5 +1,6 @@
 """The gateway application: the OpenAI routers under /v1, the management API under
-/api/v1/fine-tuning, OpenAI-shaped error handling, request ids.
+/api/v1/fine-tuning, the dashboard under /ui and the API reference under /docs,
+OpenAI-shaped error handling, request ids.
 
 Stateless: the Kubernetes client, the artifact store handle, the HTTP client towards the
 serving Pods and a few seconds of caches are all it keeps, so any number of replicas can
@@ -21,7 +22,7 @@ from kubernetes import client
 from prometheus_client import start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneforge.gateway import batches, chat, errors, files, fine_tuning, management, models
+from tuneforge.gateway import batches, chat, dashboard, errors, files, fine_tuning, management, models
 from tuneforge.gateway.auth import KeyResolver
 from tuneforge.gateway.catalog import Catalog
 from tuneforge.gateway.held import HeldRequests
@@ -102,10 +103,13 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
         version="v1",
         description="The OpenAI-compatible API of tuneforge: files, fine-tuning, batches, models and chat.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     for module in (files, fine_tuning, batches, models, chat):
         app.include_router(module.router, prefix="/v1")
     app.include_router(management.router)
+    dashboard.install(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict:
