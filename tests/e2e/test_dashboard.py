@@ -1,8 +1,9 @@
 """The dashboard in a real browser (Debian's chromium driven by Playwright) against the
 local platform of `make dev`: sign-in with a good and a rejected key, a job created from
-an upload (and an upload with a bad line), its loss curve growing until it succeeds, the
-playground streaming from the fine-tuned model, a batch's progress and output download,
-a read-only key that sees no write buttons, and the API reference at /docs.
+an upload (and an upload with a bad line), its loss curve growing until it succeeds, a
+running job paused, resumed and cancelled from its page, the playground streaming from
+the fine-tuned model, a batch's progress and output download, a read-only key that sees
+no write buttons, and the API reference at /docs.
 
 Every request the pages make to another origin is aborted and recorded, so each test
 also shows the pages work offline (air-gapped clusters); a script error on any page
@@ -222,6 +223,35 @@ def test_a_job_started_from_an_upload_draws_its_curve_and_succeeds(tab: Tab, dev
     page.get_by_label("Status").select_option("failed")
     page.get_by_label("Search").fill("dashboard people")
     expect(page.get_by_text("No job matches these filters.")).to_be_visible()
+
+
+def test_a_running_job_pauses_resumes_and_cancels_from_its_page(tab: Tab, dev_stack: DevStack,
+                                                                 openai_client: openai.OpenAI, model_id: str):
+    training = upload_jsonl(openai_client, "long.jsonl", json_training_rows(16), "fine-tune")
+    job = openai_client.fine_tuning.jobs.create(model=model_id, training_file=training,
+                                                hyperparameters={"n_epochs": 50, "batch_size": 1})
+    page = tab.sign_in(dev_stack.api_key)
+    tab.open(f"/ui/#/jobs/{job.id}")
+    status = page.locator(".title-row .badge")
+    expect(status).to_have_text("running", timeout=240_000)
+    actions = page.get_by_role("group", name="Job actions")
+    actions.get_by_role("button", name="Pause").click()
+    expect(status).to_have_text("paused", timeout=60_000)
+    assert openai_client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    expect(actions.get_by_role("button", name="Pause")).to_have_count(0)
+
+    actions.get_by_role("button", name="Resume").click()
+    expect(status).not_to_have_text("paused", timeout=60_000)
+    assert openai_client.fine_tuning.jobs.retrieve(job.id).status != "paused"
+
+    actions.get_by_role("button", name="Cancel job").click()
+    actions.get_by_role("button", name="No").click()  # asked again, and kept
+    expect(status).not_to_have_text("cancelled")
+    actions.get_by_role("button", name="Cancel job").click()
+    actions.get_by_role("button", name="Yes, cancel job").click()
+    expect(status).to_have_text("cancelled", timeout=180_000)
+    expect(page.get_by_role("group", name="Job actions").get_by_role("button")).to_have_count(0)
+    assert openai_client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
 def test_the_playground_streams_from_the_fine_tuned_model(tab: Tab, dev_stack: DevStack, fine_tuned_model: str):

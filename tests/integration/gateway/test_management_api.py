@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -310,18 +311,25 @@ def test_deploy_creates_a_dedicated_deployment_or_uses_the_shared_one(caller, na
 
     system = settings().system_namespace
     shared_name = catalog["sized"]
-    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
-        "metadata": {"name": shared_name, "labels": {"tuneforge.io/base-model": catalog["sized"],
-                                                     "tuneforge.io/shared": "true"}},
-        "spec": {"baseModel": catalog["sized"]}})
-    try:
+    with shared_deployment(custom, shared_name, catalog["sized"]):
         shared = caller.ok("POST", path)
         assert shared["loadedOnDemand"] is True and shared["status"] == "deployed"
         assert shared["deployment"] == {"name": shared_name, "namespace": system, "shared": True, "phase": "Pending"}
         assert caller.ok("POST", path, json={"dedicated": True})["deployment"]["name"] == job_id
+
+
+@contextmanager
+def shared_deployment(custom: client.CustomObjectsApi, name: str, base_model: str) -> Iterator[None]:
+    """A catalog model's shared ModelDeployment in the system namespace, for the test's span."""
+    system = settings().system_namespace
+    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
+        "metadata": {"name": name, "labels": {"tuneforge.io/base-model": base_model, "tuneforge.io/shared": "true"}},
+        "spec": {"baseModel": base_model}})
+    try:
+        yield
     finally:
-        custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", shared_name)
+        custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", name)
 
 
 # -- logs and metrics ------------------------------------------------------------------------
@@ -875,18 +883,12 @@ def test_deployments_list_the_tenants_model_deployments_with_their_phase(gateway
     assert error["code"] == "insufficient_scope" and "models:read" in error["message"]
     assert Caller(raw, gateway.key(namespace, ["models:read"])).ok("GET", f"{API}/deployments")["count"] >= 2
 
-    system, shared_name = settings().system_namespace, f"shared-{namespace}"
-    custom.create_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment",
-        "metadata": {"name": shared_name, "labels": {"tuneforge.io/base-model": catalog["sized"],
-                                                     "tuneforge.io/shared": "true"}},
-        "spec": {"baseModel": catalog["sized"]}})
-    try:
+    shared_name = f"shared-{namespace}"
+    with shared_deployment(custom, shared_name, catalog["sized"]):
         listed = caller.ok("GET", f"{API}/deployments")["deployments"]
         shared = next(d for d in listed if d["name"] == shared_name)
-        assert (shared["namespace"], shared["shared"], shared["baseModel"]) == (system, True, catalog["sized"])
+        assert (shared["namespace"], shared["shared"], shared["baseModel"]) == (
+            settings().system_namespace, True, catalog["sized"])
         assert listed.index(shared) > max(listed.index(d) for d in listed if not d["shared"])  # own ones first
-    finally:
-        custom.delete_namespaced_custom_object(GROUP, VERSION, system, "modeldeployments", shared_name)
 
     assert raw.get(f"{API}/deployments").status_code == 401
