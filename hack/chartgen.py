@@ -191,6 +191,8 @@ class Gateway(Values):
     """Seconds a deployment's ready Pods are reused for routing; up to twice this while reloaded."""
     catalog_cache_seconds: float = Field(default=5, ge=0)
     """Seconds the model catalog is reused to resolve model ids; an id it lacks is looked up afresh."""
+    list_cache_max_objects: int = Field(default=50_000, ge=0)
+    """Most FineTuningJobs and BatchJobs a replica keeps from its watches to serve lists; 0 turns the cache off."""
     upstream_timeout_seconds: float = Field(default=600, gt=0)
     """Read timeout towards the serving Pods."""
     service: Service = Field(default_factory=Service)

@@ -26,6 +26,15 @@ def quick() -> bool:
     return "--quick" in sys.argv[1:] or os.environ.get("TUNEFORGE_BENCH_QUICK", "") not in ("", "0")
 
 
+def objects(default: int) -> int:
+    """How many objects a control-plane benchmark creates: `--objects N` (or
+    TUNEFORGE_BENCH_OBJECTS=N) for the 10,000-object runs CI does not make, else `default`."""
+    args = sys.argv[1:]
+    if "--objects" in args:
+        return int(args[args.index("--objects") + 1])
+    return int(os.environ.get("TUNEFORGE_BENCH_OBJECTS") or default)
+
+
 def machine(**extra: Any) -> dict[str, Any]:
     """Where the figures were taken; the load average shows how shared the machine was."""
     return {

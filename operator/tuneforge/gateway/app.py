@@ -27,6 +27,7 @@ from tuneforge.gateway.auth import KeyResolver
 from tuneforge.gateway.catalog import Catalog
 from tuneforge.gateway.held import HeldRequests
 from tuneforge.gateway.kube import Kube, load_api_client
+from tuneforge.gateway.listing import ListingCache
 from tuneforge.gateway.metrics import RequestMetrics
 from tuneforge.gateway.routing import Router
 from tuneforge.gateway.settings import gateway_settings
@@ -85,6 +86,8 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
         connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=2.0)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             app.state.kube = kube
+            app.state.listing = ListingCache(kube, max_objects=config.list_cache_max_objects,
+                                             idle_seconds=config.list_cache_idle_seconds)
             app.state.store = store or ArtifactStore()
             app.state.keys = KeyResolver(kube)
             app.state.catalog = Catalog(kube, config.catalog_cache_seconds)
@@ -97,6 +100,7 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
                 yield
             finally:
                 sweeper.cancel()
+                app.state.listing.close()
 
     app = FastAPI(
         title="tuneforge gateway",

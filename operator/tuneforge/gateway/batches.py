@@ -73,9 +73,10 @@ async def _batch(request: Request, principal: Principal, batch_id: str) -> dict:
 @router.get("/batches", response_model=CursorPage[Batch], summary="List batches, newest first")
 async def list_batches(request: Request, principal: Principal = Depends(require("batches:read")),
                        after: str | None = None, limit: Limit = 20) -> CursorPage:
-    resources = await request.app.state.kube.list(PLURAL, principal.tenant)
+    resources = await request.app.state.listing.list(PLURAL, principal.tenant)
     resources.sort(key=lambda r: (r["metadata"]["creationTimestamp"], r["metadata"]["name"]), reverse=True)
-    return page([batch_object(r) for r in resources], after=after, limit=limit)
+    selected = page(resources, after=after, limit=limit, ident=lambda r: r["metadata"]["name"])
+    return selected.model_copy(update={"data": [batch_object(r) for r in selected.data]})
 
 
 @router.get("/batches/{batch_id}", response_model=Batch, summary="Retrieve a batch")

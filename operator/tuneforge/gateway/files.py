@@ -234,7 +234,7 @@ async def list_files(
     store: ArtifactStore = request.app.state.store
     files = await run_in_threadpool(_all_files, store, principal.tenant)
     if purpose in (None, "", result_files.PURPOSE):
-        files += await result_files.list_all(request.app.state.kube, store, principal.tenant)
+        files += await result_files.list_all(request.app.state.listing, store, principal.tenant)
     if purpose:
         files = [meta for meta in files if meta.purpose == purpose]
     files.sort(key=lambda meta: (meta.created_at, meta.id), reverse=order == "desc")

@@ -97,6 +97,10 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     return filters
 
 
+def _name(resource: dict) -> str:
+    return resource["metadata"]["name"]
+
+
 def _newest_first(resources: list[dict]) -> list[dict]:
     return sorted(resources, key=lambda r: (r["metadata"]["creationTimestamp"], r["metadata"]["name"]), reverse=True)
 
@@ -109,10 +113,11 @@ async def list_jobs(
     limit: Limit = 20,
 ) -> CursorPage:
     filters = _metadata_filter(request)
-    jobs = _newest_first(await service.list_jobs(request.app.state.kube, principal.tenant))
+    jobs = _newest_first(await service.list_jobs(request.app.state.listing, principal.tenant))
     if filters:
         jobs = [job for job in jobs if all((job["spec"].get("metadata") or {}).get(k) == v for k, v in filters.items())]
-    return page(await _job_objects(request, jobs), after=after, limit=limit)
+    selected = page(jobs, after=after, limit=limit, ident=_name)
+    return selected.model_copy(update={"data": await _job_objects(request, selected.data)})
 
 
 @router.get("/fine_tuning/jobs/{fine_tuning_job_id}", response_model=FineTuningJob,

@@ -30,6 +30,7 @@ from tuneforge.gateway.files import FILE_ID, file_meta, files_named, validation_
 from tuneforge.gateway.fine_tuning_objects import checkpoint_model, checkpoint_object, event_objects
 from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.kube import Kube
+from tuneforge.gateway.listing import ListingCache
 from tuneforge.gateway.openai_protocol import FileObject, FineTuningJobCheckpoint, FineTuningJobEvent
 from tuneforge.gateway.platform_key import platform_key
 from tuneforge.jobfiles import JobFiles
@@ -228,12 +229,13 @@ async def find_live_job(kube: Kube, tenant: str, job_id: str, *, param: str) -> 
     return resource
 
 
-async def list_jobs(kube: Kube, tenant: str) -> list[dict]:
-    return await kube.list(PLURAL, tenant)
+async def list_jobs(listing: ListingCache, tenant: str) -> list[dict]:
+    """The tenant's jobs (shared dicts: not to be modified), with this replica's writes."""
+    return await listing.list(PLURAL, tenant)
 
 
-async def list_live_jobs(kube: Kube, tenant: str) -> list[dict]:
-    return [resource for resource in await list_jobs(kube, tenant) if not _being_deleted(resource)]
+async def list_live_jobs(listing: ListingCache, tenant: str) -> list[dict]:
+    return [resource for resource in await list_jobs(listing, tenant) if not _being_deleted(resource)]
 
 
 async def set_spec(kube: Kube, tenant: str, job_id: str, spec: Mapping[str, object]) -> dict:

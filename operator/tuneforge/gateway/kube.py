@@ -11,10 +11,10 @@ the object asked for, so the caches keep serving what they read last (see `cachi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from starlette.concurrency import run_in_threadpool
 from urllib3.exceptions import HTTPError
@@ -38,6 +38,11 @@ class AlreadyExists(Exception):
     """A create hit an existing name (an idempotent retry)."""
 
 
+class WatchExpired(Exception):
+    """The API server no longer has the history a watch asked to resume from (410 Gone):
+    the watcher must list again."""
+
+
 class ApiServerUnavailable(OpenAIError):
     """No answer from the API server: down, restarting, or failing (5xx)."""
 
@@ -49,14 +54,29 @@ def _json(response: Any) -> dict:
     return json.loads(response.data)
 
 
+WriteObserver = Callable[[str, str, dict], None]
+"""Told (verb: create, patch or delete; plural; the object as the API server returned it)
+after each custom-resource write."""
+
+
 class Kube:
-    """Custom resources, Pods, Deployments and Secrets as dicts."""
+    """Custom resources, Pods, Deployments and Secrets as dicts.
+
+    Every custom-resource write is reported to the `write_observers`, so a cache of what
+    the API server holds (the listing cache) can serve a client's next read with its own
+    write in it."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.write_observers: list[WriteObserver] = []
+
+    def _wrote(self, verb: str, plural: str, resource: dict) -> dict:
+        for observer in self.write_observers:
+            observer(verb, plural, resource)
+        return resource
 
     async def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> dict:
         """Runs one client call in the threadpool, returning the raw JSON as a dict
@@ -98,26 +118,62 @@ class Kube:
 
     async def create(self, plural: str, namespace: str, body: dict) -> dict:
         try:
-            return await self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body)
+            created = await self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural,
+                                       body)
         except OpenAIError as exc:
             if exc.status == 409:
                 raise AlreadyExists(body["metadata"]["name"]) from exc
             raise
+        return self._wrote("create", plural, created)
 
     async def patch(self, plural: str, namespace: str, name: str, patch: dict) -> dict:
         """A JSON merge patch (the client sends a dict body as merge-patch+json)."""
-        return await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, patch)
+        patched = await self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name,
+                                   patch)
+        return self._wrote("patch", plural, patched)
 
     async def delete(self, plural: str, namespace: str, name: str) -> bool:
         """Deletes a custom resource (its children go with it, by ownerReference); False
         when it was already gone."""
         try:
-            await self._call(self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+            deleted = await self._call(self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural,
+                                       name)
         except OpenAIError as exc:
             if exc.status == 404:
                 return False
             raise
+        if deleted.get("kind") == "Status":  # gone at once (else: the object, marked for deletion)
+            deleted = {"metadata": {"name": name, "namespace": namespace}}
+        self._wrote("delete", plural, deleted)
         return True
+
+    # -- watching (blocking: for threads of their own, never the event loop) ----------
+
+    def list_snapshot(self, plural: str, namespace: str, *, page_size: int = 500) -> tuple[list[dict], str]:
+        """Every object of `plural` in `namespace`, read in pages of one consistent
+        snapshot, and that snapshot's resourceVersion (where a watch resumes)."""
+        items: list[dict] = []
+        token = None
+        while True:
+            kwargs = {"limit": page_size, **({"_continue": token} if token else {})}
+            try:
+                response = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                                     _preload_content=False, **kwargs)
+            except ApiException as exc:
+                if exc.status == 410:  # the snapshot went out of etcd's history mid-way
+                    raise WatchExpired() from exc
+                raise
+            page = _json(response)
+            items.extend(page.get("items", []))
+            token = page["metadata"].get("continue")
+            if not token:
+                return items, page["metadata"]["resourceVersion"]
+
+    def watch(self, plural: str, namespace: str, resource_version: str, *, timeout_seconds: int) -> WatchStream:
+        """The changes to `plural` in `namespace` after `resource_version`, with bookmarks."""
+        return WatchStream(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural,
+                           resource_version=resource_version, allow_watch_bookmarks=True,
+                           timeout_seconds=timeout_seconds, _request_timeout=(10, timeout_seconds + 30))
 
     # -- core objects ------------------------------------------------------------------
 
@@ -171,6 +227,28 @@ class Kube:
         if response.status == 204:
             return None
         return response.data.decode("utf-8", errors="replace")
+
+
+class WatchStream:
+    """One watch request's events, as dicts with `type` (ADDED, MODIFIED, DELETED,
+    BOOKMARK) and `object`, until the server ends it (its timeout) or `stop()` is called
+    from another thread, which unblocks the read at once. Raises WatchExpired on 410 Gone."""
+
+    def __init__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._watch = watch.Watch()
+        self._call = (func, args, kwargs)
+
+    def __iter__(self) -> Iterator[dict]:
+        func, args, kwargs = self._call
+        try:
+            yield from self._watch.stream(func, *args, **kwargs)
+        except ApiException as exc:
+            if exc.status == 410:
+                raise WatchExpired() from exc
+            raise
+
+    def stop(self) -> None:
+        self._watch.stop()
 
 
 def _translate(exc: ApiException) -> OpenAIError:

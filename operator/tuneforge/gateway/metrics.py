@@ -16,6 +16,14 @@ Routing and scaling from zero (`routing`, `held`):
 - `tuneforge_gateway_routing_decisions_total{decision}`: `affinity` (a replica holding the
   adapter), `spread` (a hot adapter to one more replica), `least_loaded`, `round_robin`.
 
+Listing (`listing`):
+
+- `tuneforge_gateway_list_cache_objects`: FineTuningJobs and BatchJobs held by the
+  watches that serve list requests;
+- `tuneforge_gateway_list_reads_total{source}`: list requests answered from the watches
+  (`cache`) or by reading the API server (`api`: a namespace's first list, a watch behind
+  this replica's own write or failed, a namespace larger than the cache).
+
 `route` is the matched route template (`/v1/batches/{batch_id}`), never the raw path, so
 ids cannot grow the label set; requests no route matched count as `unmatched`.
 """
@@ -50,6 +58,9 @@ ADAPTER_EVENTS = Counter("tuneforge_gateway_adapter_events_total",
                          "Adapter hits and misses of routed requests, loads and evictions on the engines.", ["event"])
 ROUTING_DECISIONS = Counter("tuneforge_gateway_routing_decisions_total", "How chat requests chose their replica.",
                             ["decision"])
+LIST_CACHE_OBJECTS = Gauge("tuneforge_gateway_list_cache_objects",
+                           "Custom resources held by the watches that serve list requests.")
+LIST_READS = Counter("tuneforge_gateway_list_reads_total", "List requests by where they were read from.", ["source"])
 
 
 class RequestMetrics:

@@ -26,7 +26,7 @@ async def _all(request: Request, principal: Principal) -> list[ModelObject]:
     kube = request.app.state.kube
     catalog = await request.app.state.catalog.fresh()
     models: dict[str, ModelObject] = {m.id: m for m in map(base_model_object, catalog.accepted())}
-    for job in await kube.list("finetuningjobs", principal.tenant):
+    for job in await request.app.state.listing.list("finetuningjobs", principal.tenant):
         if is_live_model(job):
             parent = catalog.model_id(job["spec"]["baseModel"])
             models.setdefault(job["status"]["fineTunedModel"], fine_tuned_model_object(job, parent))

@@ -22,6 +22,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from tuneforge.gateway.kube import Kube
+from tuneforge.gateway.listing import ListingCache
 from tuneforge.gateway.openai_protocol import FileObject
 from tuneforge.gateway.times import unix
 from tuneforge.jobfiles import RESULTS_CSV, JobFiles
@@ -108,9 +109,9 @@ async def find(kube: Kube, store: ArtifactStore, namespace: str, file_id: str) -
     return found[0] if found else None
 
 
-async def list_all(kube: Kube, store: ArtifactStore, namespace: str) -> list[FileObject]:
+async def list_all(listing: ListingCache, store: ArtifactStore, namespace: str) -> list[FileObject]:
     """The results Files of every job in `namespace` that has one."""
-    return await run_in_threadpool(_objects, store, await kube.list(PLURAL, namespace))
+    return await run_in_threadpool(_objects, store, await listing.list(PLURAL, namespace))
 
 
 def delete(store: ArtifactStore, namespace: str, file_id: str) -> None:

@@ -35,6 +35,12 @@ class GatewaySettings(BaseSettings):
     """How long the model catalog (the BaseModels) is used as is to resolve and show model
     ids (and for as long again while being reloaded); an id it lacks is looked up afresh,
     so a new entry is usable at once and a deleted one goes within twice this time."""
+    list_cache_max_objects: int = Field(default=50_000, ge=0)
+    """Most FineTuningJobs and BatchJobs the watches serving list requests hold on a
+    replica, over all tenants (about 6 KB of memory each; see gateway.listing). A
+    namespace holding more is listed from the API server; 0 turns the cache off."""
+    list_cache_idle_seconds: float = Field(default=600.0, gt=0)
+    """A namespace's watch stops when none of its lists came for this long."""
     routing: Literal["adapter-aware", "round-robin"] = "adapter-aware"
     """How a chat request picks among a deployment's ready replicas: adapter-aware prefers
     a replica holding the requested adapter, then the least loaded (see gateway.routing);

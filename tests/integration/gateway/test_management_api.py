@@ -221,7 +221,12 @@ def test_list_filters_search_sort_and_pagination(caller, namespace, api_client, 
     assert listed(sort="status:asc") == [ids[n] for n in ("bravo", "Charlie", "echo", "Alpha", "delta")]
     time.sleep(1.1)  # updatedAt has second resolution: the next write must land in a later second
     set_status(api_client, namespace, ids["bravo"], {"trainedTokens": 1234})
-    assert listed(sort="updatedAt:desc")[0] == ids["bravo"] and listed(sort="updatedAt:asc")[-1] == ids["bravo"]
+    # The controller's write reaches the gateway's listing watch within moments, not at once.
+    deadline = time.monotonic() + 10
+    while listed(sort="updatedAt:desc")[0] != ids["bravo"]:
+        assert time.monotonic() < deadline, "the status write never reached the job list"
+        time.sleep(0.05)
+    assert listed(sort="updatedAt:asc")[-1] == ids["bravo"]
 
     pages = [caller.ok("GET", f"{API}/jobs", params={"limit": 2, "offset": offset, "sort": "createdAt:asc"})
              for offset in (0, 2, 4)]

@@ -333,7 +333,7 @@ def test_rbac_grants_exactly_the_reviewed_permissions(renderings):
         _expand(op, "kopf.dev", "clusterkopfpeerings", "list watch create"),
         _expand(op, "kopf.dev", "clusterkopfpeerings", "get patch", "tuneforge"),
         _expand(op_ns, "", "secrets", "list"),
-        _expand(gw, "tuneforge.io", "finetuningjobs batchjobs", "get list create patch"),
+        _expand(gw, "tuneforge.io", "finetuningjobs batchjobs", "get list watch create patch"),
         _expand(gw, "tuneforge.io", "finetuningjobs", "delete"),
         _expand(gw, "tuneforge.io", "basemodels", "get list"),
         _expand(gw, "tuneforge.io", "modeldeployments", "get list create patch"),

@@ -135,7 +135,7 @@ async def list_jobs(
         base_model = entry["metadata"]["name"]
     query = ListQuery(statuses=parse_statuses(status) if status is not None else None, base_model=base_model,
                       search=search or None, sort_field=field, descending=descending, limit=limit, offset=offset)
-    count, selected = select_jobs(await service.list_live_jobs(request.app.state.kube, principal.tenant), query)
+    count, selected = select_jobs(await service.list_live_jobs(request.app.state.listing, principal.tenant), query)
     ids = await catalog.current(r["spec"]["baseModel"] for r in selected)
     return JobList(count=count, limit=limit, offset=offset,
                    jobs=[job_summary(r, base_model_id=ids.model_id(r["spec"]["baseModel"])) for r in selected])
@@ -284,4 +284,4 @@ async def download_merged_model(job_id: str, request: Request,
 
 @router.get("/stats", response_model=JobStats, summary="Job counts by status in the caller's namespace")
 async def job_stats(request: Request, principal: Principal = Depends(require("fine-tuning:read"))) -> JobStats:
-    return stats(await service.list_live_jobs(request.app.state.kube, principal.tenant))
+    return stats(await service.list_live_jobs(request.app.state.listing, principal.tenant))

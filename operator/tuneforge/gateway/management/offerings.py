@@ -85,8 +85,8 @@ async def estimate_cost(body: EstimateRequest, request: Request,
                           param="hardwareProfile", code="invalid_hardware_profile")
     size = await _dataset_size(request, principal, body)
     catalog = {r["metadata"]["name"]: r for r in await kube.list_cluster("basemodels")}
-    samples = calibration_samples(await service.list_live_jobs(kube, principal.tenant), catalog, profile=profile.name,
-                                  default=config.default_hardware_profile)
+    jobs = await service.list_live_jobs(request.app.state.listing, principal.tenant)
+    samples = calibration_samples(jobs, catalog, profile=profile.name, default=config.default_hardware_profile)
     try:
         result = estimate(base_model=base["metadata"]["name"], parameter_count=base["spec"].get("parameterCount"),
                           dataset_tokens=size.tokens, epochs=body.epochs, profile=profile, samples=samples)
