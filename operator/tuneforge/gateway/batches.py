@@ -16,7 +16,7 @@ from tuneforge.gateway.errors import bad_request, not_found
 from tuneforge.gateway.files import file_meta, validation_error
 from tuneforge.gateway.ids import create_once
 from tuneforge.gateway.openai_protocol import Batch, BatchCreate, CursorPage, Limit
-from tuneforge.gateway.pagination import page
+from tuneforge.gateway.pagination import newest_first, page, resource_name
 
 router = APIRouter(tags=["batches"])
 
@@ -73,9 +73,8 @@ async def _batch(request: Request, principal: Principal, batch_id: str) -> dict:
 @router.get("/batches", response_model=CursorPage[Batch], summary="List batches, newest first")
 async def list_batches(request: Request, principal: Principal = Depends(require("batches:read")),
                        after: str | None = None, limit: Limit = 20) -> CursorPage:
-    resources = await request.app.state.listing.list(PLURAL, principal.tenant)
-    resources.sort(key=lambda r: (r["metadata"]["creationTimestamp"], r["metadata"]["name"]), reverse=True)
-    selected = page(resources, after=after, limit=limit, ident=lambda r: r["metadata"]["name"])
+    resources = newest_first(await request.app.state.listing.list(PLURAL, principal.tenant))
+    selected = page(resources, after=after, limit=limit, ident=resource_name)
     return selected.model_copy(update={"data": [batch_object(r) for r in selected.data]})
 
 

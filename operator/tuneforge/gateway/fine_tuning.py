@@ -29,7 +29,7 @@ from tuneforge.gateway.openai_protocol import (
     Hyperparameters,
     Limit,
 )
-from tuneforge.gateway.pagination import page
+from tuneforge.gateway.pagination import newest_first, page, resource_name
 
 router = APIRouter(tags=["fine-tuning"])
 
@@ -97,14 +97,6 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     return filters
 
 
-def _name(resource: dict) -> str:
-    return resource["metadata"]["name"]
-
-
-def _newest_first(resources: list[dict]) -> list[dict]:
-    return sorted(resources, key=lambda r: (r["metadata"]["creationTimestamp"], r["metadata"]["name"]), reverse=True)
-
-
 @router.get("/fine_tuning/jobs", response_model=CursorPage[FineTuningJob], summary="List fine-tuning jobs")
 async def list_jobs(
     request: Request,
@@ -113,10 +105,10 @@ async def list_jobs(
     limit: Limit = 20,
 ) -> CursorPage:
     filters = _metadata_filter(request)
-    jobs = _newest_first(await service.list_jobs(request.app.state.listing, principal.tenant))
+    jobs = newest_first(await service.list_jobs(request.app.state.listing, principal.tenant))
     if filters:
         jobs = [job for job in jobs if all((job["spec"].get("metadata") or {}).get(k) == v for k, v in filters.items())]
-    selected = page(jobs, after=after, limit=limit, ident=_name)
+    selected = page(jobs, after=after, limit=limit, ident=resource_name)
     return selected.model_copy(update={"data": await _job_objects(request, selected.data)})
 
 

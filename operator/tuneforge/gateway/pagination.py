@@ -1,9 +1,10 @@
 """Cursor pagination of the OpenAI lists: one rule for every `after`/`limit` list, so a
-stale or foreign cursor is the same 400 everywhere."""
+stale or foreign cursor is the same 400 everywhere, and one order for the lists of
+custom resources (jobs, batches), whose ids are their resource names."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any
 
@@ -34,3 +35,13 @@ def page(items: Sequence[Any], *, after: str | None, limit: int, ident: Callable
         first_id=ident(data[0]) if data else None,
         last_id=ident(data[-1]) if data else None,
     )
+
+
+def resource_name(resource: Mapping[str, Any]) -> str:
+    """A custom resource's id in the OpenAI API (`ident` for `page`)."""
+    return resource["metadata"]["name"]
+
+
+def newest_first(resources: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Creation order, newest first; ids (time-ordered, gateway.ids) break ties within a second."""
+    return sorted(resources, key=lambda r: (r["metadata"]["creationTimestamp"], resource_name(r)), reverse=True)
