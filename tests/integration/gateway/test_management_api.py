@@ -293,6 +293,34 @@ def test_stop_restart_and_delete_rules(caller, gateway, namespace, api_client, c
     caller.error("DELETE", path, 404)
 
 
+def test_a_restart_is_not_lost_to_the_operators_status_writes(caller, namespace, api_client, catalog) -> None:
+    """The operator writes status while a user restarts a failed job: the restart's
+    precondition loses to those writes, and the gateway decides again instead of
+    answering 409 for a restart nobody else asked for."""
+    job_id = caller.create(catalog["sized"], caller.upload())["id"]
+    path = f"{API}/jobs/{job_id}"
+    set_status(api_client, namespace, job_id, {"phase": "Failed", "error": {"code": "training_failed",
+                                                                            "message": "node lost"}})
+    writes, stop = [0], threading.Event()
+
+    def operator_progress_writes() -> None:
+        while not stop.is_set():
+            writes[0] += 1
+            set_status(api_client, namespace, job_id, {"progress": {"step": writes[0], "totalSteps": 10**6}})
+
+    writer = threading.Thread(target=operator_progress_writes)
+    writer.start()
+    try:
+        for restarts in range(5):
+            assert caller.ok("POST", f"{path}/restart")["status"] == "queued"
+            assert resource(api_client, namespace, job_id)["spec"]["restartCount"] == restarts + 1
+            set_status(api_client, namespace, job_id, {"restarts": restarts + 1})  # the controller acted
+    finally:
+        stop.set()
+        writer.join()
+    assert writes[0] > 20, writes
+
+
 def test_deploy_creates_a_dedicated_deployment_or_uses_the_shared_one(caller, namespace, api_client,
                                                                       catalog) -> None:
     custom = client.CustomObjectsApi(api_client)

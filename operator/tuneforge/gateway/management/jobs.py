@@ -59,6 +59,9 @@ from tuneforge.jobfiles import JobFiles
 
 router = APIRouter()
 
+RESTART_ATTEMPTS = 5
+"""Reads and writes a restart may take while other writers (the operator) race it."""
+
 MAX_LIMIT = 100
 PARAMS = {"model": "baseModel", "training_file": "trainingDataset", "validation_file": "validationFile",
           "suffix": "suffix", "webhook_url": "webhookUrl", "hardware.profile": "hardware.profile", "hardware.gpu_count": "hardware.gpuCount",
@@ -199,24 +202,43 @@ async def stop_job(job_id: str, request: Request,
              summary="Restart a stopped or failed job from its latest checkpoint")
 async def restart_job(job_id: str, request: Request,
                       principal: Principal = Depends(require("fine-tuning:write"))) -> RestartedJob:
-    resource = await _job(request, principal, job_id)
-    spec, phase = resource["spec"], (resource.get("status") or {}).get("phase")
-    status = job_status(resource)
-    if spec.get("cancel") or phase == "Cancelled":
-        raise conflict(f"Job '{job_id}' was cancelled, which is final; create a new job instead.")
-    if status == "stopped":
-        patch: dict = {"spec": {"suspend": False}}
-    elif status == "failed":
-        # The resourceVersion makes two concurrent restarts one restart (the second gets 409).
-        patch = {"metadata": {"resourceVersion": resource["metadata"]["resourceVersion"]},
-                 "spec": {"restartCount": int(spec.get("restartCount") or 0) + 1}}
-    else:
-        raise conflict(f"Job '{job_id}' is {status}; only stopped or failed jobs can be restarted.")
-    patched = await request.app.state.kube.patch(service.PLURAL, principal.tenant, job_id, patch)
+    patched = await _request_restart(request, principal, job_id)
     store = request.app.state.store
     steps = await run_in_threadpool(JobFiles.of(store, principal.tenant, job_id).complete_checkpoints)
     return restarted_job(patched, await _file_names(request, principal, patched), steps[-1] if steps else None,
                          base_model_id=await _base_model_id(request, patched))
+
+
+async def _request_restart(request: Request, principal: Principal, job_id: str) -> dict:
+    """Read, decide, write with the read's resourceVersion; when the write loses to
+    another writer (the operator updating status), read and decide again. A concurrent
+    restart shows up on the re-read as a raised restartCount or a job no longer failed,
+    so two restarts make one restart and the second gets 409."""
+    first_restart_count: int | None = None
+    for _ in range(RESTART_ATTEMPTS):
+        resource = await _job(request, principal, job_id)
+        spec, phase = resource["spec"], (resource.get("status") or {}).get("phase")
+        status = job_status(resource)
+        if spec.get("cancel") or phase == "Cancelled":
+            raise conflict(f"Job '{job_id}' was cancelled, which is final; create a new job instead.")
+        if status == "stopped":
+            return await request.app.state.kube.patch(service.PLURAL, principal.tenant, job_id,
+                                                      {"spec": {"suspend": False}})
+        if status != "failed":
+            raise conflict(f"Job '{job_id}' is {status}; only stopped or failed jobs can be restarted.")
+        restart_count = int(spec.get("restartCount") or 0)
+        if first_restart_count is None:
+            first_restart_count = restart_count
+        elif restart_count != first_restart_count:
+            raise conflict(f"Job '{job_id}' was restarted by another request.")
+        patch = {"metadata": {"resourceVersion": resource["metadata"]["resourceVersion"]},
+                 "spec": {"restartCount": restart_count + 1}}
+        try:
+            return await request.app.state.kube.patch(service.PLURAL, principal.tenant, job_id, patch)
+        except OpenAIError as exc:
+            if exc.status != 409:
+                raise
+    raise conflict(f"Job '{job_id}' kept changing while it was being restarted; try again.")
 
 
 @router.post("/jobs/{job_id}/deploy", response_model=DeployedJob, summary="Serve a completed job's fine-tuned model")
