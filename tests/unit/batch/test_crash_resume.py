@@ -1,6 +1,10 @@
 """Exactly-once under SIGKILL: the runner is killed at random moments (start-up,
 validation, mid-execution) many times over one batch and restarted with the
-same spec each time; in the end every custom_id has exactly one result line."""
+same spec each time; in the end every custom_id has exactly one result line.
+
+Half the kills are timed from the process start, so they may land anywhere; the
+other half wait for the run to record a result first, so they land mid-execution
+however long start-up takes on a loaded machine."""
 
 from __future__ import annotations
 
@@ -23,6 +27,12 @@ def _recorded(batch) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def _wait_for_a_new_result(batch, proc: subprocess.Popen, recorded_before: int) -> None:
+    deadline = time.monotonic() + 120
+    while _recorded(batch) <= recorded_before and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_sigkill_at_random_moments_then_finish_exactly_once(batch, upstream):
     seed = int(os.environ.get("BATCH_CRASH_SEED", time.time_ns() % 2**32))
     rng = random.Random(seed)
@@ -35,8 +45,13 @@ def test_sigkill_at_random_moments_then_finish_exactly_once(batch, upstream):
     kills = 0
     recorded: list[int] = []
     while kills < KILLS:
+        recorded_before = _recorded(batch)
         proc = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.1, 2.5))
+        if kills % 2:
+            _wait_for_a_new_result(batch, proc, recorded_before)
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            time.sleep(rng.uniform(0.1, 2.5))
         assert proc.poll() is None, f"the batch finished after {kills} kills (seed {seed}); make it longer"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
