@@ -9,6 +9,9 @@ the declarative spec.suspend and spec.restartCount the controller acts on.
 
 from __future__ import annotations
 
+import asyncio
+import random
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
@@ -59,8 +62,9 @@ from tuneforge.jobfiles import JobFiles
 
 router = APIRouter()
 
-RESTART_ATTEMPTS = 5
-"""Reads and writes a restart may take while other writers (the operator) race it."""
+RESTART_RETRY_SECONDS = 5.0
+"""How long a restart keeps deciding again while other writers (the operator) win the race."""
+RESTART_JITTER_SECONDS = 0.01
 
 MAX_LIMIT = 100
 PARAMS = {"model": "baseModel", "training_file": "trainingDataset", "validation_file": "validationFile",
@@ -215,7 +219,8 @@ async def _request_restart(request: Request, principal: Principal, job_id: str) 
     restart shows up on the re-read as a raised restartCount or a job no longer failed,
     so two restarts make one restart and the second gets 409."""
     first_restart_count: int | None = None
-    for _ in range(RESTART_ATTEMPTS):
+    deadline = time.monotonic() + RESTART_RETRY_SECONDS
+    while time.monotonic() < deadline:
         resource = await _job(request, principal, job_id)
         spec, phase = resource["spec"], (resource.get("status") or {}).get("phase")
         status = job_status(resource)
@@ -238,6 +243,7 @@ async def _request_restart(request: Request, principal: Principal, job_id: str) 
         except OpenAIError as exc:
             if exc.status != 409:
                 raise
+        await asyncio.sleep(random.uniform(0, RESTART_JITTER_SECONDS))  # out of step with the other writer
     raise conflict(f"Job '{job_id}' kept changing while it was being restarted; try again.")
 
 
