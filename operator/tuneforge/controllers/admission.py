@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from tuneforge.api.v1alpha1.common import ApiError
+from tuneforge.api.v1alpha1.common import PODS_ADMITTED, ApiError
 from tuneforge.controllers import kube
 from tuneforge.controllers.children import pod_creation_refusal, short_of_pods
 from tuneforge.controllers.status import (
@@ -34,7 +34,7 @@ from tuneforge.controllers.status import (
     utcnow,
 )
 
-CONDITION = "PodsAdmitted"
+CONDITION = PODS_ADMITTED
 REFUSED = "PodCreationRefused"
 CREATED = "PodsCreated"
 ERROR_CODE = "pod_creation_refused"

@@ -347,6 +347,15 @@ def test_deployment_entries_say_what_is_served_and_why_not_ready() -> None:
         base_model_id="m").model_dump()
     assert (rolling["phase"], rolling["replicas"], rolling["readyReplicas"], rolling["message"]) == (
         "Deploying", 1, 0, "0/1 Pods of the current spec ready")
+    refusal = ('pods "support-7d9c-x" is forbidden: violates PodSecurity "restricted:latest": '
+               'allowPrivilegeEscalation != false')
+    refused = deployment_entry(mdep("support", status={
+        "phase": "Deploying", "replicas": 1, "readyReplicas": 0, "servedModels": ["m"],
+        "conditions": [*_available(False, "RollingOut", "0/1 Pods of the current spec ready"),
+                       {"type": "PodsAdmitted", "status": "False", "reason": "PodCreationRefused",
+                        "message": refusal}]}),
+        base_model_id="m").model_dump()
+    assert refused["message"] == refusal
     new = deployment_entry(mdep("fresh"), base_model_id="smollm2-135m").model_dump()
     assert deployment_entry(mdep("fresh"), base_model_id="m", shared=True).shared
     assert (new["phase"], new["replicas"], new["readyReplicas"], new["servedModels"], new["message"]) == (

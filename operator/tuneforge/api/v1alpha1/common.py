@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+PODS_ADMITTED = "PodsAdmitted"
+"""The condition every kind with Pods carries while the API server refuses to create them
+(False, with the refusal as its message), as the controllers record it."""
+
 GROUP = "tuneforge.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"

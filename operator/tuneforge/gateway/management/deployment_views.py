@@ -7,17 +7,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tuneforge.api.v1alpha1.common import PODS_ADMITTED
 from tuneforge.api.v1alpha1.modeldeployment import ModelDeploymentSpec, wanted_replicas
 from tuneforge.gateway.management.protocol import DeploymentEntry
 
 
 def not_ready_message(status: Mapping[str, Any]) -> str | None:
-    """Why a deployment is not Ready: its Available condition's message (the controller's
-    reason for the phase); null when it is Ready or no condition says."""
+    """Why a deployment is not Ready: the API server's refusal of its Pods when there is
+    one (PodsAdmitted False: Pod Security, quota), which no other condition names, else
+    the Available condition's message (the controller's reason for the phase); null when
+    it is Ready or no condition says."""
     if status.get("phase") == "Ready":
         return None
-    available = next((c for c in status.get("conditions") or [] if c.get("type") == "Available"), {})
-    return available.get("message") or None
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    refused = conditions.get(PODS_ADMITTED, {})
+    if refused.get("status") == "False" and refused.get("message"):
+        return refused["message"]
+    return conditions.get("Available", {}).get("message") or None
 
 
 def deployment_entry(resource: Mapping[str, Any], *, base_model_id: str, shared: bool = False) -> DeploymentEntry:

@@ -353,7 +353,8 @@ class DeploymentEntry(CamelResponse):
     served_models: list[str]
     """The model names the deployment answers to: the base model and its preloaded adapters."""
     message: str | None
-    """Why it is not Ready (its Available condition's message); null when Ready."""
+    """Why it is not Ready: the API server's refusal of its Pods (its PodsAdmitted
+    condition) when there is one, else its Available condition's message; null when Ready."""
     created_at: str
 
 
