@@ -12,7 +12,9 @@ itself rather than tuneforge.
 
 1. The baseline: tests/bench/noop_operator.py, a kopf operator with the same watches,
    indexes, timers and settings that does nothing, runs until its FineTuningJob timer
-   has fired for all N objects; then it is stopped.
+   has fired for all N objects; then it is stopped. Before it, the same operator with an
+   event handler in place of each timer (`--without-timers`): what kopf's per-object
+   timer tasks cost beyond watching and indexing the same objects.
 2. `tuneforge operator --standalone` with its production defaults (watching the whole
    cluster, as the chart runs it) runs until all N trainer Jobs exist and every job is
    Queued, plus a few seconds of steady state (every object's timer ticking
@@ -30,6 +32,7 @@ Figures (each process's peak RSS is its VmHWM, read just before it is stopped):
   reported per FineTuningJob against the four writes that bring one to Queued (ConfigMap,
   Job, status patch, Event).
 - Operator peak RSS vs the no-op operator's. Target: <= 200 MB.
+- The no-op operator's peak RSS with its timers vs with event handlers instead (reported).
 
 `--quick` (or TUNEFORGE_BENCH_QUICK=1) uses 100 jobs. Writes bench-results/controllers.json.
 """
@@ -150,12 +153,14 @@ def tail(path: Path) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-40:])
 
 
-def run_noop(plane: Plane, workdir: Path) -> dict[str, Any]:
-    report, log = workdir / "noop-report", workdir / "noop.log"
+def run_noop(plane: Plane, workdir: Path, *, timers: bool = True) -> dict[str, Any]:
+    name = "noop" if timers else "noop-without-timers"
+    report, log = workdir / f"{name}-report", workdir / f"{name}.log"
     offset = plane.audit_offset()
     started, started_wall = time.monotonic(), time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.noop_operator", "--expect", str(N_JOBS), "--report", str(report)],
+        [sys.executable, "-m", "tests.bench.noop_operator", "--expect", str(N_JOBS), "--report", str(report),
+         *([] if timers else ["--without-timers"])],
         cwd=common.REPO_ROOT, env={**os.environ, "KUBECONFIG": str(plane.plane.kubeconfig)},
         stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
@@ -220,6 +225,8 @@ def main() -> None:
             control_plane.apply_crds()
             plane = Plane(control_plane)
             populate(plane, store, workdir)
+            untimed = run_noop(plane, workdir, timers=False)
+            print(f"no-op operator without timers: {untimed}", flush=True)
             noop = run_noop(plane, workdir)
             print(f"no-op operator: {noop}", flush=True)
             op = run_operator(plane, store, workdir)
@@ -244,9 +251,13 @@ def main() -> None:
                       writes / N_JOBS <= ESSENTIAL_WRITES_PER_JOB),
         common.result("operator_peak_rss", op["rss_mb"], "MB", "no-op kopf operator peak RSS", noop["rss_mb"],
                       "value <= 200 MB", op["rss_mb"] <= 200),
+        common.result("kopf_timers_peak_rss", noop["rss_mb"], "MB", "the no-op operator with event handlers in "
+                      "place of its timers", untimed["rss_mb"], "reported (what kopf's per-object timers cost)", True),
     ]
     common.write("controllers", results, fine_tuning_jobs=N_JOBS, controller_manager=False,
                  noop_writes={f"{verb} {resource}": n for (verb, resource), n in noop["writes"].items()},
+                 noop_without_timers_writes={f"{verb} {resource}": n
+                                             for (verb, resource), n in untimed["writes"].items()},
                  operator_args="--standalone (production defaults: --poll-interval 2 --workers 32)",
                  operator_writes=breakdown, operator_reconciles=dict(op["reconciles"]))
 

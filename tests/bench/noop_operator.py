@@ -9,6 +9,11 @@ objects. It deliberately imports neither tuneforge nor the kubernetes client, so
 memory is kopf's alone.
 
     python -m tests.bench.noop_operator [--namespace NS] --expect N --report PATH [--poll-interval S]
+                                        [--without-timers]
+
+`--without-timers` replaces every timer with an event handler: the same watches and
+indexes without kopf's per-object timer tasks (and without the finalizer kopf puts on
+every object a timer serves), to tell what the timers cost from what watching costs.
 
 When the FineTuningJob timer has run for N distinct objects it writes
 time.monotonic() (system-wide on Linux, so the parent can compare it) to PATH.
@@ -50,7 +55,7 @@ class Seen:
                 tmp.replace(self.report)
 
 
-def build_registry(seen: Seen, poll_interval: float) -> kopf.OperatorRegistry:
+def build_registry(seen: Seen, poll_interval: float, timers: bool = True) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry, id="login")(kopf.login_via_client)
 
@@ -72,12 +77,16 @@ def build_registry(seen: Seen, poll_interval: float) -> kopf.OperatorRegistry:
     def handle_job(uid: str, **_: Any) -> None:
         seen.add(uid)
 
-    kopf.timer(GROUP, VERSION, "basemodels", registry=registry, id="reconcile", interval=poll_interval * 5)(nothing)
-    kopf.timer(GROUP, VERSION, "finetuningjobs", registry=registry, id="reconcile", interval=poll_interval,
-               when=lambda status, **_: status.get("phase") not in TERMINAL)(handle_job)
+    def every(plural: str, interval: float, **filters: Any):
+        if timers:
+            return kopf.timer(GROUP, VERSION, plural, registry=registry, id="reconcile", interval=interval, **filters)
+        return kopf.on.event(GROUP, VERSION, plural, registry=registry, id="reconcile", **filters)
+
+    every("basemodels", poll_interval * 5)(nothing)
+    every("finetuningjobs", poll_interval, when=lambda status, **_: status.get("phase") not in TERMINAL)(handle_job)
     kopf.on.event(GROUP, VERSION, "finetuningjobs", registry=registry, id="forget")(nothing)
-    kopf.timer(GROUP, VERSION, "modeldeployments", registry=registry, id="reconcile", interval=poll_interval)(nothing)
-    kopf.timer(GROUP, VERSION, "batchjobs", registry=registry, id="reconcile", interval=poll_interval)(nothing)
+    every("modeldeployments", poll_interval)(nothing)
+    every("batchjobs", poll_interval)(nothing)
     return registry
 
 
@@ -88,6 +97,7 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--poll-interval", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--without-timers", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -97,7 +107,8 @@ def main() -> None:
         prefix="tuneforge.io", key="last-handled-configuration")
     settings.execution.max_workers = args.workers
     settings.watching.server_timeout = 300
-    kopf.run(registry=build_registry(Seen(args.expect, args.report), args.poll_interval), settings=settings,
+    kopf.run(registry=build_registry(Seen(args.expect, args.report), args.poll_interval,
+                                  timers=not args.without_timers), settings=settings,
              standalone=True, clusterwide=not args.namespace, namespaces=args.namespace)
 
 
