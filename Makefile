@@ -60,7 +60,7 @@ BENCH_ARGS ?=
 bench: $(addprefix bench-,$(BENCH_AREAS)) ## Run every benchmark; figures in bench-results/<area>.json (BENCH_ARGS=--quick: smoke run)
 
 .PHONY: $(addprefix bench-,$(BENCH_AREAS))
-bench-controllers: venv provision ## Operator on 1,000 FineTuningJobs vs a no-op kopf operator
+bench-controllers: venv provision ## Operator on 1,000 FineTuningJobs (BENCH_ARGS="--objects 10000": 10,000) vs a no-op kopf operator
 	$(BIN)/python -m tests.bench.bench_controllers $(BENCH_ARGS)
 bench-gateway: venv provision ## Chat proxy added latency, job listing, upload memory
 	$(BIN)/python -m tests.bench.bench_gateway $(BENCH_ARGS)
