@@ -1,9 +1,10 @@
 """The controller benchmark's baseline: a kopf operator of the same shape as
 `tuneforge operator` that does no work.
 
-Same kopf version and settings, the same watches, indexes and timers on the same kinds
+Same kopf version and settings, the same watches and indexes on the same kinds
 (tuneforge.controllers.run.build_registry and the controllers' `register`), each handler
-only noting that it saw the object. What tuneforge's operator costs beyond this (time,
+only noting that it saw the object; with `--without-timers` each kind's handler is an
+event handler, as the operator's tickers are fed by one. What tuneforge's operator costs beyond this (time,
 memory) is what its own work costs; what both cost is kopf's price for watching the
 objects. It deliberately imports neither tuneforge nor the kubernetes client, so its
 memory is kopf's alone.
@@ -11,9 +12,9 @@ memory is kopf's alone.
     python -m tests.bench.noop_operator [--namespace NS] --expect N --report PATH [--poll-interval S]
                                         [--without-timers]
 
-`--without-timers` replaces every timer with an event handler: the same watches and
-indexes without kopf's per-object timer tasks (and without the finalizer kopf puts on
-every object a timer serves), to tell what the timers cost from what watching costs.
+Without `--without-timers` each kind has a kopf timer instead, the way the operator
+reconciled before its tickers: kopf's per-object timer tasks (and the finalizer kopf
+puts on every object a timer serves), to tell what the timers would cost.
 
 When the FineTuningJob timer has run for N distinct objects it writes
 time.monotonic() (system-wide on Linux, so the parent can compare it) to PATH.

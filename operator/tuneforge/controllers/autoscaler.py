@@ -27,9 +27,9 @@ from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.api.v1alpha1.autoscaling import Autoscaling, held_requests
 from tuneforge.controllers import kube, metrics
 from tuneforge.controllers.children import first
-from tuneforge.controllers.handlers import plain
 from tuneforge.controllers.scaling import Decision, Scaler
 from tuneforge.controllers.settings import ControllerSettings
+from tuneforge.controllers.ticker import plain
 
 KIND = "ModelDeployment"
 ENGINE_LOAD = ("vllm:num_requests_running", "vllm:num_requests_waiting")

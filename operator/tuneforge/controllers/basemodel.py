@@ -7,7 +7,7 @@ that mount or fetch them, so a wrong path there surfaces as a failing Pod, not h
 
 It must also hold its model id: an entry claiming the model id or resource name of an
 older entry (`ModelCatalog`, the rule the gateway resolves ids by) is Failed with reason
-DuplicateModelId until the clash is gone. Every entry is re-checked on its timer, so a
+DuplicateModelId until the clash is gone. Every entry is re-checked on each tick, so a
 refused entry becomes Ready once the older one is deleted or renamed.
 
 With spec.sharedDeployment, the controller keeps one multi-LoRA ModelDeployment of the
@@ -27,9 +27,9 @@ from tuneforge.api.v1alpha1.basemodel import ModelCatalog
 from tuneforge.config import settings
 from tuneforge.controllers import builders, kube
 from tuneforge.controllers.children import first
-from tuneforge.controllers.handlers import plain, reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import find_condition, set_condition
+from tuneforge.controllers.ticker import Ticking, plain
 from tuneforge.storage import StoreError, filesystem
 
 KIND = "BaseModel"
@@ -117,8 +117,9 @@ def index(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {name: {"body": plain(body)}}
 
 
-def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings, ticking: Ticking) -> None:
     """A catalog entry changes rarely and its check may touch the store, so it is polled
     five times less often than the jobs."""
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_basemodels")(index)
-    reconcile_on_timer(registry, PLURAL, KIND, _reconcile, interval=controller_settings.poll_interval * 5)
+    ticking.install(registry, KIND, PLURAL, _reconcile, interval=controller_settings.poll_interval * 5,
+                    cluster_scoped=True)

@@ -28,6 +28,7 @@ ownerReference, so BatchJobs carry kopf's finalizer: deleting a batch first revo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import datetime, timedelta
 from functools import partial
@@ -49,9 +50,8 @@ from tuneforge.contracts import (
     BatchRun,
     ErrorInfo,
 )
-from tuneforge.controllers import admission, builders, kube, metrics, queueing
+from tuneforge.controllers import admission, builders, kube, queueing
 from tuneforge.controllers.children import first, termination_error
-from tuneforge.controllers.handlers import reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import (
     BATCH_PHASE_FROM_OPENAI,
@@ -64,6 +64,7 @@ from tuneforge.controllers.status import (
     utcnow,
 )
 from tuneforge.controllers.store import open_lines, resolve_file, store
+from tuneforge.controllers.ticker import Ticker, Ticking
 from tuneforge.datasets import DatasetError, validate_batch_file
 from tuneforge.storage import StoreError
 
@@ -80,7 +81,7 @@ def _key_revoked(status: dict) -> bool:
 
 
 def active(status: dict, **_: Any) -> bool:
-    """Timer filter: reconcile until finished and the key is revoked."""
+    """Ticker filter: reconcile until finished and the key is revoked."""
     return status.get("phase") not in BATCH_TERMINAL or not _key_revoked(status)
 
 
@@ -393,16 +394,20 @@ def _copy_progress(state: _State, progress: BatchProgress) -> None:
             state.status[camel] = timestamp(value)
 
 
-def on_delete(namespace: str, name: str, uid: str, *, throttle: Throttle, **_: Any) -> None:
-    """Revokes the key of a deleted batch (kopf then removes its finalizer)."""
-    revoke(namespace, name)
-    metrics.PHASES.forget(KIND, uid)
+async def on_delete(namespace: str, name: str, uid: str, *, throttle: Throttle, ticker: Ticker, **_: Any) -> None:
+    """Revokes the key of a deleted batch once no reconcile of it runs (one could hand the
+    key out again); kopf then removes the finalizer."""
+    await ticker.settled((namespace, name))
+    await asyncio.to_thread(revoke, namespace, name)
     throttle.forget(uid)
 
 
-def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
-    """The progress throttle is this registry's own, shared by its reconcile and its delete handler."""
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings, ticking: Ticking) -> None:
+    """The progress throttle is this registry's own, shared by its reconcile and its delete
+    handler. The delete handler is the one finalizer tuneforge keeps: a batch's key lives in
+    the system namespace, where no ownerReference can reach it."""
     throttle = Throttle(controller_settings.status_interval)
     reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
-    reconcile_on_timer(registry, PLURAL, KIND, reconcile, interval=controller_settings.poll_interval, when=active)
-    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="revoke-key")(partial(on_delete, throttle=throttle))
+    ticker = ticking.install(registry, KIND, PLURAL, reconcile, interval=controller_settings.poll_interval, when=active)
+    kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="revoke-key")(
+        partial(on_delete, throttle=throttle, ticker=ticker))

@@ -1,6 +1,6 @@
 """In-memory views of the Jobs, Pods and Deployments the operator owns (kopf indexes).
 
-The controllers poll their objects on a timer; reading child state from these indexes
+The controllers poll their objects on a ticker; reading child state from these indexes
 (kept current by watch streams) instead of the API server makes a poll free, so a
 thousand queued jobs cost no API calls while they wait. The summaries are pure
 functions of one object, keyed by (component, namespace, owner name).

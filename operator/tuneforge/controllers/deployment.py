@@ -30,9 +30,9 @@ from tuneforge.api.v1alpha1.modeldeployment import wanted_replicas
 from tuneforge.config import settings
 from tuneforge.controllers import admission, builders, kube
 from tuneforge.controllers.children import first
-from tuneforge.controllers.handlers import plain, reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import set_condition
+from tuneforge.controllers.ticker import Ticking, plain
 from tuneforge.serving_auth import deployment_token
 
 KIND = "ModelDeployment"
@@ -147,6 +147,6 @@ def index(namespace: str, name: str, labels: dict, spec: dict, status: dict, **_
     return {(namespace, name): summary, namespace: summary}
 
 
-def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings, ticking: Ticking) -> None:
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_modeldeployments")(index)
-    reconcile_on_timer(registry, PLURAL, KIND, _reconcile, interval=controller_settings.poll_interval)
+    ticking.install(registry, KIND, PLURAL, _reconcile, interval=controller_settings.poll_interval)

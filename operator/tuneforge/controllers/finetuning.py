@@ -1,7 +1,7 @@
 """FineTuningJob controller: validate, run the trainer Job, report progress, finish.
 
-One reconcile function, run by a kopf timer for every FineTuningJob that is not finished
-(the first tick fires as soon as the object is seen). Each tick derives the next status
+One reconcile function, run by the kind's ticker (ticker.py) for every FineTuningJob that
+is not finished (the first tick fires as soon as the object is seen). Each tick derives the next status
 from the object, the trainer Job and Pod (from the watch indexes) and the trainer's
 reports in the artifact store, so a reconcile interrupted anywhere is simply repeated:
 
@@ -41,10 +41,9 @@ from tuneforge.api.v1alpha1.basemodel import model_id_of
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.api.v1alpha1.finetuningjob import FineTuningJobPhase, restart_pending
 from tuneforge.config import settings
-from tuneforge.controllers import admission, builders, kube, metrics, queueing, webhook
+from tuneforge.controllers import admission, builders, kube, queueing, webhook
 from tuneforge.controllers.children import failed_first, first, group_failure, termination_error
 from tuneforge.controllers.finetuning_validation import Invalid, Wait, validate
-from tuneforge.controllers.handlers import reconcile_on_timer
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import (
     FINE_TUNING_OPENAI_STATUS,
@@ -57,6 +56,7 @@ from tuneforge.controllers.status import (
     utcnow,
 )
 from tuneforge.controllers.store import store
+from tuneforge.controllers.ticker import Ticking
 from tuneforge.jobfiles import JobFiles
 from tuneforge.storage import StoreError
 from tuneforge.webhook_signing import SIGNATURE_HEADER, job_signing_secret, sign
@@ -106,7 +106,7 @@ def _notification_pending(spec: dict, status: dict) -> bool:
 
 
 def active(spec: dict, status: dict, **_: Any) -> bool:
-    """Timer filter: reconcile until finished and notified, and again on a restart request."""
+    """Ticker filter: reconcile until finished and notified, and again on a restart request."""
     return (
         status.get("phase") not in FINE_TUNING_TERMINAL
         or _notification_pending(spec, status)
@@ -115,9 +115,8 @@ def active(spec: dict, status: dict, **_: Any) -> bool:
 
 
 def forget(event: dict, uid: str, *, throttle: Throttle, **_: Any) -> None:
-    """Drops a deleted job from the phase gauge and the throttle."""
+    """Drops a deleted job from the throttle."""
     if event["type"] == "DELETED":
-        metrics.PHASES.forget(KIND, uid)
         throttle.forget(uid)
 
 
@@ -587,10 +586,10 @@ def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | Non
     return {namespace: model} if model and status.get("phase") == FineTuningJobPhase.succeeded.value else None
 
 
-def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings) -> None:
+def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings, ticking: Ticking) -> None:
     """The progress throttle is this registry's own, shared by its reconcile and its forget handler."""
     throttle = Throttle(controller_settings.status_interval)
     reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
-    reconcile_on_timer(registry, PLURAL, KIND, reconcile, interval=controller_settings.poll_interval, when=active)
+    ticking.install(registry, KIND, PLURAL, reconcile, interval=controller_settings.poll_interval, when=active)
     kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget")(partial(forget, throttle=throttle))
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_finetuned")(index_models)

@@ -199,6 +199,10 @@ def scale_deployment(namespace: str, name: str, replicas: int) -> None:
     apps().patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
 
 
-def patch_custom_status(namespace: str, kind: str, name: str, status: dict[str, Any]) -> None:
-    """Merges `status` into a tuneforge object's status."""
-    custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural(kind), name, {"status": status})
+def patch_custom_status(namespace: str | None, kind: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Merges `status` into a tuneforge object's status (a cluster-scoped one's when
+    `namespace` is None); returns the object as written."""
+    if namespace is None:
+        return custom().patch_cluster_custom_object_status(GROUP, VERSION, plural(kind), name, {"status": status})
+    return custom().patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural(kind), name, {"status": status})

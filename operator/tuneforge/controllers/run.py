@@ -1,11 +1,13 @@
 """Wires the controllers into one kopf operator and runs it.
 
 Every handler is registered into an explicit registry (not kopf's global one), each kind
-given the controller settings read from the command line, so the timer intervals follow
-`--poll-interval` and nothing reads a tunable from a module global.
+given the controller settings read from the command line, so the tickers' intervals
+follow `--poll-interval` and nothing reads a tunable from a module global.
 Replicas coordinate through kopf peering: the replica with the highest priority handles
 objects and the others stand by, taking over when it stops refreshing its peering record
-(kopf pauses replicas of tied priority, so each replica needs its own).
+(kopf pauses replicas of tied priority, so each replica needs its own). The tickers run
+outside kopf's handlers and follow the same record (leadership.py), under the identity
+this module hands kopf.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from tuneforge.controllers import (
     kube,
     metrics,
 )
+from tuneforge.controllers.leadership import Leadership, own_identity
 from tuneforge.controllers.settings import ControllerSettings
+from tuneforge.controllers.ticker import Ticking
 
 MANAGED = {Label.MANAGED_BY: OPERATOR_NAME}
 
@@ -65,7 +69,8 @@ def _ensure_platform_key(logger: logging.Logger, **_: Any) -> None:
         logger.warning("could not create the platform key at start (created on first use): %s", exc.reason)
 
 
-def build_registry(*, cluster_wide: bool, controller_settings: ControllerSettings) -> kopf.OperatorRegistry:
+def build_registry(*, cluster_wide: bool, controller_settings: ControllerSettings,
+                   ticking: Ticking) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     login = connections.login_handler(connections.connection_limit(cluster_wide))
     kopf.on.login(registry=registry, id="login")(login)
@@ -76,8 +81,9 @@ def build_registry(*, cluster_wide: bool, controller_settings: ControllerSetting
     # Kueue's Workloads, where it installs them (v1beta2, Kueue 0.15 and later): why a queued
     # trainer or batch runner is not running. kopf starts watching once the CRD appears.
     kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", registry=registry, id="tf_workloads")(_workload_index)
-    for module in (basemodel, finetuning, deployment, autoscaler, batch):
-        module.register(registry, controller_settings)
+    for module in (basemodel, finetuning, deployment, batch):
+        module.register(registry, controller_settings, ticking)
+    autoscaler.register(registry, controller_settings)
     return registry
 
 
@@ -113,13 +119,20 @@ def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Every object's reconcile timer fires each poll interval; kopf logs each success at
-    # INFO, which would bury the log. Transitions are visible as Events and in status.
+    # kopf logs every handled event at INFO, which would bury the log. Transitions are
+    # visible as Events and in status.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.serve(args.metrics_port)
+    identity = own_identity()
+    leadership = Leadership(identity, priority=args.priority, peering=None if args.standalone else args.peering,
+                            namespaces=tuple(args.namespace))
+    kopf_settings = operator_settings(args)
+    ticking = Ticking(leadership, kopf_settings, workers=args.workers)
     kopf.run(
-        registry=build_registry(cluster_wide=not args.namespace, controller_settings=controller_settings(args)),
-        settings=operator_settings(args),
+        registry=build_registry(cluster_wide=not args.namespace, controller_settings=controller_settings(args),
+                                ticking=ticking),
+        settings=kopf_settings,
+        identity=identity,
         standalone=args.standalone,
         priority=args.priority,
         peering_name=None if args.standalone else args.peering,

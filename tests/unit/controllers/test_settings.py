@@ -8,7 +8,17 @@ import kopf
 import pytest
 
 from tuneforge.controllers import basemodel, batch, cli, deployment, finetuning, run
+from tuneforge.controllers.leadership import Leadership
 from tuneforge.controllers.settings import ControllerSettings
+from tuneforge.controllers.ticker import Ticking
+
+
+def _intervals(registry: kopf.OperatorRegistry) -> list[float]:
+    return [h.fn.__self__.interval for h in registry._watching.get_all_handlers() if h.id == "track"]
+
+
+def _ticking() -> Ticking:
+    return Ticking(Leadership("test"), kopf.OperatorSettings(), workers=1)
 
 
 @pytest.mark.parametrize("kind,polls_per_interval", [
@@ -16,17 +26,16 @@ from tuneforge.controllers.settings import ControllerSettings
 ])
 def test_each_kind_reconciles_at_the_poll_interval_it_is_registered_with(kind, polls_per_interval) -> None:
     registry = kopf.OperatorRegistry()
-    kind.register(registry, ControllerSettings(poll_interval=7))
-    [timer] = [h for h in registry._spawning.get_all_handlers() if h.id == "reconcile"]
-    assert timer.interval == pytest.approx(7 / polls_per_interval)
+    kind.register(registry, ControllerSettings(poll_interval=7), _ticking())
+    assert _intervals(registry) == [pytest.approx(7 / polls_per_interval)]
 
 
 def test_two_registries_keep_their_own_settings() -> None:
     slow, fast = kopf.OperatorRegistry(), kopf.OperatorRegistry()
-    finetuning.register(slow, ControllerSettings(poll_interval=30))
-    finetuning.register(fast, ControllerSettings(poll_interval=0.5))
-    assert [h.interval for h in slow._spawning.get_all_handlers()] == [30]
-    assert [h.interval for h in fast._spawning.get_all_handlers()] == [0.5]
+    finetuning.register(slow, ControllerSettings(poll_interval=30), _ticking())
+    finetuning.register(fast, ControllerSettings(poll_interval=0.5), _ticking())
+    assert _intervals(slow) == [30]
+    assert _intervals(fast) == [0.5]
 
 
 def test_the_command_line_builds_the_settings_with_their_defaults() -> None:

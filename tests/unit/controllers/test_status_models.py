@@ -36,9 +36,11 @@ from tuneforge.contracts import (
 )
 from tuneforge.controllers import basemodel, batch, builders, deployment, finetuning, kube, webhook
 from tuneforge.controllers.children import deployment_summary, job_summary, pod_summary, workload_summary
+from tuneforge.controllers.leadership import Leadership
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.status import timestamp
 from tuneforge.controllers.store import store
+from tuneforge.controllers.ticker import Ticking
 from tuneforge.jobfiles import JobFiles
 
 NOW = "2026-01-01T00:00:00Z"
@@ -136,8 +138,8 @@ class Driver:
     def __init__(self, register: Callable, model: type[ApiModel], body: dict[str, Any],
                  controller_settings: ControllerSettings = ControllerSettings(status_interval=0)) -> None:
         registry = kopf.OperatorRegistry()
-        register(registry, controller_settings)
-        [self.handler] = [h.fn for h in registry._spawning.get_all_handlers() if h.id == "reconcile"]
+        register(registry, controller_settings, Ticking(Leadership("test"), kopf.OperatorSettings(), workers=1))
+        [self.ticker] = [h.fn.__self__ for h in registry._watching.get_all_handlers() if h.id == "track"]
         self.model = model
         self.body = body
         self.indexes: dict[str, dict] = {name: {} for name in (
@@ -148,9 +150,8 @@ class Driver:
         return self.body.setdefault("status", {})
 
     def tick(self) -> dict[str, Any]:
-        patch = kopf.Patch()
-        self.handler(body=self.body, patch=patch, logger=logging.getLogger("test"), **self.indexes)
-        written = dict(patch.get("status", {}))
+        written = self.ticker.changes(json.loads(json.dumps(self.body)), indexes=self.indexes,
+                                      logger=logging.getLogger("test"))
         assert_matches(self.model, written)
         for key, value in written.items():
             if value is None:
