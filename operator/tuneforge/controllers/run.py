@@ -29,6 +29,7 @@ from tuneforge.controllers import (
     connections,
     deployment,
     finetuning,
+    kopf_readiness,
     kube,
     metrics,
 )
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     # visible as Events and in status.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.serve(args.metrics_port)
+    kopf_readiness.install()
     identity = own_identity()
     leadership = Leadership(identity, priority=args.priority, peering=None if args.standalone else args.peering,
                             namespaces=tuple(args.namespace))
