@@ -106,7 +106,7 @@ class Plane:
         return self.plane.audit_log.stat().st_size if self.plane.audit_log.exists() else 0
 
     def writes_since(self, offset: int, until: float) -> Counter:
-        """Mutating requests by (verb, resource) the API server completed after `offset`
+        """Mutating requests by (verb, resource, namespace) the API server completed after `offset`
         in its audit log and received before `until` (a time.time()), from the admin
         user other than this script (i.e. from the operator under test)."""
         counts: Counter = Counter()
@@ -124,8 +124,16 @@ class Plane:
                     continue
                 ref = event.get("objectRef") or {}
                 resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-                counts[(event["verb"], resource)] += 1
+                counts[(event["verb"], resource, ref.get("namespace"))] += 1
         return counts
+
+
+def by_request(writes: Counter) -> dict[str, int]:
+    """Writes by verb and resource, most first, all namespaces together."""
+    totals: Counter = Counter()
+    for (verb, resource, _), n in writes.items():
+        totals[f"{verb} {resource}"] += n
+    return dict(totals.most_common())
 
 
 def populate(plane: Plane, store: Path, workdir: Path) -> None:
@@ -245,8 +253,11 @@ def main() -> None:
             op = run_operator(plane, store, workdir)
             plane.api.close()
     writes = sum(op["writes"].values())
+    # The jobs' own writes are those in their namespace: the platform key Secret, the
+    # BaseModel's status and its Event (namespace default) are written once per operator.
+    job_writes = sum(n for (_, _, namespace), n in op["writes"].items() if namespace == NAMESPACE)
     reconciles = sum(op["reconciles"].values())
-    breakdown = {f"{verb} {resource}": n for (verb, resource), n in op["writes"].most_common()}
+    breakdown = by_request(op["writes"])
     print(f"operator: {op['seconds']:.1f} s, {reconciles:.0f} reconciles {dict(op['reconciles'])}, "
           f"{writes} writes {breakdown}, peak RSS {op['rss_mb']:.1f} MB", flush=True)
     rate, noop_rate = N_JOBS / op["seconds"], N_JOBS / untimed["seconds"]
@@ -259,19 +270,18 @@ def main() -> None:
                       "no-op kopf operator: writes per handled object", sum(untimed["writes"].values()) / N_JOBS,
                       "value <= 4 (the writes that bring a new job to Queued)",
                       per_reconcile <= ESSENTIAL_WRITES_PER_JOB),
-        common.result("api_writes_per_fine_tuning_job", writes / N_JOBS, "writes",
+        common.result("api_writes_per_fine_tuning_job", job_writes / N_JOBS, "writes",
                       "ConfigMap + Job + status patch + Event", ESSENTIAL_WRITES_PER_JOB,
-                      "ratio <= 1.0 (no writes beyond the essential ones)",
-                      writes / N_JOBS <= ESSENTIAL_WRITES_PER_JOB),
+                      "ratio <= 1.0 (no writes beyond the essential ones, in the jobs' namespace)",
+                      job_writes / N_JOBS <= ESSENTIAL_WRITES_PER_JOB),
         common.result("operator_peak_rss", op["rss_mb"], "MB", "no-op kopf operator peak RSS", untimed["rss_mb"],
                       f"value <= {MAX_RSS_MB} MB", op["rss_mb"] <= MAX_RSS_MB),
         common.result("kopf_timers_peak_rss", noop["rss_mb"], "MB", "the no-op operator with event handlers in "
                       "place of its timers", untimed["rss_mb"], "reported (what kopf's per-object timers cost)", True),
     ]
     common.write("controllers", results, fine_tuning_jobs=N_JOBS, controller_manager=False,
-                 noop_writes={f"{verb} {resource}": n for (verb, resource), n in noop["writes"].items()},
-                 noop_without_timers_writes={f"{verb} {resource}": n
-                                             for (verb, resource), n in untimed["writes"].items()},
+                 noop_writes=by_request(noop["writes"]),
+                 noop_without_timers_writes=by_request(untimed["writes"]),
                  operator_args="--standalone (production defaults: --poll-interval 2 --workers 32)",
                  operator_writes=breakdown, operator_reconciles=dict(op["reconciles"]))
 
