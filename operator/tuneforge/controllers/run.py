@@ -82,9 +82,8 @@ def build_registry(*, cluster_wide: bool, controller_settings: ControllerSetting
     # Kueue's Workloads, where it installs them (v1beta2, Kueue 0.15 and later): why a queued
     # trainer or batch runner is not running. kopf starts watching once the CRD appears.
     kopf.index("kueue.x-k8s.io", "v1beta2", "workloads", registry=registry, id="tf_workloads")(_workload_index)
-    for module in (basemodel, finetuning, deployment, batch):
+    for module in (basemodel, finetuning, deployment, autoscaler, batch):
         module.register(registry, controller_settings, ticking)
-    autoscaler.register(registry, controller_settings)
     return registry
 
 

@@ -74,9 +74,13 @@ class _Tracked:
 class Ticker:
     def __init__(self, kind: str, plural: str, reconcile: Reconcile, *, interval: float,
                  leadership: Leadership, operator_settings: kopf.OperatorSettings, workers: int,
-                 when: Callable[..., bool] | None = None, cluster_scoped: bool = False) -> None:
-        self.kind, self.plural, self.interval = kind, plural, interval
+                 when: Callable[..., bool] | None = None, cluster_scoped: bool = False, name: str = "reconcile",
+                 forget: Callable[[Key], None] | None = None) -> None:
+        """`name` tells apart two tickers of one kind; `forget` is called when an object
+        leaves the ticker (deleted, being deleted, inactive), for state kept beside it."""
+        self.kind, self.plural, self.interval, self.name = kind, plural, interval, name
         self._reconcile, self._when, self._cluster_scoped = reconcile, when, cluster_scoped
+        self._forget = forget
         self._leadership, self._operator_settings, self._workers = leadership, operator_settings, workers
         self._tracked: dict[Key, _Tracked] = {}
         self._schedule: list[tuple[float, int, Key]] = []
@@ -90,8 +94,8 @@ class Ticker:
         self._executor: ThreadPoolExecutor | None = None
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
-        kopf.on.event(GROUP, VERSION, self.plural, registry=registry, id="track")(self.observe)
-        kopf.on.cleanup(registry=registry, id=f"stop-{self.plural}-ticker")(self.stop)
+        kopf.on.event(GROUP, VERSION, self.plural, registry=registry, id=self.name)(self.observe)
+        kopf.on.cleanup(registry=registry, id=f"stop-{self.plural}-{self.name}")(self.stop)
 
     @property
     def tracked(self) -> int:
@@ -103,8 +107,8 @@ class Ticker:
         lets kopf.info and the object loggers post Events."""
         if self._task is None:
             self._indexes = {name: value for name, value in kwargs.items() if isinstance(value, kopf.Index)}
-            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"{self.plural}-reconcile")
-            self._task = asyncio.create_task(self._loop(), name=f"{self.kind} ticker")
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix=f"{self.plural}-{self.name}")
+            self._task = asyncio.create_task(self._loop(), name=f"{self.kind} {self.name} ticker")
         text = json.dumps(dict(body), default=dict, separators=(",", ":"))
         raw = json.loads(text)
         key: Key = (None if self._cluster_scoped else raw["metadata"].get("namespace"), raw["metadata"]["name"])
@@ -145,9 +149,11 @@ class Ticker:
         return self._when is None or self._when(spec=raw.get("spec") or {}, status=raw.get("status") or {})
 
     def _drop(self, key: Key) -> None:
-        self._tracked.pop(key, None)
+        tracked = self._tracked.pop(key, None)
         self._due_at.pop(key, None)
         self._rerun.discard(key)
+        if tracked is not None and self._forget is not None:
+            self._forget(key)
 
     def _plan(self, key: Key, delay: float) -> None:
         """Reconciles `key` in `delay` seconds, or sooner if it is planned sooner; a key
@@ -246,9 +252,10 @@ class Ticking:
     workers: int
 
     def install(self, registry: kopf.OperatorRegistry, kind: str, plural: str, reconcile: Reconcile, *,
-                interval: float, when: Callable[..., bool] | None = None, cluster_scoped: bool = False) -> Ticker:
+                interval: float, when: Callable[..., bool] | None = None, cluster_scoped: bool = False,
+                name: str = "reconcile", forget: Callable[[Key], None] | None = None) -> Ticker:
         ticker = Ticker(kind, plural, reconcile, interval=interval, leadership=self.leadership,
                         operator_settings=self.operator_settings, workers=self.workers, when=when,
-                        cluster_scoped=cluster_scoped)
+                        cluster_scoped=cluster_scoped, name=name, forget=forget)
         ticker.register(registry)
         return ticker

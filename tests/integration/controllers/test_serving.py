@@ -152,5 +152,8 @@ def test_replicas_follow_the_spec_or_the_autoscaler(kube: Kube, operator: Operat
         wait_for(lambda: _deployment(kube, namespace, "elastic").spec.template.metadata.annotations != template,
                  30, "the changed spec applied", operator)
         assert _replicas(kube, namespace, "elastic") == 3
+        # Neither carries a finalizer: deleting them never waits for the operator.
+        for name in ("fixed", "elastic"):
+            assert not kube.get(namespace, "modeldeployments", name)["metadata"].get("finalizers"), name
     finally:
         kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)

@@ -7,14 +7,14 @@ import argparse
 import kopf
 import pytest
 
-from tuneforge.controllers import basemodel, batch, cli, deployment, finetuning, run
+from tuneforge.controllers import autoscaler, basemodel, batch, cli, deployment, finetuning, run
 from tuneforge.controllers.leadership import Leadership
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.ticker import Ticking
 
 
 def _intervals(registry: kopf.OperatorRegistry) -> list[float]:
-    return [h.fn.__self__.interval for h in registry._watching.get_all_handlers() if h.id == "track"]
+    return [h.fn.__self__.interval for h in registry._watching.get_all_handlers() if h.id == "reconcile"]
 
 
 def _ticking() -> Ticking:
@@ -56,3 +56,11 @@ def test_a_retry_budget_below_one_is_refused_naming_the_option(value: str, capsy
     with pytest.raises(SystemExit):
         parser.parse_args(["--batch-retries-per-hour", value])
     assert "--batch-retries-per-hour" in capsys.readouterr().err
+
+
+def test_the_autoscaler_ticks_at_the_autoscale_interval_beside_the_deployments_reconcile() -> None:
+    registry = kopf.OperatorRegistry()
+    deployment.register(registry, ControllerSettings(poll_interval=2, autoscale_interval=9), _ticking())
+    autoscaler.register(registry, ControllerSettings(poll_interval=2, autoscale_interval=9), _ticking())
+    tickers = {h.id: h.fn.__self__.interval for h in registry._watching.get_all_handlers()}
+    assert tickers == {"reconcile": 2, "autoscale": 9}

@@ -139,7 +139,7 @@ class Driver:
                  controller_settings: ControllerSettings = ControllerSettings(status_interval=0)) -> None:
         registry = kopf.OperatorRegistry()
         register(registry, controller_settings, Ticking(Leadership("test"), kopf.OperatorSettings(), workers=1))
-        [self.ticker] = [h.fn.__self__ for h in registry._watching.get_all_handlers() if h.id == "track"]
+        [self.ticker] = [h.fn.__self__ for h in registry._watching.get_all_handlers() if h.id == "reconcile"]
         self.model = model
         self.body = body
         self.indexes: dict[str, dict] = {name: {} for name in (

@@ -159,6 +159,22 @@ async def test_inactive_deleted_and_deleting_objects_are_not_reconciled(patches:
         await tick.stop()
 
 
+async def test_state_kept_beside_the_ticker_is_forgotten_once_when_an_object_leaves(patches: Patches) -> None:
+    forgotten: list = []
+    tick = Ticker("FineTuningJob", "finetuningjobs", Recorder(), interval=INTERVAL, leadership=Leadership("me"),
+                  operator_settings=kopf.OperatorSettings(), workers=4, forget=forgotten.append,
+                  when=lambda status, **_: status.get("phase") != "Succeeded")
+    try:
+        await see(tick, body("a"), "ADDED")
+        await see(tick, body("b"), "ADDED")
+        await see(tick, body("a", version=2, phase="Succeeded"))
+        await see(tick, body("a", version=3, phase="Succeeded"))
+        await see(tick, body("b", version=2), "DELETED")
+        assert forgotten == [("team", "a"), ("team", "b")]
+    finally:
+        await tick.stop()
+
+
 async def test_a_standby_replica_reconciles_nothing(patches: Patches) -> None:
     reconcile = Recorder()
     tick = ticker(reconcile, acting=False)
