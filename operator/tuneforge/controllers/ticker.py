@@ -202,7 +202,9 @@ class Ticker:
             loop = asyncio.get_running_loop()
             written = await loop.run_in_executor(self._executor, context.run, self._reconcile_one, key, tracked.body)
             current = self._tracked.get(key)
-            if current is not None and written > current.version:
+            if written is None:  # gone while the watch was down: its DELETED event never comes
+                self._drop(key)
+            elif current is not None and written > current.version:
                 current.written, current.written_at = written, time.monotonic()
         finally:
             self._running.pop(key, None)
@@ -220,9 +222,9 @@ class Ticker:
         metrics.PHASES.observe(self.kind, raw["metadata"]["uid"], desired.get("phase"))
         return diff(status, desired)
 
-    def _reconcile_one(self, key: Key, body: str) -> int:
+    def _reconcile_one(self, key: Key, body: str) -> int | None:
         """One reconcile in a worker thread; returns the resourceVersion of the status it
-        wrote (0 when it wrote none)."""
+        wrote (0 when it wrote none), None when the object no longer exists."""
         namespace, name = key
         if not self._leadership.acting(namespace):
             return 0
@@ -232,11 +234,15 @@ class Ticker:
             changed = self.changes(raw, indexes=self._indexes, logger=logger)
             if not changed:
                 return 0
-            return _version(kube.patch_custom_status(namespace, self.kind, name, changed))
+            try:
+                return _version(kube.patch_custom_status(namespace, self.kind, name, changed))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
         except ApiException as exc:
-            if exc.status != 404:  # a 404 is an object deleted under the reconcile: nothing to do
-                logger.error("reconcile failed: the API server answered %s %s; retrying in %gs",
-                             exc.status, exc.reason, self.interval)
+            logger.error("reconcile failed: the API server answered %s %s; retrying in %gs",
+                         exc.status, exc.reason, self.interval)
         except Exception:  # noqa: BLE001 - the next tick retries, as kopf's timers did
             logger.exception("reconcile failed; retrying in %gs", self.interval)
         return 0

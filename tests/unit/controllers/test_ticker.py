@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from tuneforge.controllers import kube
 from tuneforge.controllers.leadership import Leadership, acts
@@ -256,3 +257,20 @@ def test_a_namespaced_replica_acts_only_while_every_record_it_knows_lets_it() ->
 def test_a_namespaced_replica_knowing_no_record_does_not_act() -> None:
     leadership, _ = leadership_reading({}, namespaces=("team-*",))
     assert not leadership.acting(None)
+
+
+async def test_an_object_whose_status_write_finds_it_gone_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleted while the watch was down, it gets no DELETED event; its next write says so."""
+    def gone(namespace: str | None, kind: str, name: str, status: dict) -> dict:
+        raise ApiException(status=404, reason="Not Found")
+
+    monkeypatch.setattr(kube, "patch_custom_status", gone)
+    reconcile = Recorder()
+    tick = ticker(reconcile)
+    try:
+        await see(tick, body("a"), "ADDED")
+        await until(lambda: tick.tracked == 0, "still reconciling an object that is gone")
+        await settle(INTERVAL * 2)
+        assert reconcile.calls == ["a"]
+    finally:
+        await tick.stop()
