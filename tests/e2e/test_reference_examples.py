@@ -486,9 +486,13 @@ def test_files_and_batches(run: Runner, openai_client: openai.OpenAI) -> None:
     listed = run.curl(BATCH_LIST_CURL)
     assert listed["object"] == "list" and {batch.id, second["id"]} <= {b["id"] for b in listed["data"]}
 
+    # Each cancel example gets a batch of its own: the operator acts on the first cancel at
+    # once, and cancelling a batch that is already cancelled is refused (invalid_batch_state).
     run.python(BATCH_CANCEL_PYTHON, **{"mybatch-123": second["id"]})
-    cancelled = run.curl(BATCH_CANCEL_CURL, env={"BATCH_ID": second["id"]})
-    assert cancelled["id"] == second["id"] and cancelled["status"] in ("cancelling", "cancelled")
+    third = run.curl(BATCH_CREATE_CURL, **{"myfile-123": by_curl["id"]})
+    cancelled = run.curl(BATCH_CANCEL_CURL, env={"BATCH_ID": third["id"]})
+    assert cancelled["id"] == third["id"] and cancelled["status"] in ("cancelling", "cancelled")
+    assert openai_client.batches.retrieve(second["id"]).status in ("cancelling", "cancelled")
 
     done = final_batch(openai_client, batch.id)
     assert done.status == "completed" and done.request_counts.completed == 3
