@@ -9,11 +9,10 @@ requests so they do not arrive again in one burst.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-
-import httpx
 
 # 408 and 409 are what servers (OpenAI included) answer for transient conflicts and
 # request-level timeouts; every 5xx may be transient. Other 4xx are the request's fault.
@@ -47,7 +46,7 @@ class RetryPolicy:
         return rng.uniform(0.0, window)
 
 
-def retry_after_seconds(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
     """The server's retry hint in seconds, or None when it gave none (or gave nonsense).
 
     Accepts `retry-after-ms` (OpenAI), `Retry-After` as seconds, and `Retry-After` as an

@@ -19,9 +19,10 @@ import asyncio
 import json
 import random
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 
 from tuneforge_inference.batch.records import Outcome
 from tuneforge_inference.batch.retry import RetryPolicy, is_retryable_status, retry_after_seconds
@@ -30,11 +31,11 @@ BUSY = 429
 
 
 class Sender:
-    """Posts request bodies to one endpoint URL through a shared client."""
+    """Posts request bodies to one endpoint URL through a shared session."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         url: str,
         *,
         timeout_s: float,
@@ -56,25 +57,25 @@ class Sender:
             request_id = f"req_{uuid.uuid4().hex}"
             retry_after: float | None = None
             try:
-                # httpx's timeout bounds each read/write; this bounds the whole exchange.
+                # The session's timeouts bound each connect/read; this bounds the whole exchange.
                 async with asyncio.timeout(self.timeout_s):
-                    response = await self.client.post(self.url, json=body, headers={"X-Request-ID": request_id})
-            except (httpx.TimeoutException, TimeoutError):
+                    answer = await self._post(body, request_id)
+            except TimeoutError:
                 outcome = Outcome(
                     custom_id,
                     error_code="request_timeout",
                     error_message=f"no response within {self.timeout_s:g}s",
                 )
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:
                 outcome = Outcome(
                     custom_id, error_code="connection_error", error_message=f"{type(exc).__name__}: {exc}"
                 )
             else:
-                if not is_retryable_status(response.status_code):
-                    return _answered(custom_id, response, request_id)
-                outcome = _answered(custom_id, response, request_id)
-                retry_after = retry_after_seconds(response.headers)
-                if response.status_code == BUSY:
+                outcome = answer.outcome(custom_id, request_id)
+                if not is_retryable_status(answer.status):
+                    return outcome
+                retry_after = retry_after_seconds(answer.headers)
+                if answer.status == BUSY:
                     await asyncio.sleep(self.policy.delay(throttled, retry_after, self.rng))
                     throttled += 1
                     continue
@@ -84,17 +85,31 @@ class Sender:
             attempt += 1
 
 
-def _answered(custom_id: str, response: httpx.Response, sent_request_id: str) -> Outcome:
-    """An HTTP answer as an outcome; a 2xx whose body is not JSON is no usable answer."""
-    request_id = response.headers.get("x-request-id") or sent_request_id
-    try:
-        body: Any = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        if 200 <= response.status_code < 300:
-            return Outcome(
-                custom_id,
-                error_code="invalid_response",
-                error_message=f"status {response.status_code} with a body that is not JSON",
-            )
-        body = response.text
-    return Outcome(custom_id, status_code=response.status_code, request_id=request_id, body=body)
+    async def _post(self, body: dict[str, Any], request_id: str) -> "Answer":
+        async with self.client.post(self.url, json=body, headers={"X-Request-ID": request_id}) as response:
+            return Answer(response.status, response.headers, await response.read())
+
+
+class Answer:
+    """An HTTP answer read in full, so the connection is back in the pool before any
+    backoff sleep."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+
+    def outcome(self, custom_id: str, sent_request_id: str) -> Outcome:
+        """The answer as an outcome; a 2xx whose body is not JSON is no usable answer."""
+        request_id = self.headers.get("x-request-id") or sent_request_id
+        try:
+            body: Any = json.loads(self.content)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if 200 <= self.status < 300:
+                return Outcome(
+                    custom_id,
+                    error_code="invalid_response",
+                    error_message=f"status {self.status} with a body that is not JSON",
+                )
+            body = self.content.decode("utf-8", errors="replace")
+        return Outcome(custom_id, status_code=self.status, request_id=request_id, body=body)

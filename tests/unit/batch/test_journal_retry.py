@@ -7,11 +7,12 @@ import random
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
-import httpx
+from multidict import CIMultiDict
 
 from tuneforge_inference.batch.journal import Journal
 from tuneforge_inference.batch.records import Outcome
 from tuneforge_inference.batch.retry import RetryPolicy, is_retryable_status, retry_after_seconds
+from tuneforge_inference.batch.sender import Answer
 
 BODY = {"object": "chat.completion", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
 
@@ -55,12 +56,12 @@ def test_retryable_statuses():
 
 def test_retry_after_forms():
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    assert retry_after_seconds(httpx.Headers({"retry-after": "7"})) == 7
-    assert retry_after_seconds(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after_seconds(CIMultiDict({"Retry-After": "7"})) == 7
+    assert retry_after_seconds(CIMultiDict({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
     date = format_datetime(now + timedelta(seconds=30), usegmt=True)
-    assert retry_after_seconds(httpx.Headers({"retry-after": date}), now=now) == 30
-    assert retry_after_seconds(httpx.Headers({"retry-after": "soon"})) is None
-    assert retry_after_seconds(httpx.Headers({})) is None
+    assert retry_after_seconds(CIMultiDict({"retry-after": date}), now=now) == 30
+    assert retry_after_seconds(CIMultiDict({"retry-after": "soon"})) is None
+    assert retry_after_seconds(CIMultiDict({})) is None
 
 
 def test_backoff_grows_with_jitter_and_honours_hints():
@@ -95,3 +96,18 @@ def test_requests_in_flight_at_a_death_are_charged_one_crash_each(tmp_path):
     again.dispatch("b")
     again.close()
     assert Journal(tmp_path).state.crashes == {"b": 2, "c\nwith a newline": 1}
+
+
+def test_answers_become_outcomes():
+    headers = CIMultiDict({"X-Request-ID": "upstream-1"})
+    answered = Answer(200, headers, b'{"object": "chat.completion"}').outcome("a", "req_sent")
+    assert (answered.status_code, answered.request_id, answered.body) == (200, "upstream-1", {"object": "chat.completion"})
+    assert answered.succeeded
+
+    garbled = Answer(200, CIMultiDict(), b"<html>ok</html>").outcome("b", "req_sent")
+    assert garbled.status_code is None and garbled.error_code == "invalid_response"
+    assert "not JSON" in garbled.error_message
+
+    proxy_error = Answer(502, CIMultiDict(), b"<html>Bad Gateway</html>").outcome("c", "req_sent")
+    assert (proxy_error.status_code, proxy_error.request_id, proxy_error.body) == (502, "req_sent", "<html>Bad Gateway</html>")
+    assert not proxy_error.succeeded
