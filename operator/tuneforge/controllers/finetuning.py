@@ -114,12 +114,6 @@ def active(spec: dict, status: dict, **_: Any) -> bool:
     )
 
 
-def forget(event: dict, uid: str, *, throttle: Throttle, **_: Any) -> None:
-    """Drops a deleted job from the throttle."""
-    if event["type"] == "DELETED":
-        throttle.forget(uid)
-
-
 def _reconcile(
     raw: dict, status: dict, kwargs: dict[str, Any], *, controller_settings: ControllerSettings, throttle: Throttle
 ) -> dict[str, Any]:
@@ -337,7 +331,7 @@ def _follow_pods(tick: _Tick) -> dict[str, Any]:
             state.condition("Running", True, "TrainerRunning", "the trainer is running")
             state.transition("Running", "Running", "the trainer Pod is running")
             _copy_progress(tick.ft, state)
-        elif tick.throttle.ready(tick.ft.metadata["uid"]):
+        elif tick.throttle.ready((tick.namespace, tick.name)):
             _copy_progress(tick.ft, state)
     elif state.phase == "Running":
         state.condition("Running", False, "Queued", "waiting for a new trainer Pod")
@@ -587,9 +581,10 @@ def index_models(namespace: str, status: dict, **_: Any) -> dict[str, str] | Non
 
 
 def register(registry: kopf.OperatorRegistry, controller_settings: ControllerSettings, ticking: Ticking) -> None:
-    """The progress throttle is this registry's own, shared by its reconcile and its forget handler."""
+    """The progress throttle is this registry's own, kept by the reconcile and emptied of a
+    job by the ticker once the job is finished, deleted or gone."""
     throttle = Throttle(controller_settings.status_interval)
     reconcile = partial(_reconcile, controller_settings=controller_settings, throttle=throttle)
-    ticking.install(registry, KIND, PLURAL, reconcile, interval=controller_settings.poll_interval, when=active)
-    kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="forget")(partial(forget, throttle=throttle))
+    ticking.install(registry, KIND, PLURAL, reconcile, interval=controller_settings.poll_interval, when=active,
+                    forget=throttle.forget)
     kopf.index(GROUP, VERSION, PLURAL, registry=registry, id="tf_finetuned")(index_models)

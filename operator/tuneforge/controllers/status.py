@@ -10,7 +10,7 @@ jobs do not turn into a thousand writes a second.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -95,9 +95,9 @@ class Throttle:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._last: dict[str, float] = {}
+        self._last: dict[Hashable, float] = {}
 
-    def ready(self, key: str) -> bool:
+    def ready(self, key: Hashable) -> bool:
         """Whether `key` may write now; if so, the write is counted as done."""
         now = time.monotonic()
         last = self._last.get(key)
@@ -106,7 +106,7 @@ class Throttle:
         self._last[key] = now
         return True
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Hashable) -> None:
         self._last.pop(key, None)
 
 

@@ -64,3 +64,16 @@ def test_the_autoscaler_ticks_at_the_autoscale_interval_beside_the_deployments_r
     autoscaler.register(registry, ControllerSettings(poll_interval=2, autoscale_interval=9), _ticking())
     tickers = {h.id: h.fn.__self__.interval for h in registry._watching.get_all_handlers()}
     assert tickers == {"reconcile": 2, "autoscale": 9}
+
+
+def test_a_fine_tuning_job_leaving_its_ticker_leaves_the_progress_throttle() -> None:
+    """One event handler per job event (the ticker's), which also empties the throttle."""
+    registry = kopf.OperatorRegistry()
+    finetuning.register(registry, ControllerSettings(status_interval=60), _ticking())
+    handlers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
+    assert set(handlers) == {"reconcile"}
+    forget = handlers["reconcile"].__self__._forget
+    throttle = forget.__self__
+    assert throttle.ready(("team", "a")) and not throttle.ready(("team", "a"))
+    forget(("team", "a"))
+    assert throttle.ready(("team", "a"))
