@@ -105,6 +105,19 @@ class Plane:
     def audit_offset(self) -> int:
         return self.plane.audit_log.stat().st_size if self.plane.audit_log.exists() else 0
 
+    def quiet_audit_offset(self, quiet_s: float = 2.0, timeout_s: float = 120.0) -> int:
+        """The audit log's size once nothing has been written to it for `quiet_s`: a stopped
+        operator's requests still sitting in the API server's sockets are received, and
+        logged, after it exited (the no-op operator's finalizer patches: over 3,000 at
+        10,000 objects), and must not count against the next one."""
+        deadline = time.monotonic() + timeout_s
+        size, since = self.audit_offset(), time.monotonic()
+        while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.25)
+            if (now := self.audit_offset()) != size:
+                size, since = now, time.monotonic()
+        return size
+
     def writes_since(self, offset: int, until: float) -> Counter:
         """Mutating requests by (verb, resource, namespace) the API server completed after `offset`
         in its audit log and received before `until` (a time.time()), from the admin
@@ -177,7 +190,7 @@ def tail(path: Path) -> str:
 def run_noop(plane: Plane, workdir: Path, *, timers: bool = True) -> dict[str, Any]:
     name = "noop" if timers else "noop-without-timers"
     report, log = workdir / f"{name}-report", workdir / f"{name}.log"
-    offset = plane.audit_offset()
+    offset = plane.quiet_audit_offset()
     started, started_wall = time.monotonic(), time.time()
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.noop_operator", "--expect", str(N_JOBS), "--report", str(report),
@@ -214,7 +227,7 @@ def run_operator(plane: Plane, store: Path, workdir: Path) -> dict[str, Any]:
     log, port = workdir / "operator.log", free_port()
     env = {**os.environ, "KUBECONFIG": str(plane.plane.kubeconfig), "TUNEFORGE_STORE_ROOT": f"file://{store}",
            "TUNEFORGE_SYSTEM_NAMESPACE": SYSTEM_NAMESPACE}
-    offset = plane.audit_offset()
+    offset = plane.quiet_audit_offset()
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "tuneforge", "operator", "--standalone", "--liveness", "", "--metrics-port", str(port)],
