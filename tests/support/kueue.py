@@ -133,8 +133,7 @@ class Kueue:
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": CERT_SECRET, "namespace": NAMESPACE}},
             *_crds(manifests, self.webhook_port),
         ])
-        self.plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
-                           *[f"{plural}.kueue.x-k8s.io" for plural in CONVERTED_CRDS])
+        self.plane.wait_established(*[f"{plural}.kueue.x-k8s.io" for plural in CONVERTED_CRDS])
         self._apply(_webhook_configurations(manifests, self.webhook_port))
         config_file = self.state_dir / "config.yaml"
         config_file.write_text(yaml.safe_dump(_configuration(

@@ -341,7 +341,22 @@ class ControlPlane:
 
     def apply_crds(self) -> None:
         self.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        self.wait_established()
+
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Waits until the named CRDs (every CRD, given none) are Established. Not `kubectl
+        wait` alone: on a CRD the API server has not yet given its first conditions it
+        fails at once (".status.conditions accessor error: <nil>") instead of waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            result = self.kubectl("wait", "--for=condition=Established", f"--timeout={left}s", "crd",
+                                  *(crds or ["--all"]), check=False)
+            if result.returncode == 0:
+                return
+            if "accessor error" not in result.stderr or time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRDs not Established: {result.stderr.strip()}")
+            time.sleep(0.2)
 
 
 def _http_ok(url: str, token: str | None = None) -> bool:

@@ -46,14 +46,14 @@ def test_kubectl_apply_on_a_clean_control_plane(bundle: list[dict], clean_plane:
     # Applying again converges: nothing new is created (and kubectl exits 0).
     again = clean_plane.kubectl("apply", "-f", str(BUNDLE))
     assert " created" not in again.stdout and again.stdout.count("\n") == len(bundle)
-    clean_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    clean_plane.wait_established()
     statefulset = clean_plane.kubectl("get", "statefulset", "tuneforge-operator", "-n", NAMESPACE, "-o", "yaml").stdout
     assert yaml.safe_load(statefulset)["spec"]["replicas"] == 2
 
 
 def test_examples_apply_on_the_installed_bundle(bundle: list[dict], clean_plane: ControlPlane):
     clean_plane.kubectl("apply", "-f", str(BUNDLE))
-    clean_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+    clean_plane.wait_established()
     clean_plane.kubectl("create", "namespace", "team-a")
     result = clean_plane.kubectl("apply", "-n", "team-a", "-f", str(REPO / "examples"))
     lines = result.stdout.splitlines()
