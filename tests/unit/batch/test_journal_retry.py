@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 from tuneforge_inference.batch.journal import Journal
 from tuneforge_inference.batch.records import Outcome
 from tuneforge_inference.batch.retry import RetryPolicy, is_retryable_status, retry_after_seconds
-from tuneforge_inference.batch.sender import Answer
+from tuneforge_inference.batch.sender import Answer, encode
 
 BODY = {"object": "chat.completion", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
 
@@ -111,3 +111,10 @@ def test_answers_become_outcomes():
     proxy_error = Answer(502, CIMultiDict(), b"<html>Bad Gateway</html>").outcome("c", "req_sent")
     assert (proxy_error.status_code, proxy_error.request_id, proxy_error.body) == (502, "req_sent", "<html>Bad Gateway</html>")
     assert not proxy_error.succeeded
+
+
+def test_request_bodies_are_sent_as_compact_utf8_json():
+    body = {"model": "m", "messages": [{"role": "user", "content": "Grüße, 世界"}], "temperature": 0.5}
+    payload = encode(body)
+    assert payload == '{"model":"m","messages":[{"role":"user","content":"Grüße, 世界"}],"temperature":0.5}'.encode()
+    assert json.loads(payload) == body
