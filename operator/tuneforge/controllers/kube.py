@@ -1,9 +1,10 @@
 """The operator's Kubernetes API access: one shared client and idempotent verbs.
 
 Handlers run in kopf's thread pool, so the synchronous `kubernetes` client is used from
-several threads; its urllib3 pool is sized for that. Every create tolerates 409 (the
-object exists: a previous run, or the other replica, made it) and every delete
-tolerates 404, which is what makes a reconcile safe to repeat.
+several threads; its urllib3 pool is sized for that. A verb leaves the API server's
+answer unparsed unless its caller needs it. Every create tolerates 409 (the object
+exists: a previous run, or the other replica, made it) and every delete tolerates 404,
+which is what makes a reconcile safe to repeat.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import json
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -57,24 +59,26 @@ def create(body: dict[str, Any]) -> bool:
     """Creates a namespaced object; False when it already existed."""
     namespace = body["metadata"]["namespace"]
     kind = body["kind"]
+    unread = {"_preload_content": False}
     try:
         if kind == "ConfigMap":
-            core().create_namespaced_config_map(namespace, body)
+            response = core().create_namespaced_config_map(namespace, body, **unread)
         elif kind == "Secret":
-            core().create_namespaced_secret(namespace, body)
+            response = core().create_namespaced_secret(namespace, body, **unread)
         elif kind == "Service":
-            core().create_namespaced_service(namespace, body)
+            response = core().create_namespaced_service(namespace, body, **unread)
         elif kind == "Job":
-            batch().create_namespaced_job(namespace, body)
+            response = batch().create_namespaced_job(namespace, body, **unread)
         elif kind == "Deployment":
-            apps().create_namespaced_deployment(namespace, body)
+            response = apps().create_namespaced_deployment(namespace, body, **unread)
         else:
             group, version = body["apiVersion"].split("/")
-            custom().create_namespaced_custom_object(group, version, namespace, plural(kind), body)
+            response = custom().create_namespaced_custom_object(group, version, namespace, plural(kind), body, **unread)
     except ApiException as exc:
         if exc.status == 409:
             return False
         raise
+    _discard(response)
     return True
 
 
@@ -84,18 +88,20 @@ def apply(body: dict[str, Any]) -> None:
     namespace = body["metadata"]["namespace"]
     name = body["metadata"]["name"]
     kind = body["kind"]
-    common = {"field_manager": "tuneforge", "force": True, "_content_type": "application/apply-patch+yaml"}
+    common = {"field_manager": "tuneforge", "force": True, "_content_type": "application/apply-patch+yaml",
+              "_preload_content": False}
     if kind == "ConfigMap":
-        core().patch_namespaced_config_map(name, namespace, body, **common)
+        response = core().patch_namespaced_config_map(name, namespace, body, **common)
     elif kind == "Service":
-        core().patch_namespaced_service(name, namespace, body, **common)
+        response = core().patch_namespaced_service(name, namespace, body, **common)
     elif kind == "Secret":
-        core().patch_namespaced_secret(name, namespace, body, **common)
+        response = core().patch_namespaced_secret(name, namespace, body, **common)
     elif kind == "Deployment":
-        apps().patch_namespaced_deployment(name, namespace, body, **common)
+        response = apps().patch_namespaced_deployment(name, namespace, body, **common)
     else:
         group, version = body["apiVersion"].split("/")
-        custom().patch_namespaced_custom_object(group, version, namespace, plural(kind), name, body, **common)
+        response = custom().patch_namespaced_custom_object(group, version, namespace, plural(kind), name, body, **common)
+    _discard(response)
 
 
 def delete_job(namespace: str, name: str) -> None:
@@ -113,11 +119,12 @@ def delete_job(namespace: str, name: str) -> None:
 def job_exists(namespace: str, name: str) -> bool:
     """Whether the Job is in the API server, whatever the operator's index has seen yet."""
     try:
-        batch().read_namespaced_job(name, namespace, _preload_content=False)
+        response = batch().read_namespaced_job(name, namespace, _preload_content=False)
     except ApiException as exc:
         if exc.status == 404:
             return False
         raise
+    _discard(response)
     return True
 
 
@@ -174,6 +181,14 @@ def delete_custom(namespace: str, kind: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def _discard(response: urllib3.HTTPResponse) -> None:
+    """Drops a response whose body the caller does not need, unparsed (turning a Job the
+    API server echoes back into the client's models costs more CPU than sending it), and
+    returns its connection to the pool, which urllib3 does only once the body is read."""
+    response.drain_conn()
+    response.release_conn()
 
 
 def plural(kind: str) -> str:
