@@ -33,6 +33,7 @@ from tuneforge.controllers import (
     kube,
     metrics,
 )
+from tuneforge.controllers.essence import NoEssence
 from tuneforge.controllers.leadership import Leadership, own_identity
 from tuneforge.controllers.settings import ControllerSettings
 from tuneforge.controllers.ticker import Ticking
@@ -104,9 +105,7 @@ def operator_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="tuneforge.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="tuneforge.io", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoEssence()
     settings.execution.max_workers = args.workers
     settings.posting.level = logging.INFO
     settings.peering.name = args.peering

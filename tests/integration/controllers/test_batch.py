@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tuneforge import apikeys
+from tuneforge.api.v1alpha1.labels import FINALIZER
 from tuneforge.contracts import BATCH_FINALIZE_MARKER, BatchFinalize, BatchRun
 from tuneforge.controllers import batch as batch_controller
 
@@ -145,6 +146,25 @@ def test_cancel_before_the_runner_started(kube: Kube, operator: Operator, namesp
     assert (store_root / namespace / "batches" / name / "cancel").exists()
     wait_for(lambda: kube.job(namespace, f"{name}-runner") is None, 30, "runner Job deleted", operator)
     wait_for(lambda: not system_keys(kube, system_namespace, name), 30, "key revoked", operator)
+
+
+def test_deleting_a_running_batch_revokes_its_key(kube: Kube, operator: Operator, namespace: str,
+                                                  served_base: str, store_root: Path, system_namespace: str) -> None:
+    """The one finalizer tuneforge keeps: the batch's key lives in the system namespace,
+    where no ownerReference reaches. kopf finds the deletion with no record of the object
+    kept on it (controllers/essence.py): no annotation of its own is ever written."""
+    name = new_batch(kube, store_root, namespace, [request(1, served_base)])
+    wait_for(lambda: kube.job(namespace, f"{name}-runner"), 30, "runner Job", operator)
+    assert system_keys(kube, system_namespace, name)
+    metadata = kube.get(namespace, PLURAL, name)["metadata"]
+    assert metadata["finalizers"] == [FINALIZER]
+    assert not [a for a in metadata.get("annotations") or {} if a.startswith("tuneforge.io/")], metadata.get("annotations")
+
+    kube.custom.delete_namespaced_custom_object("tuneforge.io", "v1alpha1", namespace, PLURAL, name)
+    wait_for(lambda: not system_keys(kube, system_namespace, name), 30, "key revoked", operator)
+    wait_for(lambda: not kube.custom.list_namespaced_custom_object(
+        "tuneforge.io", "v1alpha1", namespace, PLURAL, field_selector=f"metadata.name={name}")["items"],
+        30, "the BatchJob gone", operator)
 
 
 def test_cancel_while_running_waits_for_the_runner(kube: Kube, operator: Operator, namespace: str,
