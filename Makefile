@@ -36,8 +36,12 @@ provision: ## Build or reuse the pinned control plane, helm, Kueue and Argo CD's
 	@bash hack/provision-kueue.sh >/dev/null
 	@bash hack/provision-argocd-health.sh >/dev/null
 
+.PHONY: provision-browser
+provision-browser: ## Install Debian's chromium for the dashboard's browser tests, if missing (apt-get, as root)
+	@bash hack/provision-chromium.sh >/dev/null
+
 .PHONY: test
-test: venv provision lint ## Lint, then run unit, integration and end-to-end tests (the CI command)
+test: venv provision provision-browser lint ## Lint, then run unit, integration and end-to-end tests (the CI command)
 	@set +e; $(BIN)/python -m pytest -ra --durations=25 -n $(TEST_WORKERS) $(PYTEST_ARGS) tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; rc=0; fi; exit $$rc
 

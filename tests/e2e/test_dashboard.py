@@ -29,14 +29,14 @@ from tuneforge.local.devstack import DevStack
 
 from tests.support.devstack import batch_lines, final_job, json_training_rows, upload_jsonl, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("TUNEFORGE_CHROMIUM", "/usr/bin/chromium")
 READ_ONLY_SCOPES = ["fine-tuning:read", "files:read", "batches:read", "models:read"]
 SCREENSHOTS = os.environ.get("TUNEFORGE_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium: apt-get install chromium (README)"
+    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium: `make provision-browser` installs it (README)"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
         yield launched
