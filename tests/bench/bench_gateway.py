@@ -17,7 +17,9 @@ one core.
    requests (whole response) and streaming ones (first chunk, and the whole stream).
    Targets: added p50 <= 1 ms, added p99 <= 5 ms. Reported beside them, in the same
    rounds and on the same CPU: the added latency of tests/bench/bare_proxy.py, the
-   smallest FastAPI + aiohttp proxy, which is the framework's floor under the gateway.
+   smallest FastAPI + aiohttp proxy, which is the framework's floor under the gateway,
+   and the CPU time each server used per request (from /proc; steadier between runs than
+   latency percentiles, so it shows a change to the chat path that p50 cannot).
 2. Requests/s of `GET /v1/fine_tuning/jobs` and `GET /v1/batches` (one page of 20,
    newest first) with 1,000 FineTuningJobs and 1,000 BatchJobs in the namespace
    (`--objects 10000` for 10,000 of each), sequential, served from the gateway's watches
@@ -105,6 +107,11 @@ class Gateway:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the process has used, from /proc."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
@@ -161,12 +168,23 @@ def bench_chat(gateway: Gateway, bare: Gateway, upstream_url: str, key: str) -> 
     targets = {"direct": (f"{upstream_url}/chat/completions", {}),
                "gateway": (f"{gateway.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
                "bare": (f"{bare.url}/v1/chat/completions", {})}
+    servers = {"gateway": gateway, "bare": bare}
     results = []
     for stream in (False, True):
         samples: dict[str, list[tuple[float, float]]] = {side: [] for side in targets}
+        cpu = dict.fromkeys(servers, 0.0)
         for _ in range(ROUNDS):
             for side, (url, headers) in targets.items():
+                before = servers[side].cpu_seconds() if side in servers else 0.0
                 samples[side] += asyncio.run(_open_loop(url, headers, REQUESTS, stream))
+                if side in servers:
+                    cpu[side] += servers[side].cpu_seconds() - before
+        per_request = {side: cpu[side] / (ROUNDS * (REQUESTS + WARMUP)) * 1000 for side in servers}
+        results.append(common.result(
+            f"chat_proxy_cpu_per_request {'streaming' if stream else 'non-streaming'} @{RATE:.0f} req/s",
+            per_request["gateway"], "ms", "the bare FastAPI + aiohttp proxy's CPU per request", per_request["bare"],
+            "reported (latency percentiles vary by +-0.2 ms between runs; CPU time is steadier)", True))
+        print(results[-1], flush=True)
         views = [("first chunk", 0), ("whole stream", 1)] if stream else [("", 1)]
         for view, index in views:
             label = f"{'streaming' if stream else 'non-streaming'}{f' {view}' if view else ''}"

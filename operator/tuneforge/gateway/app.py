@@ -110,7 +110,8 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
         docs_url=None,
         redoc_url=None,
     )
-    for module in (files, fine_tuning, batches, models, chat):
+    # Starlette tries the routes in order, a regex match each: chat, the hot path, goes first.
+    for module in (chat, files, fine_tuning, batches, models):
         app.include_router(module.router, prefix="/v1")
     app.include_router(management.router)
     dashboard.install(app)

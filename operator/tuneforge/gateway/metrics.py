@@ -30,7 +30,9 @@ ids cannot grow the label set; requests no route matched count as `unmatched`.
 
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,6 +65,15 @@ LIST_CACHE_OBJECTS = Gauge("tuneforge_gateway_list_cache_objects",
 LIST_READS = Counter("tuneforge_gateway_list_reads_total", "List requests by where they were read from.", ["source"])
 
 
+@functools.lru_cache(maxsize=4096)
+def _request_series(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The request counter's and duration histogram's series for one response kind: a
+    label lookup takes prometheus_client's lock and checks every label value, which was
+    about 2% of the gateway's CPU on the chat path when done per request. Routes are
+    templates, so the set of series is small anyway; the bound is a guard."""
+    return REQUESTS.labels(route, method, str(status)), REQUEST_SECONDS.labels(route, method)
+
+
 class RequestMetrics:
     """Pure ASGI middleware (streams stay streams). Starlette's router writes the matched
     route into the request scope, which this middleware shares, so the template is known
@@ -80,9 +91,10 @@ class RequestMetrics:
 
         async def observe(message: Message) -> None:
             if message["type"] == "http.response.start":
-                route = getattr(scope.get("route"), "path", UNMATCHED)
-                REQUESTS.labels(route, method, str(message["status"])).inc()
-                REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+                responses, seconds = _request_series(getattr(scope.get("route"), "path", UNMATCHED), method,
+                                                     message["status"])
+                responses.inc()
+                seconds.observe(time.perf_counter() - started)
             await send(message)
 
         await self.app(scope, receive, observe)

@@ -59,6 +59,19 @@ def test_both_apis_are_in_the_document() -> None:
     assert PASSTHROUGHS | NO_BODY | ARCHIVES <= {(method, path) for method, path, _ in OPERATIONS}
 
 
+def test_every_authenticated_route_documents_both_key_headers() -> None:
+    """The schemes are declared for the document only (auth.py reads the raw headers), so
+    nothing but this test notices if they stop being declared."""
+    schemes = DOCUMENT["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"] == {"type": "http", "scheme": "bearer",
+                                     "description": "An API key created with `tuneforge keys create`."}
+    assert schemes["APIKeyHeader"]["in"] == "header" and schemes["APIKeyHeader"]["name"] == "X-API-Key"
+    chat = DOCUMENT["paths"]["/v1/chat/completions"]["post"]
+    assert chat["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+    authenticated = [operation for _, path, operation in OPERATIONS if path.startswith(("/v1/", MANAGEMENT_PREFIX))]
+    assert all(operation.get("security") == chat["security"] for operation in authenticated)
+
+
 def test_archives_are_documented_as_tar() -> None:
     for method, path in ARCHIVES:
         assert set(DOCUMENT["paths"][path][method]["responses"]["200"]["content"]) == {"application/x-tar"}
