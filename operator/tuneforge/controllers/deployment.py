@@ -7,7 +7,8 @@ and an unchanged object costs no API call. Phase is read from the Deployment's s
 - Ready: the Deployment controller has seen the current generation, every Pod belongs to
   it, and `replicas` of them pass their readiness probe (a crash-looping Pod never does);
 - Degraded: it was Ready and has lost ready Pods;
-- Failed: the rollout exceeded its progress deadline (or the BaseModel is invalid);
+- Failed: the rollout exceeded its progress deadline (or the BaseModel is invalid, or the
+  name cannot name a Service: `builders.service_name_problem`);
 - Deploying: a rollout is under way; Pending: nothing to run yet (no BaseModel, 0 replicas).
 
 Pods the API server refuses to create show as the PodsAdmitted condition, from the
@@ -71,6 +72,13 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
         desired["conditions"] = set_condition(
             desired.get("conditions"), "Available", available, reason, message, generation=generation
         )
+
+    name_problem = builders.service_name_problem(name)
+    if name_problem is not None:
+        desired["phase"] = "Failed"
+        conditions(False, "InvalidName", name_problem)
+        _event(raw, previous, "Failed", "InvalidName", name_problem)
+        return desired
 
     base_summary = first(kwargs["tf_basemodels"].get(mdep.spec.base_model))
     if base_summary is None or (base_summary["body"].get("status") or {}).get("phase") != "Ready":

@@ -157,3 +157,19 @@ def test_replicas_follow_the_spec_or_the_autoscaler(kube: Kube, operator: Operat
             assert not kube.get(namespace, "modeldeployments", name)["metadata"].get("finalizers"), name
     finally:
         kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", base)
+
+
+def test_a_name_no_service_can_take_fails_the_deployment_with_the_reason(kube: Kube, operator: Operator,
+                                                                         namespace: str) -> None:
+    """A dotted name is a valid ModelDeployment name but not a Service name: the
+    deployment fails once, saying so, instead of having its Service refused on every tick."""
+    name = "tiny.v1"
+    kube.create(namespace, "modeldeployments", {
+        "apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+        "spec": {"baseModel": "tiny", "replicas": 1}})
+    status = wait_for(lambda: kube.status(namespace, "modeldeployments", name).get("phase") == "Failed"
+                      and kube.status(namespace, "modeldeployments", name), 30, "Failed", operator)
+    available = next(c for c in status["conditions"] if c["type"] == "Available")
+    assert (available["status"], available["reason"]) == ("False", "InvalidName")
+    assert "'tiny.v1'" in available["message"] and "RFC 1035" in available["message"]
+    assert _deployment(kube, namespace, name) is None

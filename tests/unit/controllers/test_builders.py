@@ -118,6 +118,17 @@ def test_child_names_stay_within_63_characters() -> None:
     assert name == builders.trainer_job_name(long) != builders.trainer_job_name(long + "b")
 
 
+@pytest.mark.parametrize("name", ["chat", "llama-3-8b", "a", "m" * 63])
+def test_a_service_can_take_an_rfc_1035_label(name: str) -> None:
+    assert builders.service_name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "8b-chat", "m" * 64])
+def test_a_resource_name_a_service_cannot_take_says_why(name: str) -> None:
+    problem = builders.service_name_problem(name)
+    assert problem is not None and repr(name) in problem and "RFC 1035" in problem
+
+
 def mdep(**spec: object) -> tuple[dict, ModelDeploymentResource]:
     body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": "chat", "namespace": "team", "uid": "u-md"},

@@ -26,6 +26,10 @@ FILE_REF_PATTERN = r"^(file-[a-z0-9]{8,64}|(s3|pvc|file)://.+)$"
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+SERVICE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""An RFC 1035 label, what a Service's name must be (at most 63 characters): no dots, and a
+letter first."""
+
 KUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 """A Kueue LocalQueue or WorkloadPriorityClass name as a Job label value takes it (at most
 63 characters)."""

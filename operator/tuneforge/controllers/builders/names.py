@@ -8,8 +8,9 @@ under the same name instead of creating a duplicate; a create that answers 409 m
 from __future__ import annotations
 
 import hashlib
+import re
 
-from tuneforge.api.v1alpha1.common import MAX_NODES
+from tuneforge.api.v1alpha1.common import MAX_NODES, SERVICE_NAME_PATTERN
 
 MAX_NAME_LENGTH = 63
 """The limit of a label value (such as the `job-name` label the Job controller adds) and of
@@ -47,6 +48,18 @@ def rendezvous_host(ftjob: str) -> str:
     """Node 0 of a multi-node trainer: an Indexed Job's Pod `i` is named `<job>-<i>` in DNS
     under the Job's subdomain, resolvable from the Pods' own namespace."""
     return f"{trainer_job_name(ftjob)}-0.{trainer_service_name(ftjob)}"
+
+
+def service_name_problem(name: str) -> str | None:
+    """Why `name`, valid for a custom resource (a DNS subdomain: dots, a digit first, up to
+    253 characters), cannot also name the Service that a ModelDeployment of that name puts
+    in front of its Pods; None when it can. The API server would refuse the Service on
+    every reconcile, so the resource says so once instead."""
+    if len(name) <= MAX_NAME_LENGTH and re.match(SERVICE_NAME_PATTERN, name):
+        return None
+    return (f"the name {name!r} cannot name the Service in front of the serving Pods: it must be at most "
+            f"{MAX_NAME_LENGTH} characters of lowercase letters, digits and '-', start with a letter and end "
+            "with a letter or digit (an RFC 1035 label); create the ModelDeployment again under such a name")
 
 
 def serving_configmap_name(mdep: str) -> str:
