@@ -9,6 +9,7 @@ from tuneforge.api.sizing import SizingError, size_training
 from tuneforge.api.v1alpha1 import BaseModelResource, FineTuningJobResource
 from tuneforge.api.v1alpha1.common import ApiError
 from tuneforge.config import settings
+from tuneforge.controllers import builders
 from tuneforge.controllers.status import find_condition, parse_timestamp, utcnow
 from tuneforge.controllers.store import open_lines, resolve_file
 from tuneforge.datasets import DatasetError, validate_fine_tune_file
@@ -49,9 +50,12 @@ def validate(ft: FineTuningJobResource, base: dict | None, *, dependency_grace: 
     if not base["spec"].get("fineTunable", True):
         raise Invalid(ApiError(code="model_not_fine_tunable", message=f"model {spec.base_model!r} cannot be fine-tuned", param="model"))
     try:
-        size_training(spec, BaseModelResource.model_validate(base).spec, settings())
+        size = size_training(spec, BaseModelResource.model_validate(base).spec, settings())
     except SizingError as exc:
         raise Invalid(exc.api_error()) from None
+    name_problem = builders.group_name_problem(ft.metadata["name"]) if size.nodes > 1 else None
+    if name_problem is not None:
+        raise Invalid(ApiError(code="invalid_name", message=name_problem, param=None))
     lrm = spec.hyperparameters.learning_rate_multiplier
     if lrm != "auto" and not 0 < lrm <= 100:
         raise Invalid(ApiError(

@@ -23,10 +23,10 @@ PLURAL = "finetuningjobs"
 GROUP_OF_TWO = {"hardware": {"profile": "h100-8x2", "nodes": 2}}
 
 
-def new_job(kube: Kube, store_root: Path, namespace: str, base: str, **spec: object) -> str:
+def new_job(kube: Kube, store_root: Path, namespace: str, base: str, name: str | None = None, **spec: object) -> str:
     file_id = f"file-{uuid.uuid4().hex[:12]}"
     upload(store_root, namespace, file_id, [chat_example(i) for i in range(12)])
-    name = f"ftjob-{uuid.uuid4().hex[:10]}"
+    name = name or f"ftjob-{uuid.uuid4().hex[:10]}"
     kube.create(namespace, PLURAL, {"apiVersion": "tuneforge.io/v1alpha1", "kind": "FineTuningJob",
                                     "metadata": {"name": name},
                                     "spec": {"baseModel": base, "trainingFile": file_id, **spec}})
@@ -109,6 +109,21 @@ def test_an_impossible_request_fails_with_code_param_and_message(kube: Kube, ope
     assert {c["type"]: c["status"] for c in status["conditions"]}["Validated"] == "False"
     assert kube.job(namespace, f"{name}-trainer") is None
     assert kube.core.list_namespaced_service(namespace).items == []
+
+
+def test_a_name_the_groups_hostnames_cannot_take_fails_a_multi_node_job_only(kube: Kube, operator: Operator,
+                                                                          namespace: str, base_model: str,
+                                                                          store_root: Path) -> None:
+    """A dot is fine in a FineTuningJob's name and in a one-node trainer's, but not in the
+    Service and Pod hostnames of a group: that job fails at validation, saying why."""
+    group = new_job(kube, store_root, namespace, base_model, name="llama-3.1-group", **GROUP_OF_TWO)
+    single = new_job(kube, store_root, namespace, base_model, name="llama-3.1-single")
+    wait_for(lambda: kube.status(namespace, PLURAL, group).get("phase") == "Failed", 30, "Failed", operator)
+    error = kube.status(namespace, PLURAL, group)["error"]
+    assert error["code"] == "invalid_name" and "'llama-3.1-group'" in error["message"]
+    assert "several nodes" in error["message"]
+    assert kube.job(namespace, f"{group}-trainer") is None
+    assert wait_for(lambda: kube.job(namespace, f"{single}-trainer"), 30, "the one-node trainer Job", operator)
 
 
 def test_a_failed_pod_restarts_the_whole_group_until_the_budget_is_spent(kube: Kube, operator: Operator,

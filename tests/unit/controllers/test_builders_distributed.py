@@ -4,11 +4,13 @@ failed group is read. All pure."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tuneforge.api.sizing import size_training
 from tuneforge.api.v1alpha1 import BaseModelResource, FineTuningJobResource
-from tuneforge.api.v1alpha1.common import MAX_NODES
+from tuneforge.api.v1alpha1.common import DNS_LABEL_PATTERN, MAX_NODES, SERVICE_NAME_PATTERN
 from tuneforge.config import HardwareProfile, Settings
 from tuneforge.contracts import RENDEZVOUS_PORT, TrainerExit
 from tuneforge.controllers import builders
@@ -244,3 +246,13 @@ def test_the_pod_that_failed_first_speaks_for_the_group() -> None:
     assert [p["name"] for p in failed_first(pods)] == ["b", "c"]
     stopped = [pod("a", 143), pod("b", 143)]
     assert failed_first(stopped) == stopped
+
+
+@pytest.mark.parametrize(("name", "fits"), [("ftjob-abc123", True), ("run-" + "a" * 200, True),
+                                            ("llama-3.1-run", False), ("8b-run", False), ("run-", False)])
+def test_a_group_needs_a_name_its_service_and_hostnames_can_take(name: str, fits: bool) -> None:
+    assert (builders.group_name_problem(name) is None) is fits
+    if fits:
+        service, hostname = builders.trainer_service_name(name), f"{builders.trainer_job_name(name)}-{MAX_NODES - 1}"
+        assert re.match(SERVICE_NAME_PATTERN, service) and len(service) <= 63
+        assert re.match(DNS_LABEL_PATTERN, hostname) and len(hostname) <= 63

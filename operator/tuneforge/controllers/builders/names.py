@@ -62,6 +62,18 @@ def service_name_problem(name: str) -> str | None:
             "with a letter or digit (an RFC 1035 label); create the ModelDeployment again under such a name")
 
 
+def group_name_problem(ftjob: str) -> str | None:
+    """Why a FineTuningJob of this name cannot train on several nodes, or None: its
+    trainer's headless Service and its Pods' hostnames derive from the name (shortened
+    with a hash when long), and a dot or a leading digit survives into them, where the
+    API server refuses it."""
+    if re.match(SERVICE_NAME_PATTERN, ftjob):
+        return None
+    return (f"the name {ftjob!r} cannot name the Service and Pod hostnames of a trainer on several nodes: it must "
+            "be lowercase letters, digits and '-', start with a letter and end with a letter or digit; create "
+            "the job again under such a name, or on one node")
+
+
 def serving_configmap_name(mdep: str) -> str:
     return child_name(mdep, "serving")
 
