@@ -270,7 +270,7 @@ class Storage(Values):
 class CatalogEntry(Values):
     """A BaseModel the chart creates."""
 
-    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253)
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=63)
     """BaseModel name: what FineTuningJobs and the openai client call the model."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels."""

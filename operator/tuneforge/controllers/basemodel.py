@@ -10,8 +10,12 @@ older entry (`ModelCatalog`, the rule the gateway resolves ids by) is Failed wit
 DuplicateModelId until the clash is gone. Every entry is re-checked on each tick, so a
 refused entry becomes Ready once the older one is deleted or renamed.
 
+Its name must be one a `baseModel` reference can hold, a DNS label: an entry named
+otherwise (`qwen2.5-7b`; the model id with its dots belongs in spec.modelId) is Failed
+with reason InvalidName.
+
 With spec.sharedDeployment, the controller keeps one multi-LoRA ModelDeployment of the
-model in the system namespace, named after it, which the gateway loads fine-tuned
+model in the system namespace, named after it (`builders.shared_deployment_name`), which the gateway loads fine-tuned
 adapters into; turning the flag off deletes it.
 """
 
@@ -68,9 +72,11 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
     generation = raw["metadata"].get("generation")
     desired = dict(status)
     desired["observedGeneration"] = generation
+    name_problem = builders.base_model_name_problem(raw["metadata"]["name"])
     duplicate = model_id_clash(raw, kwargs["tf_basemodels"])
-    problem = duplicate or check_source(base.spec.source.uri)
-    reason = ("DuplicateModelId" if duplicate else "InvalidSource") if problem else "SourceResolved"
+    problem = name_problem or duplicate or check_source(base.spec.source.uri)
+    reason = ("InvalidName" if name_problem else "DuplicateModelId" if duplicate else "InvalidSource") if problem \
+        else "SourceResolved"
     phase = "Failed" if problem else "Ready"
     desired["conditions"] = set_condition(
         status.get("conditions"), "Ready", problem is None, reason,

@@ -46,6 +46,33 @@ def test_base_model_ready_and_shared_deployment(kube: Kube, operator: Operator, 
             kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
 
 
+def test_a_base_model_whose_name_no_service_can_take_still_gets_its_shared_deployment(
+        kube: Kube, operator: Operator, system_namespace: str, tmp_path: Path) -> None:
+    """`7b-chat` is a DNS label (so a baseModel reference) but no Service name; the shared
+    deployment, found by its labels, is named so that its Service can exist. A dotted name
+    is no baseModel reference at all: that entry fails, saying so."""
+    base, dotted = f"7b-{uuid.uuid4().hex[:8]}", f"bm-{uuid.uuid4().hex[:8]}.5-7b"
+    kube.create(None, "basemodels", base_model_body(base, f"file://{tmp_path}"))
+    kube.create(None, "basemodels", base_model_body(dotted, f"file://{tmp_path}"))
+    try:
+        selector = f"tuneforge.io/base-model={base},tuneforge.io/shared=true"
+        [shared] = wait_for(lambda: kube.custom.list_namespaced_custom_object(
+            "tuneforge.io", "v1alpha1", system_namespace, "modeldeployments", label_selector=selector)["items"],
+            30, "shared deployment", operator)
+        name = shared["metadata"]["name"]
+        assert name.startswith(f"m-{base}-")
+        wait_for(lambda: _deployment(kube, system_namespace, name), 30, "shared Deployment", operator)
+        assert kube.core.read_namespaced_service(name, system_namespace).spec.ports[0].port == 8000
+
+        wait_for(lambda: kube.status(None, "basemodels", dotted).get("phase") == "Failed", 30, "Failed", operator)
+        ready = kube.status(None, "basemodels", dotted)["conditions"][0]
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidName")
+        assert f"{dotted!r}" in ready["message"] and "spec.modelId" in ready["message"]
+    finally:
+        for name in (base, dotted):
+            kube.custom.delete_cluster_custom_object("tuneforge.io", "v1alpha1", "basemodels", name)
+
+
 def _get(kube: Kube, namespace: str, name: str) -> dict | None:
     try:
         return kube.get(namespace, "modeldeployments", name)

@@ -320,6 +320,21 @@ def test_shared_deployment() -> None:
     ModelDeploymentResource.model_validate(shared)
 
 
+@pytest.mark.parametrize("base_model", ["7b-chat", "8b", "7b-" + "x" * 70])
+def test_a_shared_deployment_takes_a_name_its_service_can_take(base_model: str) -> None:
+    name = builders.shared_deployment_name(base_model)
+    assert builders.service_name_problem(name) is None
+    # A BaseModel named like the cleaned-up form keeps its own name, so the two never meet.
+    assert name != builders.shared_deployment_name(name.rsplit("-", 1)[0])
+    assert name == builders.shared_deployment_name(base_model)
+
+
+@pytest.mark.parametrize(("base_model", "usable"), [("qwen2-5-7b", True), ("7b", True), ("qwen2.5-7b", False),
+                                                    ("m" * 64, False)])
+def test_a_base_model_name_must_fit_a_base_model_reference(base_model: str, usable: bool) -> None:
+    assert (builders.base_model_name_problem(base_model) is None) is usable
+
+
 def batch(**spec: object) -> tuple[dict, BatchJobResource]:
     body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BatchJob",
             "metadata": {"name": "batch-abc", "namespace": "team", "uid": "u-b"},

@@ -29,6 +29,7 @@ from tuneforge.controllers.builders.batch import (
     runner_retry_budget,
 )
 from tuneforge.controllers.builders.names import (
+    base_model_name_problem,
     batch_file_ids,
     batch_key_secret_name,
     child_name,
@@ -137,6 +138,7 @@ __all__ = [
     "TRAINER_GRACE_SECONDS",
     "USABLE_GPU_MEMORY",
     "WORKLOAD_UID",
+    "base_model_name_problem",
     "batch_file_ids",
     "batch_key_secret",
     "batch_key_secret_name",

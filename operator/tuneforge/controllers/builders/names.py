@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tuneforge.api.v1alpha1.common import MAX_NODES, SERVICE_NAME_PATTERN
+from tuneforge.api.v1alpha1.common import DNS_LABEL_PATTERN, MAX_NODES, SERVICE_NAME_PATTERN
 
 MAX_NAME_LENGTH = 63
 """The limit of a label value (such as the `job-name` label the Job controller adds) and of
@@ -62,6 +62,17 @@ def service_name_problem(name: str) -> str | None:
             "with a letter or digit (an RFC 1035 label); create the ModelDeployment again under such a name")
 
 
+def base_model_name_problem(base_model: str) -> str | None:
+    """Why FineTuningJobs and ModelDeployments cannot refer to a BaseModel of this name, or
+    None: their `baseModel` is a DNS label (the entry's name also becomes a label value), so
+    a dotted name valid for the BaseModel itself could never be used."""
+    if len(base_model) <= MAX_NAME_LENGTH and re.match(DNS_LABEL_PATTERN, base_model):
+        return None
+    return (f"the name {base_model!r} cannot be used as a baseModel: it must be at most {MAX_NAME_LENGTH} "
+            "characters of lowercase letters, digits and '-', starting and ending with a letter or digit; keep "
+            "the model's own id, dots and all, in spec.modelId and name the entry after it without them")
+
+
 def group_name_problem(ftjob: str) -> str | None:
     """Why a FineTuningJob of this name cannot train on several nodes, or None: its
     trainer's headless Service and its Pods' hostnames derive from the name (shortened
@@ -99,8 +110,19 @@ def batch_key_secret_name(batch: str) -> str:
 
 
 def shared_deployment_name(base_model: str) -> str:
-    """The shared multi-LoRA ModelDeployment of a BaseModel is named after it."""
-    return base_model
+    """The shared multi-LoRA ModelDeployment of a BaseModel is named after it when that
+    name can also name the deployment's Service (`service_name_problem`). A catalog name
+    that starts with a digit (`7b-chat`) cannot; its shared deployment is then named after
+    a form that can, any other character turned to '-', a letter first, and a hash of the
+    whole name keeping it apart from a BaseModel named like that form. Nothing looks the
+    shared deployment up by name: the gateway finds it by its labels."""
+    if service_name_problem(base_model) is None:
+        return base_model
+    stem = re.sub(r"[^a-z0-9-]", "-", base_model).strip("-")
+    if not stem[:1].isalpha():
+        stem = f"m-{stem}"
+    digest = hashlib.sha256(base_model.encode()).hexdigest()[:8]
+    return f"{stem[:MAX_NAME_LENGTH - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def batch_file_ids(namespace: str, batch: str) -> tuple[str, str]:
