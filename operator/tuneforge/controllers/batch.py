@@ -300,12 +300,23 @@ def _served_models(namespace: str, indexes: dict[str, Any]) -> list[str]:
     return sorted(served)
 
 
+def _refuse(state: _State, error: dict) -> None:
+    """Fails a batch that cannot start, with `error` as its one error."""
+    state.status["errors"] = [error]
+    state.condition("Validated", False, "Invalid", error["message"])
+    state.transition("Failed", "ValidationFailed", f"{error['code']}: {error['message']}", warning=True)
+
+
 def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, indexes: dict, expires: Any,
                         created: Any, controller_settings: ControllerSettings) -> None:
     """Validates the input against the models served now and starts the runner. A model
     nobody serves yet fails the batch only once it is older than the dependency grace: a
     ModelDeployment applied with it may not have been seen yet."""
     namespace, name = raw["metadata"]["namespace"], raw["metadata"]["name"]
+    name_problem = builders.owner_name_problem("BatchJob", name)
+    if name_problem is not None:
+        _refuse(state, {"code": "invalid_name", "message": name_problem})
+        return
     served = _served_models(namespace, indexes)
     try:
         input_uri = resolve_file(namespace, batch.spec.input_file)
@@ -321,9 +332,7 @@ def _validate_and_start(batch: BatchJobResource, raw: dict, state: _State, index
         state.condition("Validated", "Unknown", "WaitingForModel", error["message"])
         return
     if error is not None:
-        state.status["errors"] = [error]
-        state.condition("Validated", False, "Invalid", error["message"])
-        state.transition("Failed", "ValidationFailed", f"{error['code']}: {error['message']}", warning=True)
+        _refuse(state, error)
         return
     config = settings()
     run = builders.batch_run(batch, input_uri=input_uri, expires=expires, served=served, settings=config)

@@ -34,6 +34,9 @@ def validate(ft: FineTuningJobResource, base: dict | None, *, dependency_grace: 
     grace, since objects applied together arrive in any order."""
     spec = ft.spec
     namespace = ft.metadata["namespace"]
+    name_problem = builders.owner_name_problem("FineTuningJob", ft.metadata["name"])
+    if name_problem is not None:
+        raise Invalid(ApiError(code="invalid_name", message=name_problem, param=None))
     if base is None:
         created = parse_timestamp(ft.metadata.get("creationTimestamp")) or utcnow()
         if (utcnow() - created).total_seconds() < dependency_grace:

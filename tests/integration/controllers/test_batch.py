@@ -15,6 +15,7 @@ from tuneforge import apikeys
 from tuneforge.api.v1alpha1.labels import FINALIZER
 from tuneforge.contracts import BATCH_FINALIZE_MARKER, BatchFinalize, BatchRun
 from tuneforge.controllers import batch as batch_controller
+from tuneforge.controllers import builders
 
 from tests.support.apiserver import Kube, wait_for
 from tests.support.operator_process import DEPENDENCY_GRACE_SECONDS, Operator
@@ -45,10 +46,11 @@ def request(i: int, model: str, custom_id: str | None = None) -> str:
                        "body": {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}})
 
 
-def new_batch(kube: Kube, store_root: Path, namespace: str, lines: list[str], **spec: object) -> str:
+def new_batch(kube: Kube, store_root: Path, namespace: str, lines: list[str], name: str | None = None,
+              **spec: object) -> str:
     file_id = f"file-{uuid.uuid4().hex[:12]}"
     upload(store_root, namespace, file_id, lines)
-    name = f"batch-{uuid.uuid4().hex[:10]}"
+    name = name or f"batch-{uuid.uuid4().hex[:10]}"
     kube.create(namespace, PLURAL, {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BatchJob",
                                     "metadata": {"name": name}, "spec": {"inputFile": file_id, **spec}})
     return name
@@ -112,6 +114,16 @@ def test_invalid_input_fails_with_code_and_line(kube: Kube, operator: Operator, 
     [error] = kube.status(namespace, PLURAL, name)["errors"]
     assert error["code"] == code and error["line"] == line
     assert kube.job(namespace, f"{name}-runner") is None
+
+
+def test_a_name_too_long_to_label_the_runner_fails_the_batch_at_once(kube: Kube, operator: Operator,
+                                                                    namespace: str, served_base: str,
+                                                                    store_root: Path) -> None:
+    name = new_batch(kube, store_root, namespace, [request(0, served_base)], name="batch-" + "a" * 70)
+    wait_for(lambda: phase(kube, namespace, name) == "Failed", 30, "Failed", operator)
+    [error] = kube.status(namespace, PLURAL, name)["errors"]
+    assert error["code"] == "invalid_name" and "76 characters" in error["message"]
+    assert kube.job(namespace, builders.runner_job_name(name)) is None
 
 
 def test_batch_waits_for_a_deployment_applied_with_it(kube: Kube, operator: Operator, namespace: str,

@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from tuneforge.contracts import TrainingRun
+from tuneforge.controllers import builders
 from tuneforge.jobfiles import JobFiles
 from tuneforge.serving_auth import PLATFORM_KEY_FIELD, PLATFORM_KEY_SECRET
 from tuneforge.storage import ArtifactStore
@@ -149,6 +150,18 @@ def test_invalid_input_fails_with_code(kube: Kube, operator: Operator, namespace
     warnings = [e for e in kube.core.list_namespaced_event(namespace).items
                 if e.involved_object.name == name and e.type == "Warning"]
     assert warnings and warnings[0].reason == "ValidationFailed"
+
+
+def test_a_name_too_long_to_label_the_trainer_fails_the_job_at_once(kube: Kube, operator: Operator, namespace: str,
+                                                                   base_model: str, store_root: Path) -> None:
+    file_id = f"file-{uuid.uuid4().hex[:12]}"
+    upload(store_root, namespace, file_id, [chat_example(i) for i in range(12)])
+    name = "ftjob-" + "a" * 70
+    kube.create(namespace, PLURAL, ftjob(name, base_model, file_id))
+    wait_for(phase_is(kube, namespace, name, "Failed"), 30, "Failed", operator)
+    error = kube.status(namespace, PLURAL, name)["error"]
+    assert error["code"] == "invalid_name" and "76 characters" in error["message"]
+    assert kube.job(namespace, builders.trainer_job_name(name)) is None
 
 
 def test_not_fine_tunable_model_fails(kube: Kube, operator: Operator, namespace: str, store_root: Path, tmp_path: Path) -> None:

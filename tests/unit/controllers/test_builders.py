@@ -335,6 +335,12 @@ def test_a_base_model_name_must_fit_a_base_model_reference(base_model: str, usab
     assert (builders.base_model_name_problem(base_model) is None) is usable
 
 
+def test_a_job_name_must_fit_the_label_its_children_carry() -> None:
+    assert builders.owner_name_problem("BatchJob", "b" * 63) is None
+    problem = builders.owner_name_problem("BatchJob", "b" * 64)
+    assert problem is not None and "64 characters" in problem and "BatchJob" in problem
+
+
 def batch(**spec: object) -> tuple[dict, BatchJobResource]:
     body = {"apiVersion": "tuneforge.io/v1alpha1", "kind": "BatchJob",
             "metadata": {"name": "batch-abc", "namespace": "team", "uid": "u-b"},

@@ -62,6 +62,17 @@ def service_name_problem(name: str) -> str | None:
             "with a letter or digit (an RFC 1035 label); create the ModelDeployment again under such a name")
 
 
+def owner_name_problem(kind: str, name: str) -> str | None:
+    """Why a job of `kind` with this name cannot run, or None: the objects it runs carry its
+    name as a label value (what selects its Pods and lists its children), which holds at
+    most 63 characters, while the job's own name may have 253. The API server would refuse
+    every child, so the job says so once instead."""
+    if len(name) <= MAX_NAME_LENGTH:
+        return None
+    return (f"the name {name!r} has {len(name)} characters: a {kind}'s name labels the objects it runs, and a "
+            f"label value holds at most {MAX_NAME_LENGTH}; create the {kind} again under a shorter name")
+
+
 def base_model_name_problem(base_model: str) -> str | None:
     """Why FineTuningJobs and ModelDeployments cannot refer to a BaseModel of this name, or
     None: their `baseModel` is a DNS label (the entry's name also becomes a label value), so
