@@ -73,9 +73,12 @@ class Tab:
         return self.page
 
     def sign_in(self, key: str) -> Page:
+        """Signs in and, for a key the gateway accepts, waits for the dashboard: a test's next
+        navigation then follows a finished sign-in, as a person's does."""
         self.open("/ui/")
         self.page.get_by_label("API key").fill(key)
         self.page.get_by_role("button", name="Sign in").click()
+        expect(self.page.get_by_role("button", name="Sign out").or_(self.page.get_by_text("Sign-in failed"))).to_be_visible()
         return self.page
 
     def assert_controls_are_labelled(self) -> None:

@@ -1,5 +1,5 @@
 // Data loading and navigation shared by the pages.
-import { useCallback, useEffect, useRef, useState } from "preact/hooks";
+import { useCallback, useEffect, useMemo, useRef, useState } from "preact/hooks";
 
 /**
  * Loads `load()` now, again whenever `deps` change, and every `intervalMs` while `live`
@@ -34,20 +34,26 @@ export function usePoll(load, deps, { intervalMs = 0, live = true } = {}) {
   return { ...state, reload: run };
 }
 
-function currentRoute() {
-  const [path, search = ""] = (window.location.hash.replace(/^#/, "") || "/jobs").split("?");
+function routeOf(hash) {
+  const [path, search = ""] = (hash.replace(/^#/, "") || "/jobs").split("?");
   return { path, params: new URLSearchParams(search) };
 }
 
-/** The page named by the URL's hash (`#/jobs/ftjob-1`), so every page has a link. */
+/**
+ * The page named by the URL's hash (`#/jobs/ftjob-1`), so every page has a link. The hash
+ * is read again once the listener is in place: a change between the first render and the
+ * effect (a link followed while signing in) fires no event this hook hears, and the shell
+ * would stay on the page it first rendered.
+ */
 export function useRoute() {
-  const [route, setRoute] = useState(currentRoute);
+  const [hash, setHash] = useState(() => window.location.hash);
   useEffect(() => {
-    const update = () => setRoute(currentRoute());
+    const update = () => setHash(window.location.hash);
     window.addEventListener("hashchange", update);
+    update();
     return () => window.removeEventListener("hashchange", update);
   }, []);
-  return route;
+  return useMemo(() => routeOf(hash), [hash]);
 }
 
 export function navigate(path) {
