@@ -16,10 +16,11 @@ one core.
    p50 and p99 through the gateway minus the same percentile direct, for non-streaming
    requests (whole response) and streaming ones (first chunk, and the whole stream).
    Targets: added p50 <= 1 ms, added p99 <= 5 ms. Reported beside them, in the same
-   rounds and on the same CPU: the added latency of tests/bench/bare_proxy.py, the
-   smallest FastAPI + aiohttp proxy, which is the framework's floor under the gateway,
-   and the CPU time each server used per request (from /proc; steadier between runs than
-   latency percentiles, so it shows a change to the chat path that p50 cannot).
+   rounds and on the same CPU: the added latency of the two proxies of
+   tests/bench/bare_proxy.py, the smallest FastAPI + aiohttp proxy (the framework's floor
+   under the gateway) and the same proxy as a bare ASGI app (uvicorn's and aiohttp's
+   floor), and the CPU time each server used per request (from /proc; steadier between
+   runs than latency percentiles, so it shows a change to the chat path that p50 cannot).
 2. Requests/s of `GET /v1/fine_tuning/jobs` and `GET /v1/batches` (one page of 20,
    newest first) with 1,000 FineTuningJobs and 1,000 BatchJobs in the namespace
    (`--objects 10000` for 10,000 of each), sequential, served from the gateway's watches
@@ -162,13 +163,17 @@ def _percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] * 1000
 
 
-def bench_chat(gateway: Gateway, bare: Gateway, upstream_url: str, key: str) -> list[dict[str, Any]]:
-    """The gateway's added latency, and beside it that of the bare FastAPI + aiohttp proxy
-    (tests/bench/bare_proxy.py) on the same CPU in the same rounds: the framework's floor."""
+FLOORS = {"fastapi": "bare_fastapi_proxy", "asgi": "bare_asgi_proxy"}
+"""tests/bench/bare_proxy.py's proxies by framework, and the name of their figures."""
+
+
+def bench_chat(gateway: Gateway, floors: dict[str, Gateway], upstream_url: str, key: str) -> list[dict[str, Any]]:
+    """The gateway's added latency, and beside it that of the bare proxies (`FLOORS`) on
+    the same CPU in the same rounds."""
     targets = {"direct": (f"{upstream_url}/chat/completions", {}),
                "gateway": (f"{gateway.url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
-               "bare": (f"{bare.url}/v1/chat/completions", {})}
-    servers = {"gateway": gateway, "bare": bare}
+               **{framework: (f"{floor.url}/v1/chat/completions", {}) for framework, floor in floors.items()}}
+    servers = {"gateway": gateway, **floors}
     results = []
     for stream in (False, True):
         samples: dict[str, list[tuple[float, float]]] = {side: [] for side in targets}
@@ -180,26 +185,33 @@ def bench_chat(gateway: Gateway, bare: Gateway, upstream_url: str, key: str) -> 
                 if side in servers:
                     cpu[side] += servers[side].cpu_seconds() - before
         per_request = {side: cpu[side] / (ROUNDS * (REQUESTS + WARMUP)) * 1000 for side in servers}
+        mode = "streaming" if stream else "non-streaming"
         results.append(common.result(
-            f"chat_proxy_cpu_per_request {'streaming' if stream else 'non-streaming'} @{RATE:.0f} req/s",
-            per_request["gateway"], "ms", "the bare FastAPI + aiohttp proxy's CPU per request", per_request["bare"],
+            f"chat_proxy_cpu_per_request {mode} @{RATE:.0f} req/s",
+            per_request["gateway"], "ms", "the bare FastAPI + aiohttp proxy's CPU per request", per_request["fastapi"],
             "reported (latency percentiles vary by +-0.2 ms between runs; CPU time is steadier)", True))
-        print(results[-1], flush=True)
+        results.append(common.result(
+            f"bare_asgi_proxy_cpu_per_request {mode} @{RATE:.0f} req/s",
+            per_request["asgi"], "ms", "the bare FastAPI + aiohttp proxy's CPU per request", per_request["fastapi"],
+            "reported (no target)", True))
+        print(*results[-2:], sep="\n", flush=True)
         views = [("first chunk", 0), ("whole stream", 1)] if stream else [("", 1)]
         for view, index in views:
             label = f"{'streaming' if stream else 'non-streaming'}{f' {view}' if view else ''}"
             for q, target in ((50, 1.0), (99, 5.0)):
                 direct = _percentile([s[index] for s in samples["direct"]], q)
                 proxied = _percentile([s[index] for s in samples["gateway"]], q)
-                floor = _percentile([s[index] for s in samples["bare"]], q)
                 results.append(common.result(
                     f"chat_added_latency_p{q} {label} @{RATE:.0f} req/s", proxied - direct, "ms",
                     f"direct call to the upstream, p{q}", direct, f"value <= {target:.0f} ms",
                     proxied - direct <= target, ratio=proxied / direct))
-                results.append(common.result(
-                    f"bare_fastapi_proxy_added_latency_p{q} {label} @{RATE:.0f} req/s", floor - direct, "ms",
-                    f"direct call to the upstream, p{q}", direct, "reported (no target)", True, ratio=floor / direct))
-                print(*results[-2:], sep="\n", flush=True)
+                for framework, name in FLOORS.items():
+                    floor = _percentile([s[index] for s in samples[framework]], q)
+                    results.append(common.result(
+                        f"{name}_added_latency_p{q} {label} @{RATE:.0f} req/s", floor - direct, "ms",
+                        f"direct call to the upstream, p{q}", direct, "reported (no target)", True,
+                        ratio=floor / direct))
+                print(*results[-1 - len(FLOORS):], sep="\n", flush=True)
     return results
 
 
@@ -344,15 +356,19 @@ def main() -> None:
             try:
                 with serve_in_subprocess(UpstreamConfig(models=[BASE_MODEL])) as upstream:
                     port = int(upstream.base_url.rsplit(":", 1)[1].split("/")[0])
-                    bare_port = free_port()
-                    bare = Gateway(plane.kubeconfig, workdir / "store", workdir / "bare.log", port=bare_port,
-                                   command=[sys.executable, "-m", "tests.bench.bare_proxy", str(bare_port),
-                                            upstream.base_url])
+                    floors = {}
                     try:
+                        for framework in FLOORS:
+                            floor_port = free_port()
+                            floors[framework] = Gateway(
+                                plane.kubeconfig, workdir / "store", workdir / f"bare-{framework}.log", port=floor_port,
+                                command=[sys.executable, "-m", "tests.bench.bare_proxy", str(floor_port),
+                                         upstream.base_url, framework])
                         with ready_shared_deployment(api, SYSTEM_NAMESPACE, BASE_MODEL, port):
-                            results = bench_chat(gateway, bare, upstream.base_url, key)
+                            results = bench_chat(gateway, floors, upstream.base_url, key)
                     finally:
-                        bare.stop()
+                        for floor in floors.values():
+                            floor.stop()
                 results.extend(bench_list(gateway, api, key))
                 results.append(bench_upload(gateway, key, workdir))
             finally:

@@ -10,6 +10,7 @@ run behind one Service.
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import uuid
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from tuneforge.gateway.catalog import Catalog
 from tuneforge.gateway.held import HeldRequests
 from tuneforge.gateway.kube import Kube, load_api_client
 from tuneforge.gateway.listing import ListingCache
-from tuneforge.gateway.metrics import RequestMetrics
+from tuneforge.gateway.metrics import ACCESS_LOG, RequestTelemetry
 from tuneforge.gateway.routing import Router
 from tuneforge.gateway.settings import gateway_settings
 from tuneforge.storage import ArtifactStore
@@ -122,8 +123,15 @@ def create_app(api_client: client.ApiClient | None = None, store: ArtifactStore 
 
     errors.install(app)
     app.add_middleware(RequestId)
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestTelemetry)
     return app
+
+
+def log_config() -> dict:
+    """uvicorn's logging, its access format included for the gateway's own access log."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"][ACCESS_LOG.name] = config["loggers"]["uvicorn.access"]
+    return config
 
 
 def serve(host: str, port: int) -> None:
@@ -133,4 +141,6 @@ def serve(host: str, port: int) -> None:
         start_http_server(metrics_port, addr=host)
     app = create_app()
     _freeze_startup_objects()
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    # The access log is RequestTelemetry's, written once a response has been sent.
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True, access_log=False,
+                log_config=log_config())

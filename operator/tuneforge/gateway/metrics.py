@@ -26,16 +26,20 @@ Listing (`listing`):
 
 `route` is the matched route template (`/v1/batches/{batch_id}`), never the raw path, so
 ids cannot grow the label set; requests no route matched count as `unmatched`.
+
+The access log is written here too (`RequestTelemetry`), once each response has been sent.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 REQUESTS = Counter(
     "tuneforge_gateway_requests_total", "Gateway responses by route, method and status.", ["route", "method", "status"]
@@ -74,10 +78,18 @@ def _request_series(route: str, method: str, status: int) -> tuple[Any, Any]:
     return REQUESTS.labels(route, method, str(status)), REQUEST_SECONDS.labels(route, method)
 
 
-class RequestMetrics:
-    """Pure ASGI middleware (streams stay streams). Starlette's router writes the matched
-    route into the request scope, which this middleware shares, so the template is known
-    by the time the response starts."""
+ACCESS_LOG = logging.getLogger("tuneforge.gateway.access")
+"""Lines in uvicorn's access log format (`app.serve` gives this logger uvicorn's access
+formatter and turns uvicorn's own access log off)."""
+
+
+class RequestTelemetry:
+    """Pure ASGI middleware (streams stay streams) that counts and times each response,
+    and writes its access log line once the response has been sent. uvicorn writes that
+    line before the response's first bytes: 0.1 to 0.15 ms on the latency of every call.
+    Starlette's router writes the matched route into the
+    request scope, which this middleware shares, so the template is known by the time the
+    response starts."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -88,13 +100,20 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         method = scope["method"]
+        status = 500  # what the client gets when the app fails before its response starts
 
         async def observe(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                responses, seconds = _request_series(getattr(scope.get("route"), "path", UNMATCHED), method,
-                                                     message["status"])
+                status = message["status"]
+                responses, seconds = _request_series(getattr(scope.get("route"), "path", UNMATCHED), method, status)
                 responses.inc()
                 seconds.observe(time.perf_counter() - started)
             await send(message)
 
-        await self.app(scope, receive, observe)
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            if ACCESS_LOG.isEnabledFor(logging.INFO):
+                ACCESS_LOG.info('%s - "%s %s HTTP/%s" %d', get_client_addr(scope), method,
+                                get_path_with_query_string(scope), scope["http_version"], status)

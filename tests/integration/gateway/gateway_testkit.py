@@ -88,6 +88,10 @@ def platform_serving_key(api_client: client.ApiClient, system_namespace: str) ->
     return base64.b64decode(secret.data[PLATFORM_KEY_FIELD]).decode()
 
 
+KEEP_TALKING = "keep talking"
+"""The last message that gets a streamed answer of 100 chunks over 5 s."""
+
+
 def make_upstream(base_model: str) -> FastAPI:
     """The server; `app.state.authorizations` records the Authorization header of every
     request, so tests can check the gateway sent the deployment's serving token."""
@@ -96,6 +100,7 @@ def make_upstream(base_model: str) -> FastAPI:
     app.state.requests = []
     app.state.adapters = {}
     app.state.authorizations = []
+    app.state.abandoned_streams = []  # chunks sent by each stream its client left early
 
     @app.middleware("http")
     async def record_authorization(request: Request, call_next):
@@ -132,14 +137,23 @@ def make_upstream(base_model: str) -> FastAPI:
                 "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
             }
 
+        if body["messages"][-1]["content"] == KEEP_TALKING:
+            words = [" word"] * 100
+
         async def events():
-            for word in words:
-                chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                         "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
-                # A pause between chunks: a proxy that buffered would deliver them together.
-                await asyncio.sleep(0.2)
-            yield "data: [DONE]\n\n"
+            sent = 0
+            try:
+                for word in words:
+                    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                             "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                    sent += 1
+                    # A pause between chunks: a proxy that buffered would deliver them together.
+                    await asyncio.sleep(0.2 if len(words) < 100 else 0.05)
+                yield "data: [DONE]\n\n"
+            finally:
+                if sent < len(words):
+                    app.state.abandoned_streams.append(sent)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 from gateway_testkit import (
+    KEEP_TALKING,
     ServerThread,
     make_upstream,
     platform_serving_key,
@@ -21,6 +22,7 @@ from gateway_testkit import (
     training_lines,
 )
 from kubernetes import client
+from prometheus_client import REGISTRY
 
 from tuneforge.api.v1alpha1 import GROUP, VERSION
 from tuneforge.config import settings
@@ -68,6 +70,25 @@ def test_base_model_chat_plain_and_streamed(tenant, base_model, shared_deploymen
     # The upstream pauses 0.2 s between chunks; a buffering proxy would deliver them at once.
     assert arrivals[-1] - arrivals[0] > 0.3
     assert shared_deployment.state.loads == []
+
+
+def test_a_client_leaving_mid_stream_stops_the_engine(tenant, base_model, shared_deployment) -> None:
+    """The gateway closes the engine's connection as soon as its client is gone, so the
+    engine stops generating, and the request no longer counts as in flight."""
+    _, api = tenant
+    stream = api.chat.completions.create(model=base_model, messages=[{"role": "user", "content": KEEP_TALKING}],
+                                         stream=True)
+    assert next(iter(stream)).choices[0].delta.content == " word"
+    stream.close()
+    deadline = time.monotonic() + 3  # the whole answer would take 5 s
+    while not shared_deployment.state.abandoned_streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert shared_deployment.state.abandoned_streams and shared_deployment.state.abandoned_streams[0] < 60
+    deadline = time.monotonic() + 2
+    while REGISTRY.get_sample_value("tuneforge_gateway_in_flight_requests", {"model": base_model}) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert REGISTRY.get_sample_value("tuneforge_gateway_in_flight_requests", {"model": base_model}) == 0
 
 
 def test_fine_tuned_model_loads_adapter_once(tenant, api_client, base_model, shared_deployment) -> None:
