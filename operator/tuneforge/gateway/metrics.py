@@ -87,9 +87,8 @@ class RequestTelemetry:
     """Pure ASGI middleware (streams stay streams) that counts and times each response,
     and writes its access log line once the response has been sent. uvicorn writes that
     line before the response's first bytes: 0.1 to 0.15 ms on the latency of every call.
-    Starlette's router writes the matched route into the
-    request scope, which this middleware shares, so the template is known by the time the
-    response starts."""
+    Starlette's router writes the matched route into the request scope, which this
+    middleware shares, so the template is known by the time the response starts."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
