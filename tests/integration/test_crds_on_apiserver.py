@@ -80,6 +80,8 @@ def test_examples_apply_cleanly(control_plane, namespace):
         ),
         ("FineTuningJob", {"baseModel": "m", "trainingFile": "http://x/y"}, "spec.trainingFile"),
         ("FineTuningJob", {"trainingFile": "file-0123456789"}, "spec.baseModel: Required value"),
+        # A BaseModel reference is a DNS label: no BaseModel over 63 characters can be used.
+        ("FineTuningJob", {"baseModel": "m" * 64, "trainingFile": "file-0123456789"}, "spec.baseModel: Too long"),
         (
             "FineTuningJob",
             {"baseModel": "m", "trainingFile": "file-0123456789", "method": {"lora": {"rank": 0}}},
@@ -87,6 +89,7 @@ def test_examples_apply_cleanly(control_plane, namespace):
         ),
         ("BatchJob", {"inputFile": "file-0123456789", "completionWindow": "2h"}, "spec.completionWindow"),
         ("ModelDeployment", {"baseModel": "m", "engine": "tensorrt"}, "spec.engine"),
+        ("ModelDeployment", {"baseModel": "m" * 64}, "spec.baseModel: Too long"),
         ("ModelDeployment", {"baseModel": "m", "replicas": -1}, "spec.replicas"),
         ("ModelDeployment", {"baseModel": "m", "rollout": {"maxUnavailable": 0}},
          "maxSurge and maxUnavailable cannot both be 0"),

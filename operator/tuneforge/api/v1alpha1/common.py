@@ -26,6 +26,9 @@ FILE_REF_PATTERN = r"^(file-[a-z0-9]{8,64}|(s3|pvc|file)://.+)$"
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
+MAX_LABEL_LENGTH = 63
+"""The most characters of a DNS label (RFC 1123, `DNS_LABEL_PATTERN`) and of a label value."""
+
 SERVICE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 """An RFC 1035 label, what a Service's name must be (at most 63 characters): no dots, and a
 letter first."""

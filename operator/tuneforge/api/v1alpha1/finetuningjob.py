@@ -12,6 +12,7 @@ from tuneforge.api.v1alpha1.common import (
     DNS_LABEL_PATTERN,
     FILE_REF_PATTERN,
     KUEUE_NAME_PATTERN,
+    MAX_LABEL_LENGTH,
     ApiError,
     ApiModel,
     Condition,
@@ -158,7 +159,8 @@ class Notifications(ApiModel):
 class FineTuningJobSpec(ApiModel):
     """Desired state of a fine-tuning job."""
 
-    base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253, json_schema_extra=immutable("baseModel is immutable"))
+    base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=MAX_LABEL_LENGTH,
+                            json_schema_extra=immutable("baseModel is immutable"))
     """Resource name of a BaseModel in the catalog (the APIs take its model id and write
     this name)."""
     training_file: str = Field(pattern=FILE_REF_PATTERN, json_schema_extra=immutable("trainingFile is immutable"))

@@ -12,6 +12,7 @@ from tuneforge.api.v1alpha1.autoscaling import Autoscaling, AutoscalingStatus
 from tuneforge.api.v1alpha1.basemodel import ServingEngine
 from tuneforge.api.v1alpha1.common import (
     DNS_LABEL_PATTERN,
+    MAX_LABEL_LENGTH,
     ApiModel,
     Condition,
     CrdInfo,
@@ -58,7 +59,8 @@ class Rollout(ApiModel):
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a serving deployment."""
 
-    base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253, json_schema_extra=immutable("baseModel is immutable"))
+    base_model: str = Field(pattern=DNS_LABEL_PATTERN, max_length=MAX_LABEL_LENGTH,
+                            json_schema_extra=immutable("baseModel is immutable"))
     """Resource name of the BaseModel to serve; its Pods serve it under its model id."""
     adapters: list[AdapterRef] = Field(default_factory=list, max_length=512)
     """Adapters loaded at start; more are loaded at runtime by the gateway."""

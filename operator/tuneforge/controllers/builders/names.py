@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-from tuneforge.api.v1alpha1.common import DNS_LABEL_PATTERN, MAX_NODES, SERVICE_NAME_PATTERN
+from tuneforge.api.v1alpha1.common import DNS_LABEL_PATTERN, MAX_LABEL_LENGTH, MAX_NODES, SERVICE_NAME_PATTERN
 
-MAX_NAME_LENGTH = 63
+MAX_NAME_LENGTH = MAX_LABEL_LENGTH
 """The limit of a label value (such as the `job-name` label the Job controller adds) and of
 a DNS label."""
 
