@@ -15,8 +15,8 @@ otherwise (`qwen2.5-7b`; the model id with its dots belongs in spec.modelId) is 
 with reason InvalidName.
 
 With spec.sharedDeployment, the controller keeps one multi-LoRA ModelDeployment of the
-model in the system namespace, named after it (`builders.shared_deployment_name`), which the gateway loads fine-tuned
-adapters into; turning the flag off deletes it.
+model in the system namespace, named after it (`builders.shared_deployment_name`), which
+the gateway loads fine-tuned adapters into; turning the flag off deletes it.
 """
 
 from __future__ import annotations
@@ -72,11 +72,14 @@ def _reconcile(raw: dict, status: dict, kwargs: dict[str, Any]) -> dict[str, Any
     generation = raw["metadata"].get("generation")
     desired = dict(status)
     desired["observedGeneration"] = generation
-    name_problem = builders.base_model_name_problem(raw["metadata"]["name"])
-    duplicate = model_id_clash(raw, kwargs["tf_basemodels"])
-    problem = name_problem or duplicate or check_source(base.spec.source.uri)
-    reason = ("InvalidName" if name_problem else "DuplicateModelId" if duplicate else "InvalidSource") if problem \
-        else "SourceResolved"
+    if problem := builders.base_model_name_problem(raw["metadata"]["name"]):
+        reason = "InvalidName"
+    elif problem := model_id_clash(raw, kwargs["tf_basemodels"]):
+        reason = "DuplicateModelId"
+    elif problem := check_source(base.spec.source.uri):
+        reason = "InvalidSource"
+    else:
+        reason = "SourceResolved"
     phase = "Failed" if problem else "Ready"
     desired["conditions"] = set_condition(
         status.get("conditions"), "Ready", problem is None, reason,

@@ -12,12 +12,8 @@ import re
 
 from tuneforge.api.v1alpha1.common import DNS_LABEL_PATTERN, MAX_LABEL_LENGTH, MAX_NODES, SERVICE_NAME_PATTERN
 
-MAX_NAME_LENGTH = MAX_LABEL_LENGTH
-"""The limit of a label value (such as the `job-name` label the Job controller adds) and of
-a DNS label."""
 
-
-def child_name(owner: str, suffix: str, limit: int = MAX_NAME_LENGTH) -> str:
+def child_name(owner: str, suffix: str, limit: int = MAX_LABEL_LENGTH) -> str:
     """`<owner>-<suffix>`, shortened with a hash when it would exceed `limit`, by default 63
     characters (the limit of label values such as the `job-name` label the Job controller
     adds)."""
@@ -32,7 +28,7 @@ def child_name(owner: str, suffix: str, limit: int = MAX_NAME_LENGTH) -> str:
 def trainer_job_name(ftjob: str) -> str:
     """Short enough that `<name>-<index>`, the hostname the Job controller gives each Pod of
     an Indexed Job, stays a DNS label for the largest group."""
-    return child_name(ftjob, "trainer", limit=MAX_NAME_LENGTH - len(f"-{MAX_NODES - 1}"))
+    return child_name(ftjob, "trainer", limit=MAX_LABEL_LENGTH - len(f"-{MAX_NODES - 1}"))
 
 
 def trainer_configmap_name(ftjob: str) -> str:
@@ -55,10 +51,10 @@ def service_name_problem(name: str) -> str | None:
     253 characters), cannot also name the Service that a ModelDeployment of that name puts
     in front of its Pods; None when it can. The API server would refuse the Service on
     every reconcile, so the resource says so once instead."""
-    if len(name) <= MAX_NAME_LENGTH and re.match(SERVICE_NAME_PATTERN, name):
+    if len(name) <= MAX_LABEL_LENGTH and re.match(SERVICE_NAME_PATTERN, name):
         return None
     return (f"the name {name!r} cannot name the Service in front of the serving Pods: it must be at most "
-            f"{MAX_NAME_LENGTH} characters of lowercase letters, digits and '-', start with a letter and end "
+            f"{MAX_LABEL_LENGTH} characters of lowercase letters, digits and '-', start with a letter and end "
             "with a letter or digit (an RFC 1035 label); create the ModelDeployment again under such a name")
 
 
@@ -67,19 +63,19 @@ def owner_name_problem(kind: str, name: str) -> str | None:
     name as a label value (what selects its Pods and lists its children), which holds at
     most 63 characters, while the job's own name may have 253. The API server would refuse
     every child, so the job says so once instead."""
-    if len(name) <= MAX_NAME_LENGTH:
+    if len(name) <= MAX_LABEL_LENGTH:
         return None
     return (f"the name {name!r} has {len(name)} characters: a {kind}'s name labels the objects it runs, and a "
-            f"label value holds at most {MAX_NAME_LENGTH}; create the {kind} again under a shorter name")
+            f"label value holds at most {MAX_LABEL_LENGTH}; create the {kind} again under a shorter name")
 
 
 def base_model_name_problem(base_model: str) -> str | None:
     """Why FineTuningJobs and ModelDeployments cannot refer to a BaseModel of this name, or
     None: their `baseModel` is a DNS label (the entry's name also becomes a label value), so
     a dotted name valid for the BaseModel itself could never be used."""
-    if len(base_model) <= MAX_NAME_LENGTH and re.match(DNS_LABEL_PATTERN, base_model):
+    if len(base_model) <= MAX_LABEL_LENGTH and re.match(DNS_LABEL_PATTERN, base_model):
         return None
-    return (f"the name {base_model!r} cannot be used as a baseModel: it must be at most {MAX_NAME_LENGTH} "
+    return (f"the name {base_model!r} cannot be used as a baseModel: it must be at most {MAX_LABEL_LENGTH} "
             "characters of lowercase letters, digits and '-', starting and ending with a letter or digit; keep "
             "the model's own id, dots and all, in spec.modelId and name the entry after it without them")
 
@@ -133,7 +129,7 @@ def shared_deployment_name(base_model: str) -> str:
     if not stem[:1].isalpha():
         stem = f"m-{stem}"
     digest = hashlib.sha256(base_model.encode()).hexdigest()[:8]
-    return f"{stem[:MAX_NAME_LENGTH - len(digest) - 1].rstrip('-')}-{digest}"
+    return f"{stem[:MAX_LABEL_LENGTH - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def batch_file_ids(namespace: str, batch: str) -> tuple[str, str]:

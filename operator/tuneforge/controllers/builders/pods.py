@@ -15,11 +15,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tuneforge.api.v1alpha1 import API_VERSION
-from tuneforge.api.v1alpha1.common import Hardware
+from tuneforge.api.v1alpha1.common import MAX_LABEL_LENGTH, Hardware
 from tuneforge.api.v1alpha1.labels import OPERATOR_NAME, Label
 from tuneforge.config import DEFAULT_POD_MEMORY, Settings
 from tuneforge.contracts import RUN_FILE, TrainerExit
-from tuneforge.controllers.builders.names import MAX_NAME_LENGTH
 from tuneforge.storage import is_object_store
 
 RUN_VOLUME = "run"
@@ -107,7 +106,7 @@ def _pvc_claims(uris: Iterable[str | None]) -> list[str]:
 def _volume_name(prefix: str, value: str) -> str:
     clean = re.sub(r"[^a-z0-9-]", "-", value.lower()).strip("-")
     name = f"{prefix}-{clean}"
-    if len(name) > MAX_NAME_LENGTH:
+    if len(name) > MAX_LABEL_LENGTH:
         name = f"{prefix}-{hashlib.sha256(value.encode()).hexdigest()[:16]}"
     return name
 
